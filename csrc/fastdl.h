@@ -1,0 +1,57 @@
+// fastdl.h - the one header every C++ file includes.
+//
+// Letter vocabulary used in every kernel comment:
+//   B   batch rows                     C   in-features (columns of the layer input)
+//   OC  out-features                   NC  number of classes (softmax, cross-entropy)
+//   n   element count of an elementwise kernel
+//   GEMM: c (M,N) = op(a) (M,K) . op(b) (K,N), all row-major and contiguous;
+//         op(a) = a stored (M,K), or aᵀ with a stored (K,M) when trans_a; likewise op(b).
+//
+// Kernels live in csrc/*.cpp, each compiled once per instruction set into namespace
+// fastdl::generic, fastdl::avx2 and fastdl::avx512 (CMakeLists.txt). They take raw pointers and
+// sizes, never allocate in the hot path and never throw; callers (csrc/bindings.cpp) validate
+// everything first. FASTDL_KERNEL(name) picks the version for the instruction set chosen at run time.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace fastdl {
+
+enum Isa : int { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+// Activation codes shared by the fused epilogues and the bindings.
+enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_SIGMOID = 2, ACT_TANH = 3 };
+
+// Loss reductions.
+enum Reduction : int { RED_MEAN = 0, RED_SUM = 1 };
+
+// ---- run-time configuration (csrc/cpu.cpp, compiled once) ----
+int best_isa();             // best instruction set this CPU and OS support
+int active_isa();           // the one kernels dispatch to
+bool set_isa(int isa);      // false if the CPU cannot run it
+const char* isa_name(int isa);
+int get_num_threads();      // threads a parallel kernel may use
+void set_num_threads(int n);
+int default_num_threads();  // OMP_NUM_THREADS if set, else the CPUs this process may use
+
+// ---- kernels, declared once per instruction-set namespace ----
+namespace generic {
+#include "kernels.inc"
+}
+namespace avx2 {
+#include "kernels.inc"
+}
+namespace avx512 {
+#include "kernels.inc"
+}
+
+}  // namespace fastdl
+
+#if defined(FASTDL_X86)
+#define FASTDL_KERNEL(fn)                                                              \
+  (::fastdl::active_isa() == ::fastdl::ISA_AVX512 ? &::fastdl::avx512::fn              \
+   : ::fastdl::active_isa() == ::fastdl::ISA_AVX2 ? &::fastdl::avx2::fn                \
+                                                  : &::fastdl::generic::fn)
+#else
+#define FASTDL_KERNEL(fn) (&::fastdl::generic::fn)
+#endif

@@ -1,0 +1,63 @@
+"""fastdl: deep learning as the course teaches it, fast on the CPU.
+
+NumPy arrays in, NumPy arrays out; the compute runs in C++17/OpenMP kernels (``fastdl._C``),
+vectorised for AVX2 and AVX-512 and chosen at run time.
+"""
+from __future__ import annotations
+
+import os as _os
+import warnings as _warnings
+
+from . import _C
+from . import ops
+
+__version__ = _C.config()["version"]
+
+
+def get_num_threads() -> int:
+    """Threads a parallel kernel may use (default: the CPUs this process may use, or OMP_NUM_THREADS)."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads fastdl's kernels use."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    _C.set_num_threads(n)
+
+
+def get_isa() -> str:
+    """The instruction set the kernels run with now: 'avx512', 'avx2' or 'generic'."""
+    return _C.get_isa()
+
+
+def set_isa(name: str) -> None:
+    """Force the kernels onto 'generic', 'avx2' or 'avx512' (at most what the CPU supports)."""
+    _C.set_isa(name)
+
+
+def show_config() -> None:
+    """Print fastdl's version, compiler, OpenMP, the instruction set in use and the thread count."""
+    c = _C.config()
+    print(f"fastdl {c['version']}")
+    print(f"  compiler:   {c['compiler']}")
+    print(f"  OpenMP:     {c['openmp']}")
+    print(f"  ISA:        {c['isa']} (best this CPU runs: {c['best_isa']}; FASTDL_ISA forces a lower one)")
+    print(f"  threads:    {c['num_threads']}")
+
+
+def _isa_from_env() -> None:
+    want = _os.environ.get("FASTDL_ISA")
+    if not want:
+        return
+    try:
+        _C.set_isa(want.strip().lower())
+    except ValueError as e:
+        _warnings.warn(f"FASTDL_ISA ignored: {e}", RuntimeWarning, stacklevel=2)
+
+
+_isa_from_env()
+
+__all__ = [
+    "ops", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
+]
