@@ -217,6 +217,36 @@ void bind_regularization(py::module_& m) {
 void bind_optim(py::module_& m) {
 }
 
+// ============================== machine limits (bench/) ==============================
+void bind_machine(py::module_& m) {
+  m.def(
+      "fma_peak_run",
+      [](int64_t iters, int threads) {
+        if (iters < 1) value_error("fma_peak_run: iters must be >= 1, got " + std::to_string(iters));
+        if (threads < 1) value_error("fma_peak_run: threads must be >= 1, got " + std::to_string(threads));
+        py::gil_scoped_release nogil;
+        return FASTDL_KERNEL(fma_peak_run)(iters, threads);
+      },
+      py::arg("iters"), py::arg("threads"),
+      "Run an FMA loop the compiler cannot delete on `threads` threads; returns the flops done.");
+  m.def(
+      "stream_triad",
+      [](py::handle a, py::handle b, py::handle c, float s, int threads) {
+        const char* fn = "stream_triad";
+        py::array aa = take_array(a, fn, "a", DType::F32, true), ba = in_f32(b, fn, "b"), ca = in_f32(c, fn, "c");
+        require_nonempty(fn, "a", aa);
+        require_shape(fn, "b", ba, shape_of(aa), "a.shape");
+        require_shape(fn, "c", ca, shape_of(aa), "a.shape");
+        if (threads < 1) value_error("stream_triad: threads must be >= 1, got " + std::to_string(threads));
+        float* ap = mf(aa);
+        const float *bp = cf(ba), *cp = cf(ca);
+        int64_t n = aa.size();
+        py::gil_scoped_release nogil;
+        FASTDL_KERNEL(stream_triad)(ap, bp, cp, s, n, threads);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("s"), py::arg("threads"), "a = b + s*c (STREAM triad).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -227,4 +257,5 @@ PYBIND11_MODULE(_C, m) {
   bind_losses(m);
   bind_regularization(m);
   bind_optim(m);
+  bind_machine(m);
 }
