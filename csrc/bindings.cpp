@@ -466,10 +466,8 @@ void bind_optim(py::module_& m) {
         require_shape(fn, "grad", ga, shape_of(pa), "param.shape");
         py::array ma = inplace_f32(m_, fn, "m", &pa), va = inplace_f32(v_, fn, "v", &pa);
         float lr_f = require_scalar(fn, "lr", lr, 0.0, HUGE_VAL, true, "finite and >= 0");
-        float b1 = require_scalar(fn, "beta1", beta1, 0.0, 1.0, true, "in [0, 1)");
-        float b2 = require_scalar(fn, "beta2", beta2, 0.0, 1.0, true, "in [0, 1)");
-        if (!(b1 < 1.0f) || !(b2 < 1.0f))
-          value_error(std::string(fn) + ": beta1 and beta2 must stay below 1 once rounded to float32");
+        require_scalar(fn, "beta1", beta1, 0.0, 1.0, true, "in [0, 1)");
+        require_scalar(fn, "beta2", beta2, 0.0, 1.0, true, "in [0, 1)");
         float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
         float wd = require_scalar(fn, "weight_decay", weight_decay, 0.0, HUGE_VAL, true, "finite and >= 0");
         if (step < 1) value_error(std::string(fn) + ": step must be >= 1 (the first update is step 1), got " +
@@ -480,7 +478,7 @@ void bind_optim(py::module_& m) {
         int64_t n = pa.size();
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(adam_update)(pp, mp, vp, gp, lr_f, b1, b2, ep, wd, decoupled ? 1 : 0, step, n);
+          FASTDL_KERNEL(adam_update)(pp, mp, vp, gp, lr_f, beta1, beta2, ep, wd, decoupled ? 1 : 0, step, n);
         }
       },
       py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("step"),

@@ -52,15 +52,18 @@ void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, 
 //   m = beta1·m + (1-beta1)·g;   v = beta2·v + (1-beta2)·g²
 //   param -= lr/(1-beta1^step) · m / (√v / √(1-beta2^step) + eps)
 // which is lr·m̂/(√v̂ + eps) with m̂ = m/(1-beta1^step), v̂ = v/(1-beta2^step), arranged as PyTorch does.
-void adam_update(float* param, float* m, float* v, const float* grad, float lr, float beta1, float beta2,
+void adam_update(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
                  float eps, float weight_decay, int decoupled, int64_t step, int64_t n) {
-  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
+  // beta1, beta2 and 1 - beta are each rounded to float once, from double, as PyTorch's scalar
+  // arguments are: 1.0f - float(0.999) would be 0.000999987, 1.3e-5 off.
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
   const float step_size = static_cast<float>(static_cast<double>(lr) / bc1);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   const float l2 = decoupled ? 0.0f : weight_decay;
   const float decay = decoupled ? static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay) : 1.0f;
-  const float b1 = beta1, b2 = beta2, c1 = 1.0f - beta1, c2 = 1.0f - beta2;
+  const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
+  const float c1 = static_cast<float>(1.0 - beta1), c2 = static_cast<float>(1.0 - beta2);
   parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
     for (int64_t i = lo; i < hi; i++) {
