@@ -329,8 +329,9 @@ void bind_regularization(py::module_& m) {
         require_same_or_disjoint(fn, "out", oa, "x", xa);
         require_all_disjoint(fn, {{"running_mean", &rm}, {"running_var", &rv}, {"x", &xa}, {"gamma", &g},
                                   {"beta", &b}});
-        require_no_overlap(fn, "out", oa, "running_mean", rm);
-        require_no_overlap(fn, "out", oa, "running_var", rv);
+        for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
+                                {"running_mean", &rm}, {"running_var", &rv}})
+          require_no_overlap(fn, "out", oa, name, *a);
         py::array mean = py::array_t<float>(C), invstd = py::array_t<float>(C);
         float *op = mf(oa), *mp = mf(mean), *ip = mf(invstd), *rmp = mf(rm), *rvp = mf(rv);
         const float *xp = cf(xa), *gp = cf(g), *bp = cf(b);
@@ -356,10 +357,9 @@ void bind_regularization(py::module_& m) {
         float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
         py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
         require_same_or_disjoint(fn, "out", oa, "x", xa);
-        require_no_overlap(fn, "out", oa, "gamma", g);
-        require_no_overlap(fn, "out", oa, "beta", b);
-        require_no_overlap(fn, "out", oa, "running_mean", rm);
-        require_no_overlap(fn, "out", oa, "running_var", rv);
+        for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
+                                {"running_mean", &rm}, {"running_var", &rv}})
+          require_no_overlap(fn, "out", oa, name, *a);
         float* op = mf(oa);
         const float *xp = cf(xa), *gp = cf(g), *bp = cf(b), *rmp = cf(rm), *rvp = cf(rv);
         {
