@@ -56,7 +56,10 @@ def dropout_backward(dout, p, seed, out=None):
 def dropout_mask(shape, p, seed):
     """The keep mask (float32 ones and zeros) that ``dropout`` with this p and seed applies to an
     array of this shape: ``dropout(x, p, seed) == x * dropout_mask(x.shape, p, seed) / (1 - p)``."""
-    kept = _C.dropout_forward(np.ones(shape, dtype=np.float32), p, seed)
+    ones = np.ones(shape, dtype=np.float32)
+    if ones.size == 0:
+        raise ValueError(f"dropout_mask: shape {ones.shape} is empty")
+    kept = _C.dropout_forward(ones, p, seed, ones)
     return (kept != 0).astype(np.float32)
 
 

@@ -284,3 +284,10 @@ def test_two_python_threads_at_once(rng):
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)
+
+
+def test_dropout_mask_bad_arguments():
+    with pytest.raises(ValueError, match=r"dropout_mask: shape \(3, 0\) is empty"):
+        ops.dropout_mask((3, 0), 0.5, 1)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        ops.dropout_mask((3, 2), 1.0, 1)
