@@ -98,6 +98,15 @@ void require_no_overlap(const char* fn, const char* out_arg, const py::array& ou
   if (overlaps(out, a)) value_error(std::string(fn) + ": " + out_arg + " must not share memory with " + arg);
 }
 
+// An output (elementwise, in-place capable) may be one of the inputs exactly (in place) but must not partly overlap one.
+void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
+                              const py::array& a) {
+  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
+  if (overlaps(out, a))
+    value_error(std::string(fn) + ": " + out_arg + " must not share memory with " + arg + " (it may be " + arg +
+                " itself, for in place, or separate memory)");
+}
+
 // An output: a new float32 array of this shape when `out` is None, else `out` checked to match exactly.
 py::array out_f32(py::handle out, const char* fn, const char* arg, const Shape& shape, const char* names) {
   if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
@@ -304,15 +313,6 @@ void bind_gemm(py::module_& m) {
 }
 
 // ============================== activations ==============================
-// An elementwise output may be one of the inputs exactly (in place) but must not partly overlap one.
-void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
-                              const py::array& a) {
-  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
-  if (overlaps(out, a))
-    value_error(std::string(fn) + ": " + out_arg + " partly overlaps " + arg + " (it may be " + arg +
-                " itself, for in place, or separate memory)");
-}
-
 using UnaryKernel = void (*)(float*, const float*, int64_t);
 using BinaryKernel = void (*)(float*, const float*, const float*, int64_t);
 using RowsKernel = void (*)(float*, const float*, const float*, int64_t, int64_t);
@@ -647,13 +647,6 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
     value_error(os.str());
   }
   return static_cast<float>(x);
-}
-
-// An output that may be exactly the input it is computed from (in place), but not a partial overlap.
-void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
-                              const py::array& a) {
-  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
-  require_no_overlap(fn, out_arg, out, arg, a);
 }
 
 // Arrays updated in place must not share memory with each other nor with the inputs read.
