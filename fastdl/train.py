@@ -185,12 +185,25 @@ def _is_real(v):
 
 
 def _numeric_array(a, where, name):
+    if a is None:
+        raise ValueError(f"{where}: {name} is None; an array is required")
+    if hasattr(a, "toarray") and hasattr(a, "nnz"):  # scipy.sparse
+        raise TypeError(f"{where}: {name} is a sparse matrix, but dense data is required; "
+                        f"use {name}.toarray()")
     try:
         arr = np.asarray(a)
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{where}: {name} could not be read as an array: {e}") from None
     if arr.dtype == bool:
         return arr
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{where}: {name} is complex: Complex data not supported")
+    if arr.dtype == object:  # e.g. numbers in an object array: convert, or say why not
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{where}: {name} must hold real numbers; its dtype object entries could not "
+                            f"be converted ({e})") from None
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{where}: {name} must hold real numbers, got dtype {arr.dtype}")
     return arr
@@ -201,9 +214,13 @@ def _as_X(X, where, name="X", dtype=np.float32):
     arr = _numeric_array(X, where, name)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
-                         + (f"; use {name}.reshape(-1, 1) for one feature" if arr.ndim == 1 else ""))
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{where}: {name} is empty (shape {arr.shape})")
+                         + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
+                            f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                         "required.")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
