@@ -404,6 +404,22 @@ def test_dropout_rejects_bad_p(p, exc):
         nn.Dropout(p)
 
 
+def test_register_buffer_and_manual_seed_validation():
+    m = nn.Module()
+    with pytest.raises(ValueError, match="name"):
+        m.register_buffer("a.b", np.zeros(2))
+    with pytest.raises(ValueError, match="name"):
+        m.register_buffer("", np.zeros(2))
+    with pytest.raises(TypeError, match="numeric"):
+        m.register_buffer("s", np.array(["x"]))
+    m.register_buffer("s", [1, 2])
+    assert m.s.dtype == np.float32 and list(m.state_dict()) == ["s"]
+    m.s = [3, 4]  # assigning to a buffer name keeps it registered (and float32)
+    np.testing.assert_array_equal(m.state_dict()["s"], [3, 4])
+    with pytest.raises(TypeError, match="manual_seed"):
+        nn.Dropout(0.5).manual_seed("x")
+
+
 def test_dropout_rejects_bad_seed():
     with pytest.raises(TypeError, match="seed"):
         nn.Dropout(0.5, seed=True)
@@ -507,6 +523,33 @@ def test_returned_arrays_are_never_overwritten():
     m3(x2)
     m3.backward(np.full((3, 5), 5.0, np.float32))
     np.testing.assert_array_equal(g, g_copy)
+
+
+def test_intermediate_buffers_are_reused_across_steps():
+    m = nn.Sequential(nn.Linear(5, 6, rng=0), nn.ReLU(), nn.Linear(6, 3, rng=1))
+    x = np.ones((4, 5), np.float32)
+    m(x)
+    m.backward(np.ones((4, 3), np.float32))
+    hidden, dhidden = m[1]._y, m[2]._ws["dinp"]
+    m(x + 1)
+    m.backward(np.ones((4, 3), np.float32))
+    assert m[1]._y is hidden and m[2]._ws["dinp"] is dhidden  # same arrays, rewritten
+    m(np.ones((7, 5), np.float32))  # a new batch size gets new buffers
+    assert m[1]._y.shape == (7, 6)
+
+
+def test_models_deepcopy_and_pickle():
+    import copy
+    import pickle
+
+    m = mlp(3)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    m.eval()
+    for clone in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        np.testing.assert_array_equal(clone(x), m(x))
+        clone[0].weight.data[...] = 0
+        assert m[0].weight.data.any()
+        assert [n for n, _ in clone.named_parameters()] == [n for n, _ in m.named_parameters()]
 
 
 def test_reused_buffers_give_the_same_results_as_fresh_ones():
