@@ -386,3 +386,12 @@ def test_bad_backward_inputs(rng):
         ops.batchnorm_backward(d, x, g, mean, invstd, dgamma=buf, dbeta=buf)
     with pytest.raises(ValueError, match="dgamma and gamma must not share memory"):
         ops.batchnorm_backward(d, x, g, mean, invstd, dgamma=g)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_out_overlapping_a_parameter(rng, training):
+    a = args(rng, B=4, C=3)
+    out = np.zeros((4, 3), np.float32)
+    a["gamma"] = out[0]  # a row of out: written while still being read
+    with pytest.raises(ValueError, match="out must not share memory with gamma"):
+        ops.batchnorm_forward(**a, training=training, out=out)

@@ -263,3 +263,31 @@ def test_bad_out():
     base = np.zeros(9, np.float32)
     with pytest.raises(ValueError, match="out must not share memory with x"):
         ops.dropout(base[:8], 0.5, 1, out=base[1:])
+
+
+def test_two_python_threads_at_once(rng):
+    # The GIL is released around the kernel: concurrent calls from Python threads stay correct.
+    import threading
+
+    xs = [rng.standard_normal(200_000).astype(np.float32) for _ in range(4)]
+    want = [reference_dropout(x, 0.5, i) for i, x in enumerate(xs)]
+    got = [None] * 4
+
+    def work(i):
+        for _ in range(5):
+            got[i] = ops.dropout(xs[i], 0.5, i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)
+
+
+def test_dropout_mask_bad_arguments():
+    with pytest.raises(ValueError, match=r"dropout_mask: shape \(3, 0\) is empty"):
+        ops.dropout_mask((3, 0), 0.5, 1)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\)"):
+        ops.dropout_mask((3, 2), 1.0, 1)
