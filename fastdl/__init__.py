@@ -10,6 +10,10 @@ import warnings as _warnings
 
 from . import _C
 from . import ops
+from . import nn, optim
+from . import models
+from .nn import load, save
+from .train import EarlyStopping, History, Trainer, evaluate, fit, predict
 
 __version__ = _C.config()["version"]
 
@@ -59,5 +63,7 @@ def _isa_from_env() -> None:
 _isa_from_env()
 
 __all__ = [
-    "ops", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
+    "ops", "nn", "optim", "models",
+    "fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping", "save", "load",
+    "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
 ]
