@@ -146,14 +146,24 @@ using reg = Vec::reg;
 constexpr int kW = Vec::W;
 constexpr int kNR = kNV * kW;  // columns per B strip and per tile
 
-// Cache blocking (AMD Zen 3 here: 32 KiB L1d, 512 KiB L2 per core; Intel SPR has 48 KiB / 2 MiB):
-// the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB floats) in L2.
-static int64_t envi(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }  // TUNING
-static int64_t kKC = envi("G_KC", 256);   // depth of a K-block (balanced, so K = 784 runs as 4 x 196)
-static int64_t kNB = envi("G_NB", 256);   // columns of a B block (rounded to kNR), per thread
-static int64_t kMB = envi("G_MB", 3072);  // rows of an M-block (multiple of 6 and 12); the A block is kMB x kKC
-static int64_t kInPlaceStrips = envi("G_IP", 4);  // read a in place when a thread has this many strips or fewer
-static double kParallelFlops = envi("G_PF", 3000000);  // 2*M*N*K below this runs on one thread, no region
+// Cache blocking: the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB) in L2, the A
+// block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
+// flat within 2% for kKC 256-320 and kNB 128-384); AVX-512 sizes follow kernels.md for Intel
+// Sapphire Rapids (48 KiB L1d, 2 MiB L2), untuned since no AVX-512 machine was at hand.
+#if defined(__AVX512F__)
+constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
+constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
+#else
+constexpr int64_t kKC = 320;
+constexpr int64_t kNB = 256;
+#endif
+constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of 6 and 12)
+// 2*M*N*K below this runs on the calling thread, with no parallel region (which costs 1-2 us warm,
+// tens of us after an idle spell): 3 MFLOP is ~30 us on one Zen 3 core.
+constexpr double kParallelFlops = 3.0e6;
+// Read a full A panel in place, without packing, when a thread has this many B strips or fewer:
+// packing would then cost about as much as the products it feeds.
+constexpr int64_t kInPlaceStrips = 4;
 
 // ------------------------------------------------------------------ activation on a vector
 // exp(x) for x <= 0 (Cephes expf: relative error ~2 ulp). Below -87.34 the result would be under
@@ -416,25 +426,26 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline int64_t k_block(int64_t K) { return round_up(ceil_div(K, ceil_div(K, kKC)), 8); }
 
 // The work of one thread: rows [m_lo, m_hi) x columns [n_lo, n_hi) of c.
-//  shared_a: the A block of each K-block is packed jointly by all nt threads into `a_buf` (a double
-//            buffer of 2 x kMB x kc floats) - every thread must then cover all rows [0, M);
-//  else:     the thread packs the A panels of its own rows into `a_buf` (kMB x kc floats).
-// b_buf: this thread's B block (kc x round_up(kNB, kNR) floats).
-void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, bool shared_a,
-                 float* a_buf, float* b_buf, int t, int nt) {
+//  shared_a: the A block of each K-block is packed jointly by all nt threads into `a_buf`, a double
+//            buffer of two halves of `a_half` floats; every thread must then cover all rows [0, M)
+//            and meets the others at one barrier per K-block;
+//  else:     the thread packs the A panels of its own rows into `a_buf`.
+// Rows go in M-blocks of mb_rows (a multiple of kMR), the most an A buffer holds. b_buf: this
+// thread's B block. Sizes: see gemm_blocked.
+void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, int64_t mb_rows,
+                 bool shared_a, float* a_buf, int64_t a_half, float* b_buf, int t, int nt) {
   const int64_t kcb = k_block(g.K);
   const int64_t nb_cols = kNB / kNR * kNR;
-  // With a few B strips per A panel, packing a would cost as much as the products it feeds: the
-  // micro-kernel then reads full panels of a (stored (M,K)) in place.
+  // With few B strips per A panel the micro-kernel reads full panels of a (stored (M,K)) in place.
   const bool a_in_place = !shared_a && !g.trans_a && ceil_div(n_hi - n_lo, kNR) <= kInPlaceStrips;
   int64_t round = 0;  // which half of the double buffer
-  for (int64_t mb = m_lo; mb < m_hi; mb += kMB) {
-    const int64_t mc = m_hi - mb < kMB ? m_hi - mb : kMB;
+  for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
+    const int64_t mc = m_hi - mb < mb_rows ? m_hi - mb : mb_rows;
     const int64_t panels = ceil_div(mc, kMR);
     for (int64_t k0 = 0; k0 < g.K; k0 += kcb, ++round) {
       const int64_t kc = g.K - k0 < kcb ? g.K - k0 : kcb;
       const bool first = k0 == 0, last = k0 + kc >= g.K;
-      float* ab = shared_a ? a_buf + (round & 1) * kMB * kcb : a_buf;
+      float* ab = shared_a ? a_buf + (round & 1) * a_half : a_buf;
       const int64_t p_lo = shared_a ? panels * t / nt : 0, p_hi = shared_a ? panels * (t + 1) / nt : panels;
       if (!a_in_place)
         pack_a(ab, g, mb, mc, p_lo, p_hi, k0, kc);
@@ -490,48 +501,46 @@ thread_local Arena t_arena;
 
 // Returns false (having written nothing) when the packing space cannot be allocated.
 bool gemm_blocked(const Operands& g) {
-  const int64_t kcb = k_block(g.K);
-  const int64_t b_floats = round_up(kcb * round_up(kNB, kNR), 1024);  // per thread, 4 KiB multiple
   const int64_t strips = ceil_div(g.N, kNR), panels = ceil_div(g.M, kMR);
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
-
   int nt = flops < kParallelFlops ? 1 : get_num_threads();
-  // Split columns when every thread gets at least 2 strips, else rows.
+  // Split the columns when every thread gets at least 2 strips of them, else the rows.
   const bool split_n = strips >= 2 * nt;
-  if (split_n) {
-    if (nt > strips) nt = static_cast<int>(strips);
-  } else if (nt > panels) {
-    nt = static_cast<int>(panels);
-  }
+  if (!split_n && nt > panels) nt = static_cast<int>(panels);
   if (nt < 1) nt = 1;
 
+  // Packing space, in 4 KiB multiples: [a B block per thread][A: a shared double buffer, or one
+  // private block per thread]. A B block is k_block x (at most kNB columns); an A block is
+  // k_block x (at most kMB rows: all of M when shared, the thread's share of it otherwise).
+  const int64_t kcb = k_block(g.K);
+  const int64_t b_cols = round_up(g.N, kNR) < kNB ? round_up(g.N, kNR) : kNB;
+  const int64_t b_floats = round_up(kcb * b_cols, 1024);
+  const int64_t a_rows_max = split_n || nt == 1 ? g.M : ceil_div(panels, nt) * kMR;
+  const int64_t a_rows = round_up(a_rows_max < kMB ? a_rows_max : kMB, kMR);
+  const int64_t a_floats = round_up(kcb * a_rows, 1024);
+  float* ws = t_arena.get(size_t(nt * b_floats + (nt > 1 && split_n ? 2 : nt) * a_floats));
+  if (!ws) return false;
+
   if (nt == 1) {
-    float* ws = t_arena.get(size_t(kMB * kcb + b_floats));
-    if (!ws) return false;
     DenormalsOff ftz;
-    gemm_thread(g, 0, g.M, 0, g.N, false, ws + b_floats, ws, 0, 1);
+    gemm_thread(g, 0, g.M, 0, g.N, a_rows, false, ws + b_floats, 0, ws, 0, 1);
     return true;
   }
-  // [B block per thread][A: shared double buffer, or one private block per thread]
-  const int64_t a_floats = round_up(kMB * kcb, 1024);
-  const int64_t total = nt * b_floats + (split_n ? 2 * a_floats : nt * a_floats);
-  float* ws = t_arena.get(size_t(total));
-  if (!ws) return false;
 #pragma omp parallel num_threads(nt)
   {
     DenormalsOff ftz;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();  // T < nt if the runtime says so
     float* b_buf = ws + t * b_floats;
-    float* a_base = ws + T * b_floats;
+    float* a_base = ws + nt * b_floats;
     if (split_n) {
-      // T may be < nt if the runtime gave fewer threads; the split uses the real team.
       const int64_t s_lo = strips * t / T, s_hi = strips * (t + 1) / T;
       const int64_t n_lo = s_lo * kNR, n_hi = s_hi * kNR < g.N ? s_hi * kNR : g.N;
-      gemm_thread(g, 0, g.M, n_lo, n_hi, true, a_base, b_buf, t, T);
+      gemm_thread(g, 0, g.M, n_lo, n_hi, a_rows, true, a_base, a_floats, b_buf, t, T);
     } else {
       const int64_t p_lo = panels * t / T, p_hi = panels * (t + 1) / T;
       const int64_t m_lo = p_lo * kMR, m_hi = p_hi * kMR < g.M ? p_hi * kMR : g.M;
-      if (m_lo < m_hi) gemm_thread(g, m_lo, m_hi, 0, g.N, false, a_base + t * a_floats, b_buf, t, T);
+      if (m_lo < m_hi)
+        gemm_thread(g, m_lo, m_hi, 0, g.N, a_rows, false, a_base + t * a_floats, 0, b_buf, t, T);
     }
   }
   return true;
