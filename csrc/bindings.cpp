@@ -210,11 +210,280 @@ void bind_losses(py::module_& m) {
 }
 
 // ============================== dropout / batchnorm ==============================
+// p of dropout: a number in [0, 1) (also once rounded to float32, which the kernel uses).
+float parse_dropout_p(double p, const char* fn) {
+  float pf = static_cast<float>(p);
+  if (!(p >= 0.0 && p < 1.0) || !(pf < 1.0f)) {
+    std::ostringstream os;
+    os << fn << ": p must be in [0, 1), got " << p;
+    value_error(os.str());
+  }
+  return pf;
+}
+
+// seed: a Python int (or anything with __index__, bool excluded) in [0, 2**64).
+uint64_t parse_seed(py::handle h, const char* fn) {
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr()))
+    type_error(std::string(fn) + ": seed must be an int in [0, 2**64), got " +
+               std::string(py::str(py::type::of(h).attr("__name__"))));
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!i) throw py::error_already_set();
+  unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    value_error(std::string(fn) + ": seed must be an int in [0, 2**64), got " + std::string(py::repr(i)));
+  }
+  return static_cast<uint64_t>(v);
+}
+
+// A finite scalar hyperparameter at least `lo` (and below `hi` when hi_open).
+float require_scalar(const char* fn, const char* arg, double x, double lo, double hi, bool hi_open,
+                     const char* range) {
+  bool ok = std::isfinite(x) && x >= lo && (hi_open ? x < hi : x <= hi);
+  if (!ok) {
+    std::ostringstream os;
+    os << fn << ": " << arg << " must be " << range << ", got " << x;
+    value_error(os.str());
+  }
+  return static_cast<float>(x);
+}
+
+// An output that may be exactly the input it is computed from (in place), but not a partial overlap.
+void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
+                              const py::array& a) {
+  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
+  require_no_overlap(fn, out_arg, out, arg, a);
+}
+
+// Arrays updated in place must not share memory with each other nor with the inputs read.
+void require_all_disjoint(const char* fn, std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
+  for (auto i = arrays.begin(); i != arrays.end(); ++i)
+    for (auto j = std::next(i); j != arrays.end(); ++j)
+      if (overlaps(*i->second, *j->second))
+        value_error(std::string(fn) + ": " + i->first + " and " + j->first + " must not share memory");
+}
+
+py::array dropout_call(const char* fn, const char* in_name, py::handle x, double p, py::handle seed, py::handle out,
+                       bool forward) {
+  py::array xa = in_f32(x, fn, in_name);
+  require_nonempty(fn, in_name, xa);
+  float pf = parse_dropout_p(p, fn);
+  uint64_t s = parse_seed(seed, fn);
+  py::array oa = out_f32(out, fn, "out", shape_of(xa), (std::string(in_name) + ".shape").c_str());
+  require_same_or_disjoint(fn, "out", oa, in_name, xa);
+  const float* xp = cf(xa);
+  float* op = mf(oa);
+  int64_t n = xa.size();
+  {
+    py::gil_scoped_release nogil;
+    if (forward)
+      FASTDL_KERNEL(dropout_forward)(op, xp, pf, s, n);
+    else
+      FASTDL_KERNEL(dropout_backward)(op, xp, pf, s, n);
+  }
+  return oa;
+}
+
+// Shape checks shared by the two batchnorm forwards: x (B, C) non-empty, the per-feature arrays (C,).
+void batchnorm_check(const char* fn, const py::array& xa, const py::array& g, const py::array& b,
+                     const py::array& rm, const py::array& rv) {
+  require_ndim(fn, "x", xa, 2, "(batch, num_features)");
+  require_nonempty(fn, "x", xa);
+  Shape c{xa.shape(1)};
+  require_shape(fn, "gamma", g, c, "(num_features,)");
+  require_shape(fn, "beta", b, c, "(num_features,)");
+  require_shape(fn, "running_mean", rm, c, "(num_features,)");
+  require_shape(fn, "running_var", rv, c, "(num_features,)");
+}
+
 void bind_regularization(py::module_& m) {
+  m.def(
+      "dropout_forward",
+      [](py::handle x, double p, py::handle seed, py::handle out) {
+        return dropout_call("dropout_forward", "x", x, p, seed, out, true);
+      },
+      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+  m.def(
+      "dropout_backward",
+      [](py::handle dout, double p, py::handle seed, py::handle out) {
+        return dropout_call("dropout_backward", "dout", dout, p, seed, out, false);
+      },
+      py::arg("dout"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+
+  m.def(
+      "batchnorm_forward_train",
+      [](py::handle x, py::handle gamma, py::handle beta, py::handle running_mean, py::handle running_var,
+         double momentum, double eps, py::handle out) {
+        const char* fn = "batchnorm_forward";
+        py::array xa = in_f32(x, fn, "x"), g = in_f32(gamma, fn, "gamma"), b = in_f32(beta, fn, "beta");
+        py::array rm = take_array(running_mean, fn, "running_mean", DType::F32, true);
+        py::array rv = take_array(running_var, fn, "running_var", DType::F32, true);
+        batchnorm_check(fn, xa, g, b, rm, rv);
+        const int64_t B = xa.shape(0), C = xa.shape(1);
+        if (B < 2)
+          value_error(std::string(fn) + ": expected more than 1 value per channel when training, got x of shape " +
+                      shape_str(shape_of(xa)));
+        float mom = require_scalar(fn, "momentum", momentum, 0.0, 1.0, false, "in [0, 1]");
+        float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
+        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
+        require_all_disjoint(fn, {{"running_mean", &rm}, {"running_var", &rv}, {"x", &xa}, {"gamma", &g},
+                                  {"beta", &b}});
+        for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
+                                {"running_mean", &rm}, {"running_var", &rv}})
+          require_no_overlap(fn, "out", oa, name, *a);
+        py::array mean = py::array_t<float>(C), invstd = py::array_t<float>(C);
+        float *op = mf(oa), *mp = mf(mean), *ip = mf(invstd), *rmp = mf(rm), *rvp = mf(rv);
+        const float *xp = cf(xa), *gp = cf(g), *bp = cf(b);
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(batchnorm_forward_train)(op, mp, ip, rmp, rvp, xp, gp, bp, mom, ep, B, C);
+        }
+        return py::make_tuple(oa, mean, invstd);
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("momentum") = 0.1, py::arg("eps") = 1e-5, py::arg("out") = py::none(),
+      "Training forward: returns (y, mean, invstd); updates running_mean and running_var in place.");
+
+  m.def(
+      "batchnorm_forward_eval",
+      [](py::handle x, py::handle gamma, py::handle beta, py::handle running_mean, py::handle running_var,
+         double eps, py::handle out) {
+        const char* fn = "batchnorm_forward";
+        py::array xa = in_f32(x, fn, "x"), g = in_f32(gamma, fn, "gamma"), b = in_f32(beta, fn, "beta");
+        py::array rm = in_f32(running_mean, fn, "running_mean"), rv = in_f32(running_var, fn, "running_var");
+        batchnorm_check(fn, xa, g, b, rm, rv);
+        const int64_t B = xa.shape(0), C = xa.shape(1);
+        float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
+        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
+        for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
+                                {"running_mean", &rm}, {"running_var", &rv}})
+          require_no_overlap(fn, "out", oa, name, *a);
+        float* op = mf(oa);
+        const float *xp = cf(xa), *gp = cf(g), *bp = cf(b), *rmp = cf(rm), *rvp = cf(rv);
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(batchnorm_forward_eval)(op, xp, gp, bp, rmp, rvp, ep, B, C);
+        }
+        return oa;
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("eps") = 1e-5, py::arg("out") = py::none(), "Eval forward with the running statistics.");
+
+  m.def(
+      "batchnorm_backward",
+      [](py::handle dout, py::handle x, py::handle gamma, py::handle mean, py::handle invstd, py::handle dx,
+         py::handle dgamma, py::handle dbeta) {
+        const char* fn = "batchnorm_backward";
+        py::array xa = in_f32(x, fn, "x"), d = in_f32(dout, fn, "dout"), g = in_f32(gamma, fn, "gamma");
+        py::array mu = in_f32(mean, fn, "mean"), is = in_f32(invstd, fn, "invstd");
+        require_ndim(fn, "x", xa, 2, "(batch, num_features)");
+        require_nonempty(fn, "x", xa);
+        const int64_t B = xa.shape(0), C = xa.shape(1);
+        Shape c{C};
+        require_shape(fn, "dout", d, shape_of(xa), "x.shape");
+        require_shape(fn, "gamma", g, c, "(num_features,)");
+        require_shape(fn, "mean", mu, c, "(num_features,)");
+        require_shape(fn, "invstd", is, c, "(num_features,)");
+        py::array dxa = out_f32(dx, fn, "dx", shape_of(xa), "x.shape");
+        py::array dga = out_f32(dgamma, fn, "dgamma", c, "(num_features,)");
+        py::array dba = out_f32(dbeta, fn, "dbeta", c, "(num_features,)");
+        require_same_or_disjoint(fn, "dx", dxa, "dout", d);
+        require_same_or_disjoint(fn, "dx", dxa, "x", xa);
+        for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"mean", &mu},
+                                {"invstd", &is}, {"dgamma", &dga}, {"dbeta", &dba}})
+          require_no_overlap(fn, "dx", dxa, name, *a);
+        require_all_disjoint(fn, {{"dgamma", &dga}, {"dbeta", &dba}, {"dout", &d}, {"x", &xa}, {"gamma", &g},
+                                  {"mean", &mu}, {"invstd", &is}});
+        float *dxp = mf(dxa), *dgp = mf(dga), *dbp = mf(dba);
+        const float *dp = cf(d), *xp = cf(xa), *gp = cf(g), *mp = cf(mu), *ip = cf(is);
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(batchnorm_backward)(dxp, dgp, dbp, dp, xp, gp, mp, ip, B, C);
+        }
+        return py::make_tuple(dxa, dga, dba);
+      },
+      py::arg("dout"), py::arg("x"), py::arg("gamma"), py::arg("mean"), py::arg("invstd"),
+      py::arg("dx") = py::none(), py::arg("dgamma") = py::none(), py::arg("dbeta") = py::none(),
+      "Returns (dx, dgamma, dbeta) from the training forward's mean and invstd.");
 }
 
 // ============================== optimizer updates ==============================
+// An array updated in place: exact float32, C-contiguous, writeable, non-empty, shaped like param.
+py::array inplace_f32(py::handle h, const char* fn, const char* arg, const py::array* like) {
+  py::array a = take_array(h, fn, arg, DType::F32, true);
+  if (like) require_shape(fn, arg, a, shape_of(*like), "param.shape");
+  return a;
+}
+
 void bind_optim(py::module_& m) {
+  m.def(
+      "sgd_update",
+      [](py::handle param, py::handle grad, py::handle momentum_buf, double lr, double momentum, double dampening,
+         double weight_decay, bool nesterov, bool first_step) {
+        const char* fn = "sgd_step";
+        py::array pa = inplace_f32(param, fn, "param", nullptr);
+        require_nonempty(fn, "param", pa);
+        py::array ga = in_f32(grad, fn, "grad");
+        require_shape(fn, "grad", ga, shape_of(pa), "param.shape");
+        float lr_f = require_scalar(fn, "lr", lr, 0.0, HUGE_VAL, true, "finite and >= 0");
+        float mom = require_scalar(fn, "momentum", momentum, 0.0, HUGE_VAL, true, "finite and >= 0");
+        float damp = require_scalar(fn, "dampening", dampening, -HUGE_VAL, HUGE_VAL, true, "finite");
+        float wd = require_scalar(fn, "weight_decay", weight_decay, 0.0, HUGE_VAL, true, "finite and >= 0");
+        if (nesterov && (mom <= 0.0f || damp != 0.0f))
+          value_error(std::string(fn) + ": nesterov momentum requires a momentum > 0 and zero dampening");
+        if (mom != 0.0f && momentum_buf.is_none())
+          value_error(std::string(fn) + ": momentum_buf is required when momentum != 0");
+        float* bp = nullptr;
+        if (!momentum_buf.is_none()) {  // checked whenever given; used only when momentum != 0
+          py::array ba = inplace_f32(momentum_buf, fn, "momentum_buf", &pa);
+          require_all_disjoint(fn, {{"param", &pa}, {"grad", &ga}, {"momentum_buf", &ba}});
+          if (mom != 0.0f) bp = mf(ba);  // ba's memory is owned by the caller's array, alive during the call
+        } else {
+          require_all_disjoint(fn, {{"param", &pa}, {"grad", &ga}});
+        }
+        float* pp = mf(pa);
+        const float* gp = cf(ga);
+        int64_t n = pa.size();
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(sgd_update)(pp, bp, gp, lr_f, mom, damp, wd, nesterov ? 1 : 0, first_step ? 1 : 0, n);
+        }
+      },
+      py::arg("param"), py::arg("grad"), py::arg("momentum_buf"), py::arg("lr"), py::arg("momentum"),
+      py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
+      "PyTorch's SGD step, in place on param (and momentum_buf when momentum != 0).");
+
+  m.def(
+      "adam_update",
+      [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr, int64_t step, double beta1,
+         double beta2, double eps, double weight_decay, bool decoupled) {
+        const char* fn = "adam_step";
+        py::array pa = inplace_f32(param, fn, "param", nullptr);
+        require_nonempty(fn, "param", pa);
+        py::array ga = in_f32(grad, fn, "grad");
+        require_shape(fn, "grad", ga, shape_of(pa), "param.shape");
+        py::array ma = inplace_f32(m_, fn, "m", &pa), va = inplace_f32(v_, fn, "v", &pa);
+        float lr_f = require_scalar(fn, "lr", lr, 0.0, HUGE_VAL, true, "finite and >= 0");
+        require_scalar(fn, "beta1", beta1, 0.0, 1.0, true, "in [0, 1)");
+        require_scalar(fn, "beta2", beta2, 0.0, 1.0, true, "in [0, 1)");
+        float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
+        float wd = require_scalar(fn, "weight_decay", weight_decay, 0.0, HUGE_VAL, true, "finite and >= 0");
+        if (step < 1) value_error(std::string(fn) + ": step must be >= 1 (the first update is step 1), got " +
+                                  std::to_string(step));
+        require_all_disjoint(fn, {{"param", &pa}, {"grad", &ga}, {"m", &ma}, {"v", &va}});
+        float *pp = mf(pa), *mp = mf(ma), *vp = mf(va);
+        const float* gp = cf(ga);
+        int64_t n = pa.size();
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(adam_update)(pp, mp, vp, gp, lr_f, beta1, beta2, ep, wd, decoupled ? 1 : 0, step, n);
+        }
+      },
+      py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("step"),
+      py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
+      "Adam (decoupled=False) or AdamW (decoupled=True) step, in place on param, m and v.");
 }
 
 }  // namespace

@@ -1,8 +1,82 @@
-// optim.cpp - see csrc/kernels.inc for the contract of each kernel here.
+// optim.cpp - optimizer updates, in place, one fused pass over each array (the CPU analogue of
+// PyTorch's fused/foreach optimizers). Plain `omp simd` loops: each element is independent, so the
+// per-ISA builds turn them into AVX2 / AVX-512 code, and parallel_chunks splits large arrays.
+// Per element the arithmetic is float; the step-dependent scalars are worked out once in double.
+#include <cmath>
+
 #include "kernel_common.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
+
+// param, grad, momentum_buf: (n); momentum_buf is nullptr when momentum == 0.
+// PyTorch's torch.optim.SGD, per element:
+//   g = grad + weight_decay·param
+//   if momentum != 0:  buf = first_step ? g : momentum·buf + (1 - dampening)·g
+//                      g   = nesterov ? g + momentum·buf : buf
+//   param -= lr·g
+void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
+                float weight_decay, int nesterov, int first_step, int64_t n) {
+  const float wd = weight_decay, mom = momentum, damp1 = 1.0f - dampening;
+  if (momentum == 0.0f || momentum_buf == nullptr) {
+    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) param[i] -= lr * (grad[i] + wd * param[i]);
+    });
+  } else if (first_step) {
+    const float nest = nesterov ? mom : 0.0f;
+    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        float g = grad[i] + wd * param[i];
+        momentum_buf[i] = g;
+        param[i] -= lr * (g + nest * g);  // buf = g
+      }
+    });
+  } else {
+    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; i++) {
+        float g = grad[i] + wd * param[i];
+        float buf = mom * momentum_buf[i] + damp1 * g;
+        momentum_buf[i] = buf;
+        param[i] -= lr * (nesterov ? g + mom * buf : buf);
+      }
+    });
+  }
+}
+
+// param, m, v, grad: (n); step >= 1 counts this update (the first update has step 1).
+// PyTorch's torch.optim.Adam (decoupled = 0) and AdamW (decoupled = 1), per element:
+//   Adam:  g = grad + weight_decay·param          AdamW: g = grad; param *= 1 - lr·weight_decay
+//   m = beta1·m + (1-beta1)·g;   v = beta2·v + (1-beta2)·g²
+//   param -= lr/(1-beta1^step) · m / (√v / √(1-beta2^step) + eps)
+// which is lr·m̂/(√v̂ + eps) with m̂ = m/(1-beta1^step), v̂ = v/(1-beta2^step), arranged as PyTorch does.
+void adam_update(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
+                 float eps, float weight_decay, int decoupled, int64_t step, int64_t n) {
+  // beta1, beta2 and 1 - beta are each rounded to float once, from double, as PyTorch's scalar
+  // arguments are: 1.0f - float(0.999) would be 0.000999987, 1.3e-5 off.
+  const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  const float step_size = static_cast<float>(static_cast<double>(lr) / bc1);
+  const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  const float l2 = decoupled ? 0.0f : weight_decay;
+  const float decay = decoupled ? static_cast<float>(1.0 - static_cast<double>(lr) * weight_decay) : 1.0f;
+  const float b1 = static_cast<float>(beta1), b2 = static_cast<float>(beta2);
+  const float c1 = static_cast<float>(1.0 - beta1), c2 = static_cast<float>(1.0 - beta2);
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+      float p = param[i];
+      float g = grad[i] + l2 * p;
+      float mi = b1 * m[i] + c1 * g;
+      float vi = b2 * v[i] + c2 * (g * g);
+      m[i] = mi;
+      v[i] = vi;
+      param[i] = p * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+    }
+  });
+}
 
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl

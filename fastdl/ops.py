@@ -7,6 +7,8 @@ given; an ``out`` array is written in place and returned.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import _C
 
 __all__: list = []  # each section below adds its names
@@ -32,7 +34,94 @@ def relu_backward(dout, x, out=None):
 
 
 # ---------------------------------------------------------------- dropout / batchnorm
+__all__ += ["dropout", "dropout_backward", "dropout_mask", "batchnorm_forward", "batchnorm_backward"]
+
+
+def dropout(x, p, seed, out=None):
+    """Inverted dropout: x * keep / (1 - p), each element kept with probability 1 - p.
+
+    The mask is a pure function of ``seed`` (an int in [0, 2**64)) and the element's flat index,
+    so a seed gives the same mask on every thread count and instruction set, and
+    ``dropout_backward`` with the same seed recomputes it. ``p`` must be in [0, 1); p = 0 is the
+    identity. ``out`` may be ``x`` itself.
+    """
+    return _C.dropout_forward(x, p, seed, out)
+
+
+def dropout_backward(dout, p, seed, out=None):
+    """Gradient of ``dropout(x, p, seed)``: dout * keep / (1 - p), the mask rebuilt from ``seed``."""
+    return _C.dropout_backward(dout, p, seed, out)
+
+
+def dropout_mask(shape, p, seed):
+    """The keep mask (float32 ones and zeros) that ``dropout`` with this p and seed applies to an
+    array of this shape: ``dropout(x, p, seed) == x * dropout_mask(x.shape, p, seed) / (1 - p)``."""
+    ones = np.ones(shape, dtype=np.float32)
+    if ones.size == 0:
+        raise ValueError(f"dropout_mask: shape {ones.shape} is empty")
+    kept = _C.dropout_forward(ones, p, seed, ones)
+    return (kept != 0).astype(np.float32)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5,
+                      out=None):
+    """BatchNorm1d over x (batch, num_features), like ``torch.nn.functional.batch_norm``.
+
+    training=True: normalise with the batch mean and biased variance, update ``running_mean`` and
+    ``running_var`` in place (running = (1 - momentum) * running + momentum * batch statistic, the
+    variance unbiased by B / (B - 1)); returns (y, mean, invstd), the last two for
+    ``batchnorm_backward``. The running arrays must be float32, C-contiguous and writeable: they are
+    never copied. training=False: normalise with the running statistics; returns (y, None, None).
+    """
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"batchnorm_forward: training must be a bool, got {type(training).__name__}")
+    if training:
+        return _C.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, out)
+    return _C.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out), None, None
+
+
+def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, dbeta=None):
+    """Gradients of the training-mode ``batchnorm_forward``: returns (dx, dgamma, dbeta).
+
+    dbeta = sum(dout), dgamma = sum(dout * xhat) over the batch, and
+    dx = gamma * invstd / B * (B * dout - dbeta - xhat * dgamma), xhat = (x - mean) * invstd.
+    """
+    return _C.batchnorm_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
 
 
 # ---------------------------------------------------------------- optimizer updates
+__all__ += ["sgd_step", "adam_step"]
 
+
+def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+             nesterov=False, first_step=False):
+    """One step of PyTorch's SGD, in place on ``param`` (and ``momentum_buf``); returns ``param``.
+
+        g = grad + weight_decay * param
+        if momentum != 0:
+            buf = g if first_step else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        param -= lr * g
+
+    ``momentum_buf`` is required when momentum != 0 (its contents are ignored when first_step).
+    In-place arrays must be float32, C-contiguous, writeable and must not overlap: never copied.
+    """
+    _C.sgd_update(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
+    return param
+
+
+def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+              decoupled=False):
+    """One Adam step (AdamW when ``decoupled``), in place on ``param``, ``m`` and ``v``; returns ``param``.
+
+        g = grad + weight_decay * param        (Adam; AdamW instead does param *= 1 - lr * weight_decay)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        param -= lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1**step), v_hat = v / (1 - beta2**step)
+
+    ``step`` counts updates from 1 (the first call has step=1).
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"adam_step: step must be an int, got {type(step).__name__}")
+    _C.adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled)
+    return param

@@ -1,0 +1,388 @@
+"""Optimizer update kernels (sgd_step, adam_step): steps worked by hand with PyTorch's formulas,
+float64 NumPy references over several consecutive steps, shape fuzzing, threads, in-place
+contract (never a copy), bad inputs."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from fastdl import _C, ops
+
+# ---------------------------------------------------------------- float64 references (PyTorch's formulas)
+
+
+def ref_sgd(param, grad, buf, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+            first_step=False):
+    """torch.optim.SGD for one parameter, element by element; returns (param, buf)."""
+    param, buf = param.astype(np.float64).copy(), None if buf is None else buf.astype(np.float64).copy()
+    for i in range(param.size):
+        g = float(grad.flat[i]) + weight_decay * param.flat[i]
+        if momentum != 0:
+            buf.flat[i] = g if first_step else momentum * buf.flat[i] + (1 - dampening) * g
+            g = g + momentum * buf.flat[i] if nesterov else buf.flat[i]
+        param.flat[i] -= lr * g
+    return param, buf
+
+
+def ref_adam(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
+    """torch.optim.Adam / AdamW for one parameter; returns (param, m, v)."""
+    param, m, v = (a.astype(np.float64).copy() for a in (param, m, v))
+    for i in range(param.size):
+        g = float(grad.flat[i])
+        if decoupled:
+            param.flat[i] *= 1 - lr * weight_decay
+        else:
+            g += weight_decay * param.flat[i]
+        m.flat[i] = beta1 * m.flat[i] + (1 - beta1) * g
+        v.flat[i] = beta2 * v.flat[i] + (1 - beta2) * g * g
+        m_hat = m.flat[i] / (1 - beta1**step)
+        v_hat = v.flat[i] / (1 - beta2**step)
+        param.flat[i] -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    return param, m, v
+
+
+f32 = lambda *a: np.array(a, dtype=np.float32)  # noqa: E731
+
+# ---------------------------------------------------------------- worked by hand
+
+
+def test_sgd_momentum_weight_decay_by_hand():
+    # lr = 0.1, momentum = 0.9, dampening = 0, weight_decay = 0.01, param = [1, -2]
+    p, buf = f32(1.0, -2.0), np.zeros(2, np.float32)
+    # step 1, grad [0.5, 0.25]: g = grad + 0.01*param = [0.51, 0.23]; buf = g (first step)
+    #   param = [1 - 0.1*0.51, -2 - 0.1*0.23] = [0.949, -2.023]
+    ops.sgd_step(p, f32(0.5, 0.25), buf, lr=0.1, momentum=0.9, weight_decay=0.01, first_step=True)
+    np.testing.assert_allclose(buf, [0.51, 0.23], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.949, -2.023], rtol=1e-6)
+    # step 2, grad [-0.1, 0.4]: g = [-0.1 + 0.00949, 0.4 - 0.02023] = [-0.09051, 0.37977]
+    #   buf = 0.9*[0.51, 0.23] + g = [0.36849, 0.58677]
+    #   param = [0.949 - 0.036849, -2.023 - 0.058677] = [0.912151, -2.081677]
+    ops.sgd_step(p, f32(-0.1, 0.4), buf, lr=0.1, momentum=0.9, weight_decay=0.01)
+    np.testing.assert_allclose(buf, [0.36849, 0.58677], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.912151, -2.081677], rtol=1e-6)
+
+
+def test_sgd_nesterov_and_dampening_by_hand():
+    # nesterov, lr 0.1, momentum 0.9, first step, grad [0.51, 0.23] (no decay): buf = g and the
+    # step uses g + 0.9*buf = 1.9*g = [0.969, 0.437]: param = [1 - 0.0969, -2 - 0.0437] = [0.9031, -2.0437]
+    p, buf = f32(1.0, -2.0), np.zeros(2, np.float32)
+    ops.sgd_step(p, f32(0.51, 0.23), buf, lr=0.1, momentum=0.9, nesterov=True, first_step=True)
+    np.testing.assert_allclose(p, [0.9031, -2.0437], rtol=1e-6)
+    # dampening 0.5, not the first step: buf = 0.9*[1, 1] + 0.5*[0.2, -0.4] = [1.0, 0.7]
+    #   param = [0, 0] - 0.1*buf = [-0.1, -0.07]
+    p, buf = np.zeros(2, np.float32), f32(1.0, 1.0)
+    ops.sgd_step(p, f32(0.2, -0.4), buf, lr=0.1, momentum=0.9, dampening=0.5)
+    np.testing.assert_allclose(buf, [1.0, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(p, [-0.1, -0.07], rtol=1e-6)
+    # plain SGD: param = [1, -2] - 0.5*[0.2, -0.4] = [0.9, -1.8]
+    p = f32(1.0, -2.0)
+    assert ops.sgd_step(p, f32(0.2, -0.4), lr=0.5) is p
+    np.testing.assert_allclose(p, [0.9, -1.8], rtol=1e-6)
+
+
+def test_adam_by_hand():
+    # lr 0.1, betas (0.9, 0.999), eps 1e-8, param [1, -2], the same grad [0.5, -0.25] twice.
+    p, m, v = f32(1.0, -2.0), np.zeros(2, np.float32), np.zeros(2, np.float32)
+    g = f32(0.5, -0.25)
+    # step 1: m = 0.1*g = [0.05, -0.025]; v = 0.001*g² = [0.00025, 0.0000625];
+    #   m_hat = m/0.1 = g, v_hat = v/0.001 = g², so the step is lr*g/|g| = [0.1, -0.1]: param [0.9, -1.9]
+    ops.adam_step(p, g, m, v, lr=0.1, step=1)
+    np.testing.assert_allclose(m, [0.05, -0.025], rtol=1e-6)
+    np.testing.assert_allclose(v, [0.00025, 0.0000625], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.9, -1.9], rtol=1e-6)
+    # step 2: m = 0.9*m + 0.1*g = [0.095, -0.0475]; v = 0.999*v + 0.001*g² = [0.00049975, 0.0001249375];
+    #   1 - 0.9² = 0.19 and 1 - 0.999² = 0.001999 give m_hat = g, v_hat = g² again: param [0.8, -1.8]
+    ops.adam_step(p, g, m, v, lr=0.1, step=2)
+    np.testing.assert_allclose(m, [0.095, -0.0475], rtol=1e-6)
+    np.testing.assert_allclose(v, [0.00049975, 0.0001249375], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.8, -1.8], rtol=1e-6)
+
+
+def test_adam_weight_decay_l2_and_decoupled_by_hand():
+    g = f32(0.5, -0.25)
+    # Adam, weight_decay 0.1: the gradient becomes g + 0.1*param = [0.6, -0.45];
+    #   m = 0.1*[0.6, -0.45] = [0.06, -0.045], v = 0.001*[0.36, 0.2025]; step 1 moves lr*sign: [0.9, -1.9]
+    p, m, v = f32(1.0, -2.0), np.zeros(2, np.float32), np.zeros(2, np.float32)
+    ops.adam_step(p, g, m, v, lr=0.1, step=1, weight_decay=0.1)
+    np.testing.assert_allclose(m, [0.06, -0.045], rtol=1e-6)
+    np.testing.assert_allclose(v, [0.00036, 0.0002025], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.9, -1.9], rtol=1e-6)
+    # AdamW, weight_decay 0.1: param *= 1 - 0.1*0.1 = 0.99 -> [0.99, -1.98], m and v from grad alone,
+    #   then the step lr*sign(g): [0.89, -1.88]
+    p, m, v = f32(1.0, -2.0), np.zeros(2, np.float32), np.zeros(2, np.float32)
+    ops.adam_step(p, g, m, v, lr=0.1, step=1, weight_decay=0.1, decoupled=True)
+    np.testing.assert_allclose(m, [0.05, -0.025], rtol=1e-6)
+    np.testing.assert_allclose(p, [0.89, -1.88], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- several steps against the reference
+
+SGD_CASES = [
+    dict(lr=0.05),
+    dict(lr=0.05, weight_decay=0.01),
+    dict(lr=0.05, momentum=0.9),
+    dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=1e-3),
+    dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-2),
+]
+
+
+@pytest.mark.parametrize("kw", SGD_CASES)
+def test_sgd_steps_match_reference(isa, rng, kw):
+    n = 1003
+    p = rng.standard_normal(n).astype(np.float32)
+    buf = np.zeros(n, np.float32) if kw.get("momentum") else None
+    p_ref, buf_ref = p.copy(), None if buf is None else buf.copy()
+    for step in range(5):
+        g = rng.standard_normal(n).astype(np.float32)
+        p_ref, buf_ref = ref_sgd(p_ref, g, buf_ref, first_step=step == 0, **kw)
+        ops.sgd_step(p, g, buf, first_step=step == 0, **kw)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+    if buf is not None:
+        np.testing.assert_allclose(buf, buf_ref, rtol=1e-5, atol=1e-6)
+
+
+ADAM_CASES = [
+    dict(lr=1e-2),
+    dict(lr=1e-2, beta1=0.5, beta2=0.9, eps=1e-6),
+    dict(lr=1e-2, weight_decay=0.1),
+    dict(lr=1e-2, weight_decay=0.1, decoupled=True),
+    dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=0.0),  # sign descent: m = g, v = g²
+]
+
+
+@pytest.mark.parametrize("kw", ADAM_CASES)
+def test_adam_steps_match_reference(isa, rng, kw):
+    n = (37, 29)  # any shape: the update is elementwise
+    p = rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
+    for step in range(1, 7):
+        g = rng.standard_normal(n).astype(np.float32)
+        p_ref, m_ref, v_ref = ref_adam(p_ref, g, m_ref, v_ref, step=step, **kw)
+        ops.adam_step(p, g, m, v, step=step, **kw)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_large_step_count(rng):
+    # at step 10^6 both bias corrections are 1 (beta^step underflows to 0)
+    p, g = rng.standard_normal(50).astype(np.float32), rng.standard_normal(50).astype(np.float32)
+    m, v = (0.1 * g).astype(np.float32), (0.01 * g * g).astype(np.float32)
+    want = ref_adam(p, g, m, v, lr=1e-3, step=10**6)
+    ops.adam_step(p, g, m, v, lr=1e-3, step=10**6)
+    for got, w in zip((p, m, v), want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-8)
+
+
+@given(n=st.integers(1, 3000), momentum=st.sampled_from([0.0, 0.5, 0.9]), nesterov=st.booleans(),
+       wd=st.sampled_from([0.0, 1e-2]), seed=st.integers(0, 2**32 - 1))
+def test_sgd_any_length(n, momentum, nesterov, wd, seed):
+    rng = np.random.default_rng(seed)
+    nesterov = nesterov and momentum > 0
+    kw = dict(lr=0.1, momentum=momentum, weight_decay=wd, nesterov=nesterov)
+    p = rng.standard_normal(n).astype(np.float32)
+    buf = np.zeros(n, np.float32) if momentum else None
+    p_ref, buf_ref = p.copy(), None if buf is None else buf.copy()
+    for step in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        p_ref, buf_ref = ref_sgd(p_ref, g, buf_ref, first_step=step == 0, **kw)
+        ops.sgd_step(p, g, buf, first_step=step == 0, **kw)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+
+
+@given(n=st.integers(1, 3000), decoupled=st.booleans(), wd=st.sampled_from([0.0, 0.05]),
+       seed=st.integers(0, 2**32 - 1))
+def test_adam_any_length(n, decoupled, wd, seed):
+    rng = np.random.default_rng(seed)
+    kw = dict(lr=1e-2, weight_decay=wd, decoupled=decoupled)
+    p = rng.standard_normal(n).astype(np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
+    for step in range(1, 4):
+        g = rng.standard_normal(n).astype(np.float32)
+        p_ref, m_ref, v_ref = ref_adam(p_ref, g, m_ref, v_ref, step=step, **kw)
+        ops.adam_step(p, g, m, v, step=step, **kw)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- threads, in place
+
+
+def test_parallel_path_same_bits_at_1_and_2_threads(rng):
+    n = 200_003
+    p0 = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    prev = _C.get_num_threads()
+    res = []
+    try:
+        for t in (1, 2):
+            _C.set_num_threads(t)
+            p, buf, m, v = p0.copy(), np.ones(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32)
+            ops.sgd_step(p, g, buf, lr=0.1, momentum=0.9, weight_decay=1e-3)
+            ops.adam_step(p, g, m, v, lr=1e-3, step=3, weight_decay=0.01, decoupled=True)
+            res.append((p, buf, m, v))
+    finally:
+        _C.set_num_threads(prev)
+    for a, b in zip(*res):
+        assert a.tobytes() == b.tobytes()
+    p_ref, buf_ref = ref_sgd(p0[:100], g[:100], np.ones(100), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    np.testing.assert_allclose(res[0][1][:100], buf_ref, rtol=1e-6)
+
+
+def test_updates_land_in_a_flat_parameter_buffer(rng):
+    # Layers view one flat buffer: a contiguous slice is updated in place, its neighbours untouched.
+    flat = np.zeros(30, np.float32)
+    w = flat[10:20].reshape(2, 5)
+    ops.sgd_step(w, np.ones((2, 5), np.float32), lr=0.5)
+    assert np.shares_memory(w, flat)
+    np.testing.assert_array_equal(flat[10:20], -0.5)
+    assert not flat[:10].any() and not flat[20:].any()
+    state = np.zeros(20, np.float32)
+    m, v = state[:10], state[10:]
+    ops.adam_step(flat[:10], np.ones(10, np.float32), m, v, lr=0.1, step=1)
+    np.testing.assert_allclose(state[:10], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(state[10:], 0.001, rtol=1e-6)
+    np.testing.assert_allclose(flat[:10], -0.1, rtol=1e-6)
+
+
+def test_read_only_grad_is_fine(rng):
+    g = np.ones(4, np.float32)
+    g.flags.writeable = False
+    p = np.zeros(4, np.float32)
+    ops.sgd_step(p, g, lr=1.0)
+    np.testing.assert_array_equal(p, -1.0)
+
+
+def test_momentum_buf_ignored_content_on_first_step():
+    p, buf = np.zeros(3, np.float32), np.full(3, 1e30, np.float32)
+    ops.sgd_step(p, np.ones(3, np.float32), buf, lr=1.0, momentum=0.9, first_step=True)
+    np.testing.assert_array_equal(buf, 1.0)
+    np.testing.assert_array_equal(p, -1.0)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def sgd_args():
+    return [np.zeros(5, np.float32), np.ones(5, np.float32), np.zeros(5, np.float32)]
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(lr=-0.1), "lr must be finite and >= 0"),
+        (dict(lr=float("nan")), "lr must be finite and >= 0"),
+        (dict(lr=0.1, momentum=-0.5), "momentum must be finite and >= 0"),
+        (dict(lr=0.1, weight_decay=-1.0), "weight_decay must be finite and >= 0"),
+        (dict(lr=0.1, dampening=float("inf"), momentum=0.9), "dampening must be finite"),
+        (dict(lr=0.1, nesterov=True), "nesterov momentum requires a momentum > 0 and zero dampening"),
+        (dict(lr=0.1, nesterov=True, momentum=0.9, dampening=0.1), "nesterov"),
+    ],
+)
+def test_sgd_bad_hyperparameters(kw, words):
+    with pytest.raises(ValueError, match=words) as e:
+        ops.sgd_step(*sgd_args(), **kw)
+    assert "sgd_step" in str(e.value)
+
+
+def test_sgd_momentum_buf_required():
+    with pytest.raises(ValueError, match="momentum_buf is required when momentum != 0"):
+        ops.sgd_step(np.zeros(3, np.float32), np.ones(3, np.float32), lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(lr=-1.0, step=1), "lr must be finite and >= 0"),
+        (dict(lr=0.1, step=0), "step must be >= 1"),
+        (dict(lr=0.1, step=1, beta1=1.0), r"beta1 must be in \[0, 1\)"),
+        (dict(lr=0.1, step=1, beta1=-0.1), r"beta1 must be in \[0, 1\)"),
+        (dict(lr=0.1, step=1, beta2=1.0), r"beta2 must be in \[0, 1\)"),
+        (dict(lr=0.1, step=1, eps=-1e-8), "eps must be finite and >= 0"),
+        (dict(lr=0.1, step=1, weight_decay=-0.1), "weight_decay must be finite and >= 0"),
+    ],
+)
+def test_adam_bad_hyperparameters(kw, words):
+    z = lambda: np.zeros(5, np.float32)  # noqa: E731
+    with pytest.raises(ValueError, match=words) as e:
+        ops.adam_step(z(), z(), z(), z(), **kw)
+    assert "adam_step" in str(e.value)
+
+
+def test_adam_step_must_be_int():
+    z = lambda: np.zeros(5, np.float32)  # noqa: E731
+    for step in (1.0, True, "1"):
+        with pytest.raises(TypeError, match="step must be an int"):
+            ops.adam_step(z(), z(), z(), z(), lr=0.1, step=step)
+
+
+BAD_ARRAYS = [
+    (lambda a: a.astype(np.float64), TypeError, "must have dtype float32"),
+    (lambda a: np.repeat(a, 2)[::2], TypeError, "must be C-contiguous"),
+    (lambda a: np.asfortranarray(np.repeat(a, 2).reshape(5, 2)), TypeError, "must be C-contiguous"),
+    # a short param makes the others mismatch it: the message then names grad
+    (lambda a: a[:4].copy(), ValueError, r"has shape \([45],\), expected param.shape = \([45],\)"),
+    (lambda a: list(a), TypeError, "must be a numpy.ndarray"),
+]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("bad, exc, words", BAD_ARRAYS)
+def test_sgd_bad_arrays(which, bad, exc, words):
+    a = sgd_args()
+    a[which] = bad(a[which])
+    name = ["param", "grad", "momentum_buf"][which]
+    if which == 0 and exc is ValueError:
+        name = "grad"
+    with pytest.raises(exc, match=words) as e:
+        ops.sgd_step(*a, lr=0.1, momentum=0.9)
+    assert f"sgd_step: {name}" in str(e.value)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+@pytest.mark.parametrize("bad, exc, words", BAD_ARRAYS)
+def test_adam_bad_arrays(which, bad, exc, words):
+    a = [np.zeros(5, np.float32) for _ in range(4)]
+    a[which] = bad(a[which])
+    name = ["param", "grad", "m", "v"][which]
+    if which == 0 and exc is ValueError:
+        name = "grad"
+    with pytest.raises(exc, match=words) as e:
+        ops.adam_step(*a, lr=0.1, step=1)
+    assert f"adam_step: {name}" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["param", "momentum_buf"])
+def test_sgd_read_only_in_place_arrays(name):
+    a = dict(zip(["param", "grad", "momentum_buf"], sgd_args()))
+    a[name].flags.writeable = False
+    with pytest.raises(ValueError, match=f"sgd_step: {name} is read-only"):
+        ops.sgd_step(a["param"], a["grad"], a["momentum_buf"], lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("name", ["param", "m", "v"])
+def test_adam_read_only_in_place_arrays(name):
+    a = {k: np.zeros(5, np.float32) for k in ("param", "grad", "m", "v")}
+    a[name].flags.writeable = False
+    with pytest.raises(ValueError, match=f"adam_step: {name} is read-only"):
+        ops.adam_step(a["param"], a["grad"], a["m"], a["v"], lr=0.1, step=1)
+
+
+def test_overlapping_arrays_are_refused():
+    p = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match="param and grad must not share memory"):
+        ops.sgd_step(p, p, lr=0.1)
+    buf = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="param and momentum_buf must not share memory"):
+        ops.sgd_step(buf[:5], np.ones(5, np.float32), buf[3:], lr=0.1, momentum=0.9)
+    state = np.zeros(9, np.float32)
+    with pytest.raises(ValueError, match="m and v must not share memory"):
+        ops.adam_step(p, np.ones(5, np.float32), state[:5], state[4:], lr=0.1, step=1)
+
+
+def test_empty_is_refused():
+    e = np.zeros(0, np.float32)
+    with pytest.raises(ValueError, match="sgd_step: param is empty"):
+        ops.sgd_step(e, e.copy(), lr=0.1)
+    with pytest.raises(ValueError, match="adam_step: param is empty"):
+        ops.adam_step(e, e.copy(), e.copy(), e.copy(), lr=0.1, step=1)
