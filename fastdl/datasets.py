@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "load_mnist", "download_mnist", "read_idx", "mnist_cache_dir", "MNISTNotFoundError",
+    "load_mnist", "download_mnist", "find_mnist", "read_idx", "mnist_cache_dir", "MNISTNotFoundError",
     "MNIST_FILES", "MNIST_MIRRORS",
     "make_xor", "make_spirals", "make_moons", "make_regression_1d", "REGRESSION_FUNCTIONS", "split",
 ]
@@ -194,6 +194,11 @@ def _has_all(directory: Path) -> bool:
     return all(_find_file(directory, name) is not None for name in MNIST_FILES)
 
 
+def find_mnist():
+    """The directory load_mnist() would read without downloading ($FASTDL_DATA[/mnist], cache), or None."""
+    return next((d for d in _search_dirs() if _has_all(d)), None)
+
+
 def _mirrors(url):
     if url is None:
         env = os.environ.get("FASTDL_MNIST_URL", "").replace(",", " ").split()
@@ -289,9 +294,9 @@ def load_mnist(root=None, *, download: bool = True, url=None):
         if not root.is_dir():
             raise FileNotFoundError(f"load_mnist: {root} is not a directory")
         return _load_dir(root)
-    for d in _search_dirs():
-        if _has_all(d):
-            return _load_dir(d)
+    found = find_mnist()
+    if found is not None:
+        return _load_dir(found)
     cache = mnist_cache_dir()
     if not download:
         searched = ", ".join(str(d) for d in _search_dirs())
