@@ -1,8 +1,572 @@
-// gemm.cpp - see csrc/kernels.inc for the contract of each kernel here.
+// gemm.cpp - c = [c +] op(a)·op(b) [+ bias], then an activation: the one matrix product of fastdl.
+//
+// The Goto/BLIS design in plain C++ intrinsics (see ../shared/docs/kernels.md §2-§3), row-major:
+//   for each M-block of kMB rows                      (only when M > kMB)
+//     for each K-block of ~kKC                        pack a: the broadcast operand, MR-row panels
+//       for each N-block of ~kNB columns (in L2)      pack b: the vector operand, k-major NR strips
+//         for each A panel (in L1)
+//           for each B strip                          micro-kernel: MR x NR tile in registers
+// Transposition is absorbed by the packers, so aᵀ·b and a·bᵀ cost what a·b costs; packed panels are
+// zero-padded, so the micro-kernel always computes a full tile and partial tiles go through a small
+// local buffer. The first K-block overwrites c (or adds to it when accumulating), the others add,
+// and the last one applies bias and activation while the tile is still in registers.
+//
+// One micro-kernel template over a vector-traits type `Vec`; each instruction set only supplies Vec
+// and the tile constants (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector extensions),
+// so the AVX2 tests run the same code the AVX-512 build runs. The packers' 8x8 transposes use AVX2,
+// which the AVX-512 build also has.
+//
+// Threads: one parallel region per product, static split. With enough columns each thread owns a
+// range of B strips (and packs its own B); the A block of each K-block is packed by all threads
+// into a shared double buffer, one barrier per K-block. With few columns (a 10-class head) each
+// thread owns a range of A panels instead, packs them, and packs all of B. Products under
+// kParallelFlops run on the calling thread with no parallel region. Packing space comes from a
+// thread_local arena of the calling thread, grown on demand and reused (the GIL is released, so two
+// Python threads may multiply at once; each has its own arena).
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
 #include "kernel_common.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
+namespace {
+
+#define GEMM_INLINE inline __attribute__((always_inline))
+
+// ------------------------------------------------------------------ vector traits and tile sizes
+#if defined(__AVX512F__)
+struct Vec {
+  using reg = __m512;
+  static constexpr int W = 16;
+  static GEMM_INLINE reg zero() { return _mm512_setzero_ps(); }
+  static GEMM_INLINE reg set1(float x) { return _mm512_set1_ps(x); }
+  static GEMM_INLINE reg load(const float* p) { return _mm512_load_ps(p); }  // 64-B aligned
+  static GEMM_INLINE reg loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static GEMM_INLINE void store(float* p, reg v) { _mm512_store_ps(p, v); }
+  static GEMM_INLINE void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  using mask = __mmask16;  // the first n lanes
+  static GEMM_INLINE mask first(int n) { return static_cast<mask>((1u << n) - 1u); }
+  static GEMM_INLINE reg loadu_n(const float* p, mask m) { return _mm512_maskz_loadu_ps(m, p); }
+  static GEMM_INLINE void storeu_n(float* p, reg v, mask m) { _mm512_mask_storeu_ps(p, m, v); }
+  static GEMM_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static GEMM_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static GEMM_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static GEMM_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static GEMM_INLINE reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static GEMM_INLINE reg max(reg a, reg b) { return _mm512_max_ps(a, b); }  // b when either is NaN
+  static GEMM_INLINE reg abs(reg a) { return _mm512_abs_ps(a); }
+  // s's sign bit set ? a : b
+  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) {
+    return _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(s)), b, a);
+  }
+  // 2^n for integral n in [-127, 127] (2^-127 comes out as 0)
+  static GEMM_INLINE reg pow2i(reg n) {
+    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+  }
+};
+constexpr int kMR = 12, kNV = 2;  // 12 x 32 tile: 24 accumulators of 32
+#elif defined(__AVX2__)
+struct Vec {
+  using reg = __m256;
+  static constexpr int W = 8;
+  static GEMM_INLINE reg zero() { return _mm256_setzero_ps(); }
+  static GEMM_INLINE reg set1(float x) { return _mm256_set1_ps(x); }
+  static GEMM_INLINE reg load(const float* p) { return _mm256_load_ps(p); }  // 32-B aligned
+  static GEMM_INLINE reg loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static GEMM_INLINE void store(float* p, reg v) { _mm256_store_ps(p, v); }
+  static GEMM_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  using mask = __m256i;  // the first n lanes
+  static GEMM_INLINE mask first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static GEMM_INLINE reg loadu_n(const float* p, mask m) { return _mm256_maskload_ps(p, m); }
+  static GEMM_INLINE void storeu_n(float* p, reg v, mask m) { _mm256_maskstore_ps(p, m, v); }
+  static GEMM_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static GEMM_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static GEMM_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static GEMM_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static GEMM_INLINE reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static GEMM_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }  // b when either is NaN
+  static GEMM_INLINE reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) { return _mm256_blendv_ps(b, a, s); }
+  static GEMM_INLINE reg pow2i(reg n) {
+    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+  }
+};
+constexpr int kMR = 6, kNV = 2;  // 6 x 16 tile: 12 accumulators of 16 ymm registers
+#else
+// Portable: GCC/Clang vector extensions (SSE2 on x86-64, NEON on ARM, scalar code elsewhere).
+typedef float v4sf __attribute__((vector_size(16)));
+typedef int32_t v4si __attribute__((vector_size(16)));
+struct Vec {
+  using reg = v4sf;
+  static constexpr int W = 4;
+  static GEMM_INLINE reg zero() { return reg{0.0f, 0.0f, 0.0f, 0.0f}; }
+  static GEMM_INLINE reg set1(float x) { return reg{x, x, x, x}; }
+  static GEMM_INLINE reg load(const float* p) { return *reinterpret_cast<const reg*>(p); }  // 16-B aligned
+  static GEMM_INLINE reg loadu(const float* p) {
+    reg v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static GEMM_INLINE void store(float* p, reg v) { *reinterpret_cast<reg*>(p) = v; }
+  static GEMM_INLINE void storeu(float* p, reg v) { std::memcpy(p, &v, sizeof v); }
+  using mask = int;  // the first n lanes
+  static GEMM_INLINE mask first(int n) { return n; }
+  static GEMM_INLINE reg loadu_n(const float* p, mask n) {
+    reg v = zero();
+    std::memcpy(&v, p, sizeof(float) * n);
+    return v;
+  }
+  static GEMM_INLINE void storeu_n(float* p, reg v, mask n) { std::memcpy(p, &v, sizeof(float) * n); }
+  static GEMM_INLINE reg bcast(const float* p) { return set1(*p); }
+  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static GEMM_INLINE reg add(reg a, reg b) { return a + b; }
+  static GEMM_INLINE reg sub(reg a, reg b) { return a - b; }
+  static GEMM_INLINE reg mul(reg a, reg b) { return a * b; }
+  static GEMM_INLINE reg div(reg a, reg b) { return a / b; }
+  static GEMM_INLINE reg max(reg a, reg b) { return a > b ? a : b; }  // b when either is NaN
+  static GEMM_INLINE reg abs(reg a) { return (reg)((v4si)a & v4si{0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff}); }
+  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) { return (v4si)s < v4si{0, 0, 0, 0} ? a : b; }
+  static GEMM_INLINE reg pow2i(reg n) {
+    v4si e = __builtin_convertvector(n, v4si) + v4si{127, 127, 127, 127};
+    return (reg)(e << 23);
+  }
+};
+constexpr int kMR = 6, kNV = 2;  // 6 x 8 tile
+#endif
+
+using reg = Vec::reg;
+constexpr int kW = Vec::W;
+constexpr int kNR = kNV * kW;  // columns per B strip and per tile
+
+// Cache blocking (AMD Zen 3 here: 32 KiB L1d, 512 KiB L2 per core; Intel SPR has 48 KiB / 2 MiB):
+// the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB floats) in L2.
+static int64_t envi(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }  // TUNING
+static int64_t kKC = envi("G_KC", 256);   // depth of a K-block (balanced, so K = 784 runs as 4 x 196)
+static int64_t kNB = envi("G_NB", 256);   // columns of a B block (rounded to kNR), per thread
+static int64_t kMB = envi("G_MB", 3072);  // rows of an M-block (multiple of 6 and 12); the A block is kMB x kKC
+static int64_t kInPlaceStrips = envi("G_IP", 4);  // read a in place when a thread has this many strips or fewer
+static double kParallelFlops = envi("G_PF", 3000000);  // 2*M*N*K below this runs on one thread, no region
+
+// ------------------------------------------------------------------ activation on a vector
+// exp(x) for x <= 0 (Cephes expf: relative error ~2 ulp). Below -87.34 the result would be under
+// float's normal range: it is then 0 (2^-127 is built as 0), as with flush-to-zero.
+GEMM_INLINE reg exp_nonpos(reg x) {
+  x = Vec::max(Vec::set1(-88.0f), x);  // x second, so a NaN stays NaN
+  reg n = Vec::mul(x, Vec::set1(1.44269504088896341f));
+  n = Vec::sub(Vec::add(n, Vec::set1(12582912.0f)), Vec::set1(12582912.0f));  // round to nearest
+  reg r = Vec::fmadd(n, Vec::set1(-0.693359375f), x);
+  r = Vec::fmadd(n, Vec::set1(2.12194440e-4f), r);
+  reg p = Vec::set1(1.9875691500e-4f);
+  p = Vec::fmadd(p, r, Vec::set1(1.3981999507e-3f));
+  p = Vec::fmadd(p, r, Vec::set1(8.3334519073e-3f));
+  p = Vec::fmadd(p, r, Vec::set1(4.1665795894e-2f));
+  p = Vec::fmadd(p, r, Vec::set1(1.6666665459e-1f));
+  p = Vec::fmadd(p, r, Vec::set1(5.0000001201e-1f));
+  p = Vec::fmadd(p, Vec::mul(r, r), Vec::add(r, Vec::set1(1.0f)));
+  return Vec::mul(p, Vec::pow2i(n));
+}
+
+// sigmoid(x) = 1/(1+e^-x) = e^x/(1+e^x): with e = exp(-|x|) <= 1, (x < 0 ? e : 1) / (1 + e).
+GEMM_INLINE reg sigmoid_v(reg x) {
+  reg e = exp_nonpos(Vec::sub(Vec::zero(), Vec::abs(x)));
+  return Vec::div(Vec::select_neg(x, e, Vec::set1(1.0f)), Vec::add(Vec::set1(1.0f), e));
+}
+
+// tanh(|x|) = (1-t)/(1+t) with t = exp(-2|x|); below 0.625 Cephes' odd polynomial (no cancellation).
+GEMM_INLINE reg tanh_v(reg x) {
+  reg ax = Vec::abs(x);
+  reg one = Vec::set1(1.0f);
+  reg t = exp_nonpos(Vec::mul(ax, Vec::set1(-2.0f)));
+  reg big = Vec::div(Vec::sub(one, t), Vec::add(one, t));
+  reg s = Vec::mul(x, x);
+  reg p = Vec::set1(-5.70498872745e-3f);
+  p = Vec::fmadd(p, s, Vec::set1(2.06390887954e-2f));
+  p = Vec::fmadd(p, s, Vec::set1(-5.37397155531e-2f));
+  p = Vec::fmadd(p, s, Vec::set1(1.33314422036e-1f));
+  p = Vec::fmadd(p, s, Vec::set1(-3.33332819422e-1f));
+  reg small = Vec::fmadd(Vec::mul(p, s), ax, ax);
+  reg r = Vec::select_neg(Vec::sub(ax, Vec::set1(0.625f)), small, big);
+  return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
+}
+
+GEMM_INLINE reg activate(reg v, int act) {
+  switch (act) {
+    case ACT_RELU: return Vec::max(v, Vec::zero());  // NaN -> 0, like relu_forward
+    case ACT_SIGMOID: return sigmoid_v(v);
+    case ACT_TANH: return tanh_v(v);
+    default: return v;
+  }
+}
+
+// ------------------------------------------------------------------ micro-kernel
+// What a tile's store does: c = [c +] acc [+ bias], then act. bias and act only on the last K-block.
+struct Epilogue {
+  int beta;           // 1: add to the values already in c
+  const float* bias;  // nullable; the tile's first column
+  int act;            // ACT_*
+};
+
+// c (MR,NR) = epilogue(a_panel (MR,kc) · b_strip (kc,NR)), b packed k-major (b[k*NR + j]). The A panel
+// is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
+// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it.
+template <int MR, int NV, bool kPackedA>
+void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
+                  float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e) {
+  constexpr int NR = NV * kW;
+  reg acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = Vec::zero();
+
+  for (int i = 0; i < mr; ++i) __builtin_prefetch(c + i * ldc, 1);
+
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    reg bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = Vec::load(b + j * kW);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      reg av = Vec::bcast(kPackedA ? a + i : a + i * rs);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fmadd(av, bv[j], acc[i][j]);
+    }
+    a += kPackedA ? MR : cs;
+    b += NR;
+  }
+
+  // Store rows i < mr. Vector j of a row covers columns [j*W, j*W + W), of which nj are valid; the
+  // last, partial one is loaded and stored under a mask, so nothing outside c is touched.
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; ++j) {
+    const int nj = nr - j * kW < kW ? nr - j * kW : kW;
+    if (nj <= 0) break;
+    const bool full = nj == kW;
+    const Vec::mask m = Vec::first(nj);
+    reg bias = Vec::zero();
+    if (e.bias) bias = full ? Vec::loadu(e.bias + j * kW) : Vec::loadu_n(e.bias + j * kW, m);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr) break;
+      float* p = c + i * ldc + j * kW;
+      reg v = acc[i][j];
+      if (e.beta) v = Vec::add(v, full ? Vec::loadu(p) : Vec::loadu_n(p, m));
+      if (e.bias) v = Vec::add(v, bias);
+      if (e.act != ACT_NONE) v = activate(v, e.act);
+      if (full)
+        Vec::storeu(p, v);
+      else
+        Vec::storeu_n(p, v, m);
+    }
+  }
+}
+
+// ------------------------------------------------------------------ packing
+#if defined(__AVX2__)
+// In-register transpose of 8 rows of 8 floats: r[i][j] -> r[j][i].
+GEMM_INLINE void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 and 4-7
+    __m256 *s = t + 4 * h, *d = u + 4 * h;
+    d[0] = _mm256_shuffle_ps(s[0], s[2], _MM_SHUFFLE(1, 0, 1, 0));
+    d[1] = _mm256_shuffle_ps(s[0], s[2], _MM_SHUFFLE(3, 2, 3, 2));
+    d[2] = _mm256_shuffle_ps(s[1], s[3], _MM_SHUFFLE(1, 0, 1, 0));
+    d[3] = _mm256_shuffle_ps(s[1], s[3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+    r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+  }
+}
+
+// Store the first n (1..8) floats of v at p.
+GEMM_INLINE void store_first(float* p, __m256 v, int n) {
+  if (n == 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  if (n >= 4) {
+    _mm_storeu_ps(p, lo);
+    p += 4;
+    n -= 4;
+    lo = hi;
+  }
+  if (n >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(p), lo);
+    p += 2;
+    n -= 2;
+    lo = _mm_movehl_ps(lo, lo);
+  }
+  if (n) _mm_store_ss(p, lo);
+}
+
+// dst[k*ld + i] = src[i*lds + k] for i < rows (<= 8; missing rows are zeros, up to `width` rows
+// stored), k < kc: an (rows x kc) row-major block written k-major, 8x8 transposes at a time.
+void pack_transposed(float* dst, int64_t ld, const float* src, int64_t lds, int rows, int width, int64_t kc) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = i < rows ? _mm256_loadu_ps(src + i * lds + k) : _mm256_setzero_ps();
+    transpose8(r);
+    for (int q = 0; q < 8; ++q) store_first(dst + (k + q) * ld, r[q], width);
+  }
+  for (; k < kc; ++k)
+    for (int i = 0; i < width; ++i) dst[k * ld + i] = i < rows ? src[i * lds + k] : 0.0f;
+}
+#else
+void pack_transposed(float* dst, int64_t ld, const float* src, int64_t lds, int rows, int width, int64_t kc) {
+  for (int64_t k = 0; k < kc; ++k)
+    for (int i = 0; i < width; ++i) dst[k * ld + i] = i < rows ? src[i * lds + k] : 0.0f;
+}
+#endif
+
+// The operands as stored: op(a)[m][k] = a[m*lda + k] or, when trans_a, a[k*lda + m]; same for b.
+struct Operands {
+  float* c;
+  const float* a;
+  const float* b;
+  const float* bias;
+  int act;
+  int64_t M, N, K, lda, ldb;
+  int trans_a, trans_b, accumulate;
+};
+
+// A panels [p_lo, p_hi) of the M-block starting at row mb (mc rows): panel p holds rows
+// mb + p*kMR ... (zero-padded to kMR) of op(a) at depths [k0, k0+kc), stored dst[p*kMR*kc + k*kMR + i].
+void pack_a(float* dst, const Operands& g, int64_t mb, int64_t mc, int64_t p_lo, int64_t p_hi, int64_t k0,
+            int64_t kc) {
+  if (g.trans_a) {  // a stored (K,M): walk it row by row (one run of kMR floats per panel and k)
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = g.a + (k0 + k) * g.lda + mb;
+      for (int64_t p = p_lo; p < p_hi; ++p) {
+        float* d = dst + p * kMR * kc + k * kMR;
+        const int64_t i0 = p * kMR;
+        if (i0 + kMR <= mc) {
+          std::memcpy(d, src + i0, sizeof(float) * kMR);
+        } else {
+          const int64_t mr = mc - i0;
+          for (int i = 0; i < kMR; ++i) d[i] = i < mr ? src[i0 + i] : 0.0f;
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t p = p_lo; p < p_hi; ++p) {  // a stored (M,K): transpose 8 rows at a time
+    const int64_t i0 = p * kMR;
+    const int mr = static_cast<int>(mc - i0 < kMR ? mc - i0 : kMR);
+    const float* src = g.a + (mb + i0) * g.lda + k0;
+    for (int r0 = 0; r0 < kMR; r0 += 8) {
+      int width = kMR - r0 < 8 ? kMR - r0 : 8;
+      int rows = mr - r0 < 0 ? 0 : (mr - r0 < width ? mr - r0 : width);
+      pack_transposed(dst + p * kMR * kc + r0, kMR, src + r0 * g.lda, g.lda, rows, width, kc);
+    }
+  }
+}
+
+// The B block of columns [nb, nb+nc) of op(b) at depths [k0, k0+kc), as strips of kNR columns
+// (the last zero-padded): strip s stored dst[s*kNR*kc + k*kNR + j].
+void pack_b(float* dst, const Operands& g, int64_t nb, int64_t nc, int64_t k0, int64_t kc) {
+  const int64_t strips = (nc + kNR - 1) / kNR;
+  if (g.trans_b) {  // b stored (N,K): transpose 8 columns of op(b) at a time
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t j0 = s * kNR;
+      const int nr = static_cast<int>(nc - j0 < kNR ? nc - j0 : kNR);
+      const float* src = g.b + (nb + j0) * g.ldb + k0;
+      for (int c0 = 0; c0 < kNR; c0 += 8) {
+        int width = kNR - c0 < 8 ? kNR - c0 : 8;
+        int cols = nr - c0 < 0 ? 0 : (nr - c0 < width ? nr - c0 : width);
+        pack_transposed(dst + s * kNR * kc + c0, kNR, src + c0 * g.ldb, g.ldb, cols, width, kc);
+      }
+    }
+    return;
+  }
+  const int64_t full = nc / kNR;  // b stored (K,N): walk it row by row
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* src = g.b + (k0 + k) * g.ldb + nb;
+    float* d = dst + k * kNR;
+    for (int64_t s = 0; s < full; ++s)
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) Vec::store(d + s * kNR * kc + j * kW, Vec::loadu(src + s * kNR + j * kW));
+    if (full < strips) {
+      const int64_t nr = nc - full * kNR;
+      for (int j = 0; j < kNR; ++j) d[full * kNR * kc + j] = j < nr ? src[full * kNR + j] : 0.0f;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ blocked product
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// Depth of each K-block: K split into equal blocks of at most kKC, rounded up to 8.
+inline int64_t k_block(int64_t K) { return round_up(ceil_div(K, ceil_div(K, kKC)), 8); }
+
+// The work of one thread: rows [m_lo, m_hi) x columns [n_lo, n_hi) of c.
+//  shared_a: the A block of each K-block is packed jointly by all nt threads into `a_buf` (a double
+//            buffer of 2 x kMB x kc floats) - every thread must then cover all rows [0, M);
+//  else:     the thread packs the A panels of its own rows into `a_buf` (kMB x kc floats).
+// b_buf: this thread's B block (kc x round_up(kNB, kNR) floats).
+void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, bool shared_a,
+                 float* a_buf, float* b_buf, int t, int nt) {
+  const int64_t kcb = k_block(g.K);
+  const int64_t nb_cols = kNB / kNR * kNR;
+  // With a few B strips per A panel, packing a would cost as much as the products it feeds: the
+  // micro-kernel then reads full panels of a (stored (M,K)) in place.
+  const bool a_in_place = !shared_a && !g.trans_a && ceil_div(n_hi - n_lo, kNR) <= kInPlaceStrips;
+  int64_t round = 0;  // which half of the double buffer
+  for (int64_t mb = m_lo; mb < m_hi; mb += kMB) {
+    const int64_t mc = m_hi - mb < kMB ? m_hi - mb : kMB;
+    const int64_t panels = ceil_div(mc, kMR);
+    for (int64_t k0 = 0; k0 < g.K; k0 += kcb, ++round) {
+      const int64_t kc = g.K - k0 < kcb ? g.K - k0 : kcb;
+      const bool first = k0 == 0, last = k0 + kc >= g.K;
+      float* ab = shared_a ? a_buf + (round & 1) * kMB * kcb : a_buf;
+      const int64_t p_lo = shared_a ? panels * t / nt : 0, p_hi = shared_a ? panels * (t + 1) / nt : panels;
+      if (!a_in_place)
+        pack_a(ab, g, mb, mc, p_lo, p_hi, k0, kc);
+      else if (mc % kMR)  // only the last, partial panel: reading it in place would run past a's rows
+        pack_a(ab, g, mb, mc, panels - 1, panels, k0, kc);
+      if (shared_a) {
+#pragma omp barrier
+      }
+      Epilogue e{first ? g.accumulate : 1, nullptr, last ? g.act : ACT_NONE};
+      for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
+        const int64_t nc = n_hi - nb < nb_cols ? n_hi - nb : nb_cols;
+        const int64_t strips = ceil_div(nc, kNR);
+        pack_b(b_buf, g, nb, nc, k0, kc);
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t m0 = mb + p * kMR;
+          const int mr = static_cast<int>(mb + mc - m0 < kMR ? mb + mc - m0 : kMR);
+          const float* ap = ab + p * kMR * kc;
+          const bool in_place = a_in_place && mr == kMR;
+          if (in_place) ap = g.a + m0 * g.lda + k0;
+          for (int64_t s = 0; s < strips; ++s) {
+            const int64_t n0 = nb + s * kNR;
+            const int nr = static_cast<int>(nc - s * kNR < kNR ? nc - s * kNR : kNR);
+            const float* bp = b_buf + s * kNR * kc;
+            float* cp = g.c + m0 * g.N + n0;
+            e.bias = last && g.bias ? g.bias + n0 : nullptr;
+            if (in_place)
+              micro_kernel<kMR, kNV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e);
+            else
+              micro_kernel<kMR, kNV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Packing space of the calling thread: grown on demand, 4 KiB aligned, reused by later calls.
+struct Arena {
+  float* p = nullptr;
+  size_t cap = 0;  // floats
+  ~Arena() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = (n * sizeof(float) + 4095) & ~size_t(4095);
+      p = static_cast<float*>(std::aligned_alloc(4096, bytes));
+      cap = p ? bytes / sizeof(float) : 0;
+    }
+    return p;
+  }
+};
+thread_local Arena t_arena;
+
+// Returns false (having written nothing) when the packing space cannot be allocated.
+bool gemm_blocked(const Operands& g) {
+  const int64_t kcb = k_block(g.K);
+  const int64_t b_floats = round_up(kcb * round_up(kNB, kNR), 1024);  // per thread, 4 KiB multiple
+  const int64_t strips = ceil_div(g.N, kNR), panels = ceil_div(g.M, kMR);
+  const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
+
+  int nt = flops < kParallelFlops ? 1 : get_num_threads();
+  // Split columns when every thread gets at least 2 strips, else rows.
+  const bool split_n = strips >= 2 * nt;
+  if (split_n) {
+    if (nt > strips) nt = static_cast<int>(strips);
+  } else if (nt > panels) {
+    nt = static_cast<int>(panels);
+  }
+  if (nt < 1) nt = 1;
+
+  if (nt == 1) {
+    float* ws = t_arena.get(size_t(kMB * kcb + b_floats));
+    if (!ws) return false;
+    DenormalsOff ftz;
+    gemm_thread(g, 0, g.M, 0, g.N, false, ws + b_floats, ws, 0, 1);
+    return true;
+  }
+  // [B block per thread][A: shared double buffer, or one private block per thread]
+  const int64_t a_floats = round_up(kMB * kcb, 1024);
+  const int64_t total = nt * b_floats + (split_n ? 2 * a_floats : nt * a_floats);
+  float* ws = t_arena.get(size_t(total));
+  if (!ws) return false;
+#pragma omp parallel num_threads(nt)
+  {
+    DenormalsOff ftz;
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    float* b_buf = ws + t * b_floats;
+    float* a_base = ws + T * b_floats;
+    if (split_n) {
+      // T may be < nt if the runtime gave fewer threads; the split uses the real team.
+      const int64_t s_lo = strips * t / T, s_hi = strips * (t + 1) / T;
+      const int64_t n_lo = s_lo * kNR, n_hi = s_hi * kNR < g.N ? s_hi * kNR : g.N;
+      gemm_thread(g, 0, g.M, n_lo, n_hi, true, a_base, b_buf, t, T);
+    } else {
+      const int64_t p_lo = panels * t / T, p_hi = panels * (t + 1) / T;
+      const int64_t m_lo = p_lo * kMR, m_hi = p_hi * kMR < g.M ? p_hi * kMR : g.M;
+      if (m_lo < m_hi) gemm_thread(g, m_lo, m_hi, 0, g.N, false, a_base + t * a_floats, b_buf, t, T);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+// c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
+// b stored (K,N) or, trans_b, (N,K). The reference version is gemm_naive below.
+void gemm(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N, int64_t K,
+          int trans_a, int trans_b, int accumulate) {
+  if (M <= 0 || N <= 0) return;
+  Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
+  if (K <= 0 || !gemm_blocked(g)) gemm_naive(c, a, b, bias, act, M, N, K, trans_a, trans_b, accumulate);
+}
+
+// Same contract as gemm: the plain triple loop, in double. The oracle for the tests.
+void gemm_naive(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N,
+                int64_t K, int trans_a, int trans_b, int accumulate) {
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      double s = accumulate ? c[m * N + n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        double av = trans_a ? a[k * M + m] : a[m * K + k];
+        double bv = trans_b ? b[n * K + k] : b[k * N + n];
+        s += av * bv;
+      }
+      if (bias) s += bias[n];
+      if (act == ACT_RELU) s = s > 0.0 ? s : 0.0;
+      if (act == ACT_SIGMOID) s = s >= 0.0 ? 1.0 / (1.0 + std::exp(-s)) : std::exp(s) / (1.0 + std::exp(s));
+      if (act == ACT_TANH) s = std::tanh(s);
+      c[m * N + n] = static_cast<float>(s);
+    }
+  }
+}
 
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl

@@ -18,7 +18,8 @@ Gradient descent in its three forms, by ``batch_size``:
     1      stochastic gradient descent: n steps per epoch, each on one example drawn uniformly at
            random (with replacement: the epoch's indices are ``rng.integers(0, n, size=n)``).
     k      mini-batches of k from ``rng.permutation(n)``, a fresh shuffle every epoch (the last
-           batch holds the remainder).
+           batch holds the remainder; a remainder of one example joins the batch before it, since
+           BatchNorm cannot train on a single example).
 ``rng = np.random.default_rng(seed)``; the global ``np.random`` is never used. ``shuffle=False``
 walks the data in order instead (then batch_size=1 visits every example once per epoch).
 
@@ -168,8 +169,7 @@ class EarlyStopping:
         return False
 
     def on_train_end(self, model):
-        if (self.restore_best_weights and self.best_weights is not None
-                and self.best_epoch != self._last_epoch):
+        if self.restore_best_weights and self.best_weights is not None:
             model.load_state_dict(self.best_weights)
 
     def __repr__(self):
@@ -196,17 +196,17 @@ def _numeric_array(a, where, name):
     return arr
 
 
-def _as_X(X, where, name="X"):
-    """2-D float32 C-contiguous, finite; converted once (no copy when it already is)."""
+def _as_X(X, where, name="X", dtype=np.float32):
+    """2-D float32 (or ``dtype``) C-contiguous, finite; converted once (no copy when it already is)."""
     arr = _numeric_array(X, where, name)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
                          + (f"; use {name}.reshape(-1, 1) for one feature" if arr.ndim == 1 else ""))
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{where}: {name} is empty (shape {arr.shape})")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
-        raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for float32)")
+        raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
     return arr
 
 
@@ -417,16 +417,26 @@ class _SigintFlag:
         return False
 
 
+def _train_bounds(n, batch_size):
+    """(start, stop) of each training batch of ``batch_size``; a last batch of one example joins the
+    batch before it (BatchNorm cannot train on a single example)."""
+    if batch_size is None or batch_size >= n:
+        return [(0, n)]
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 def _epoch_batches(n, batch_size, shuffle, rng):
     """One epoch's batches, as slices or index arrays (see the module docstring)."""
-    if batch_size is None or (batch_size >= n and batch_size > 1):
-        return [slice(0, n)]
-    if not shuffle:
-        return _batch_slices(n, batch_size)
-    if batch_size == 1:
+    if batch_size == 1 and shuffle and n > 1:
         return [slice(i, i + 1) for i in rng.integers(0, n, size=n).tolist()]
+    bounds = _train_bounds(n, batch_size)
+    if not shuffle or len(bounds) == 1:
+        return [slice(a, b) for a, b in bounds]
     perm = rng.permutation(n)
-    return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [perm[a:b] for a, b in bounds]
 
 
 def _split_validation(X, y, validation_data, validation_split, int_labels):
@@ -510,7 +520,7 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
 
     history = History()
     history.params = {"epochs": int(epochs), "batch_size": batch_size, "samples": n,
-                      "steps": 1 if batch_size is None or batch_size >= n else -(-n // batch_size),
+                      "steps": len(_train_bounds(n, batch_size)),
                       "validation_samples": 0 if Xv is None else len(Xv), "tol": tol}
     history.stop_reason = "epochs"
     out_stream = sys.stdout

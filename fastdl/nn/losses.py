@@ -2,7 +2,7 @@
 
 ``reduction="mean"`` averages over all elements (over the batch for CrossEntropyLoss),
 ``reduction="sum"`` adds them up. The loss and its gradient come from one kernel pass.
-A NaN loss means the model output was not finite (the run diverged).
+A NaN or infinite loss means the model output was not finite (the run diverged).
 """
 from __future__ import annotations
 

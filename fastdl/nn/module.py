@@ -43,7 +43,8 @@ def as_float32(x, who: str, what: str = "input", *, check_finite: bool = True) -
                             f"{type(x).__name__} ({e})") from None
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{who}: {what} must be a numeric array (float32 preferred), got dtype {a.dtype}")
-        arr = np.ascontiguousarray(a, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: reported below
+            arr = np.ascontiguousarray(a, dtype=np.float32)
     if arr.size == 0:
         raise ValueError(f"{who}: {what} is empty (shape {arr.shape})")
     # A float64 sum is non-finite exactly when some element is (float32 values cannot overflow it),

@@ -121,9 +121,10 @@ def load(path, model: Module | None = None) -> Module:
         return ValueError(f"load: {path!r} is not a valid fastdl model file: {why}")
 
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise bad("it is a single .npy array, not an .npz archive")
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise bad("it is a single .npy array, not an .npz archive")
+        with f:
             if _META not in f.files:
                 raise bad(f"it has no {_META!r} entry (was it written by fastdl.nn.save?)")
             meta_raw = f[_META]

@@ -1,0 +1,367 @@
+"""GEMM (fastdl.ops.matmul): float64 NumPy references, the naive kernel as a second oracle, shape
+fuzzing, threads, concurrency and bad inputs.
+
+Tolerance. A float32 dot product of length K has a rounding error bounded by about K * 2^-24 times
+sum_k |a_ik||b_kj|, and in practice of order sqrt(K) * 2^-24 of it. We check, elementwise,
+    |c - ref| <= RTOL * (sum_k |a_ik||b_kj| + |bias_j| + |c0_ij|) + ACT_RTOL * |ref|
+with RTOL = 4e-6 (about 67 float32 ulps of the scale; the observed errors are ~1e-7 at K = 1000)
+and ACT_RTOL = 1e-6 for the vectorised exp inside sigmoid / tanh. relu, sigmoid and tanh are
+1-Lipschitz, so the pre-activation bound carries over to the activated values. A real bug (a
+wrong index, a missed tile, a lost K-block) gives errors of order 1, far above the bound.
+"""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import fastdl
+from fastdl import _C, ops
+
+ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_C.best_isa()) + 1]
+
+RTOL = 4e-6
+ACT_RTOL = 1e-6
+ACTS = [None, "relu", "sigmoid", "tanh"]
+
+
+# ---------------------------------------------------------------- float64 reference, written plainly
+
+
+def act64(z, act):
+    if act in (None, "none"):
+        return z
+    if act == "relu":
+        return np.maximum(z, 0.0)
+    if act == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if act == "tanh":
+        return np.tanh(z)
+    raise AssertionError(act)
+
+
+def reference(a, b, trans_a=False, trans_b=False, c0=None, bias=None, act=None):
+    """(value, scale): value = act([c0 +] op(a) @ op(b) [+ bias]) in float64, scale as in the docstring."""
+    A = a.astype(np.float64).T if trans_a else a.astype(np.float64)
+    B = b.astype(np.float64).T if trans_b else b.astype(np.float64)
+    z = A @ B
+    scale = np.abs(A) @ np.abs(B)
+    if c0 is not None:
+        z = z + c0
+        scale = scale + np.abs(c0)
+    if bias is not None:
+        z = z + bias
+        scale = scale + np.abs(bias)
+    return act64(z, act), scale
+
+
+def assert_close(got, want, scale, act=None):
+    assert got.dtype == np.float32
+    tol = RTOL * scale + (ACT_RTOL * np.abs(want) if act in ("sigmoid", "tanh") else 0.0) + 1e-30
+    err = np.abs(got.astype(np.float64) - want)
+    bad = ~(err <= tol)  # NaN counts as bad
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, err / tol, 0)), got.shape)
+        raise AssertionError(
+            f"{bad.sum()} of {got.size} elements off; worst at {i}: got {got[i]!r}, want {want[i]!r}, "
+            f"tolerance {tol[i]:.3g}"
+        )
+
+
+def operands(rng, M, N, K, trans_a, trans_b):
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    return a, b
+
+
+# ---------------------------------------------------------------- against the float64 reference
+
+SIZES = [
+    (1, 1, 1),
+    (1, 17, 3),
+    (5, 1, 9),
+    (7, 13, 5),
+    (6, 16, 8),  # exactly one AVX2 tile
+    (12, 32, 16),  # exactly one AVX-512 tile
+    (13, 33, 31),  # one past both tiles
+    (37, 50, 129),
+    (64, 800, 1000),  # several K-blocks and N-blocks, runs on 2 threads (split by columns)
+    (300, 10, 700),  # few columns: split by rows, a read in place
+]
+
+
+@pytest.mark.parametrize("M,N,K", SIZES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_sizes(isa, rng, M, N, K, trans_a, trans_b):
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    want, scale = reference(a, b, trans_a, trans_b)
+    assert_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), want, scale)
+
+
+@pytest.mark.parametrize("M,N,K", [(37, 50, 129), (130, 200, 600)])  # the 2nd: 2 K-blocks, 2 threads
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("act", ACTS)
+def test_matmul_epilogue(isa, rng, M, N, K, trans_a, trans_b, accumulate, with_bias, act):
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    # scale so that sigmoid and tanh see both their linear part and their saturation
+    a *= np.float32(0.3)
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+    c0 = rng.standard_normal((M, N)).astype(np.float32) if accumulate else None
+    out = c0.copy() if accumulate else None
+    want, scale = reference(a, b, trans_a, trans_b, c0, bias, act)
+    got = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate, bias=bias,
+                     activation=act)
+    if accumulate:
+        assert got is out
+    assert_close(got, want, scale, act)
+
+
+def test_matmul_accumulate_adds_in_place(isa, rng):
+    a, b = operands(rng, 40, 70, 300, False, False)
+    c = rng.standard_normal((40, 70)).astype(np.float32)
+    c0 = c.astype(np.float64)
+    r = ops.matmul(a, b, out=c, accumulate=True)
+    assert r is c and np.shares_memory(r, c)
+    want, scale = reference(a, b, c0=c0)
+    assert_close(c, want, scale)
+    # twice: c0 + 2ab
+    ops.matmul(a, b, out=c, accumulate=True)
+    want2, scale2 = reference(a, b, c0=want)
+    assert_close(c, want2, scale2 + scale)
+
+
+def test_matmul_out_is_overwritten_without_accumulate(isa, rng):
+    a, b = operands(rng, 20, 30, 40, False, True)
+    out = np.full((20, 30), np.nan, np.float32)
+    r = ops.matmul(a, b, trans_b=True, out=out)
+    assert r is out
+    want, scale = reference(a, b, trans_b=True)
+    assert_close(out, want, scale)
+
+
+def test_matmul_none_activation_string(isa, rng):
+    a, b = operands(rng, 9, 11, 13, False, False)
+    np.testing.assert_array_equal(ops.matmul(a, b, activation="none"), ops.matmul(a, b))
+
+
+# Activations in the epilogue, element by element: c = act(x * 1) with a (M,1) and b (1,N) of ones.
+SPECIAL = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-6, -1e-6, 0.1, -0.3, 0.6249, 0.6251, -0.6251, 1.0, -2.5, 7.0,
+                    -9.0, 15.0, -17.0, 40.0, -40.0, 80.0, -80.0, 87.0, -87.0, 100.0, -100.0, 1e4, -1e4, 3e38,
+                    -3e38, np.inf, -np.inf], np.float32)
+
+
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+def test_matmul_activation_values(isa, act):
+    x = np.concatenate([SPECIAL, np.linspace(-12, 12, 4001, dtype=np.float32)])
+    a = x.reshape(-1, 1)
+    b = np.ones((1, 21), np.float32)  # a partial strip too
+    got = ops.matmul(a, b, activation=act)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = act64(x64, act)
+    # relative accuracy, except below float32's normal range (results there are flushed to zero)
+    tol = 2e-6 * np.abs(want) + 1.2e-38
+    for j in (0, 20):
+        with np.errstate(invalid="ignore"):  # inf - inf
+            err = np.abs(got[:, j].astype(np.float64) - want)
+        ok = (got[:, j] == want) | (err <= tol)  # the first for relu(inf)
+        assert ok.all(), (x[~ok], got[~ok, j], want[~ok])
+    if act != "relu":
+        assert np.isfinite(got).all()
+    if act == "tanh":
+        assert (np.sign(got[:, 0]) == np.sign(np.tanh(x64).astype(np.float32))).all()
+
+
+def test_matmul_nan_propagates(isa):
+    a = np.array([[np.nan], [1.0]], np.float32)
+    b = np.ones((1, 3), np.float32)
+    for act in (None, "sigmoid", "tanh"):
+        c = ops.matmul(a, b, activation=act)
+        assert np.isnan(c[0]).all() and np.isfinite(c[1]).all()
+
+
+# ---------------------------------------------------------------- the naive kernel as a second oracle
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_matches_reference_kernel(isa, rng, trans_a, trans_b):
+    M, N, K = 45, 70, 260
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    bias = rng.standard_normal(N).astype(np.float32)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    kw = dict(trans_a=trans_a, trans_b=trans_b, bias=bias, activation="tanh", accumulate=True)
+    fast = ops.matmul(a, b, out=c0.copy(), **kw)
+    naive = ops.matmul_reference(a, b, out=c0.copy(), **kw)
+    _, scale = reference(a, b, trans_a, trans_b, c0, bias)
+    want, _ = reference(a, b, trans_a, trans_b, c0, bias, "tanh")
+    assert_close(naive, want, scale, "tanh")  # the oracle itself is right
+    assert_close(fast, naive.astype(np.float64), scale, "tanh")
+
+
+def test_reference_kernel_shape_checks():
+    with pytest.raises(ValueError, match=r"matmul_reference: b has shape \(5, 7\), expected \(K, N\) = \(6, 7\)"):
+        ops.matmul_reference(np.ones((3, 6), np.float32), np.ones((5, 7), np.float32))
+
+
+@given(
+    M=st.integers(1, 70),
+    N=st.integers(1, 90),
+    K=st.integers(1, 300),
+    trans_a=st.booleans(),
+    trans_b=st.booleans(),
+    accumulate=st.booleans(),
+)
+def test_matmul_fuzz(M, N, K, trans_a, trans_b, accumulate):
+    rng = np.random.default_rng(M * 10007 + N * 101 + K)
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    c0 = rng.standard_normal((M, N)).astype(np.float32)
+    want, scale = reference(a, b, trans_a, trans_b, c0 if accumulate else None)
+    prev = _C.get_isa()
+    try:
+        for isa in ISAS:
+            _C.set_isa(isa)
+            out = c0.copy()
+            got = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate)
+            assert_close(got, want, scale)
+    finally:
+        _C.set_isa(prev)
+
+
+@given(M=st.integers(150, 700), N=st.integers(1, 300), K=st.integers(100, 400), trans_b=st.booleans())
+def test_matmul_fuzz_parallel_sizes(M, N, K, trans_b):
+    # big enough to run on several threads (by rows or by columns, depending on N)
+    rng = np.random.default_rng(M + 1000 * N + K)
+    a, b = operands(rng, M, N, K, False, trans_b)
+    want, scale = reference(a, b, False, trans_b)
+    assert_close(ops.matmul(a, b, trans_b=trans_b), want, scale)
+
+
+# ---------------------------------------------------------------- threads and determinism
+
+
+@pytest.mark.parametrize("M,N,K,trans_a,trans_b", [(300, 500, 700, False, True), (700, 12, 300, True, False),
+                                                    (64, 784, 256, False, False)])
+def test_matmul_one_and_two_threads_agree(isa, rng, M, N, K, trans_a, trans_b):
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    bias = rng.standard_normal(N).astype(np.float32)
+    prev = fastdl.get_num_threads()
+    try:
+        fastdl.set_num_threads(1)
+        one = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, activation="relu")
+        fastdl.set_num_threads(2)
+        two = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, activation="relu")
+        again = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, activation="relu")
+    finally:
+        fastdl.set_num_threads(prev)
+    want, scale = reference(a, b, trans_a, trans_b, bias=bias, act="relu")
+    assert_close(one, want, scale)
+    assert_close(two, want, scale)
+    np.testing.assert_array_equal(two, again)  # same inputs, same thread count: same bits
+    # The summation order of an element does not depend on how threads split the tiles.
+    np.testing.assert_array_equal(one, two)
+
+
+def test_matmul_two_python_threads(rng):
+    # The GIL is released in the kernel and packing space is per calling thread: two Python threads
+    # multiplying different matrices at once must both get their own right answers.
+    jobs = []
+    for t in range(2):
+        a, b = operands(rng, 200 + 30 * t, 300, 260 - 40 * t, bool(t), not t)
+        jobs.append((a, b, bool(t), not t, ops.matmul(a, b, trans_a=bool(t), trans_b=not t)))
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def work(a, b, ta, tb, expected):
+        try:
+            out = np.empty_like(expected)
+            barrier.wait()
+            for _ in range(30):
+                ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out)
+                np.testing.assert_array_equal(out, expected)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=job) for job in jobs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+
+
+# ---------------------------------------------------------------- bad inputs
+
+F32 = np.float32
+
+
+def ones(*shape):
+    return np.ones(shape, F32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, pattern",
+    [
+        (dict(a=np.ones((3, 4)), b=ones(4, 5)), TypeError, r"matmul: a must have dtype float32, got float64"),
+        (dict(a=ones(3, 4), b=np.ones((4, 5), np.float16)), TypeError, r"matmul: b must have dtype float32"),
+        (dict(a=[[1.0]], b=ones(1, 1)), TypeError, r"matmul: a must be a numpy.ndarray"),
+        (dict(a=np.ones((3, 4), F32, order="F"), b=ones(4, 5)), TypeError, r"matmul: a must be C-contiguous"),
+        (dict(a=ones(3, 8)[:, ::2], b=ones(4, 5)), TypeError, r"matmul: a must be C-contiguous"),
+        (dict(a=ones(3, 4), b=ones(5, 8)[:4, :5]), TypeError, r"matmul: b must be C-contiguous"),
+        (dict(a=ones(3, 4), b=ones(4, 5).T), TypeError, r"matmul: b must be C-contiguous"),
+        (dict(a=ones(12), b=ones(4, 5)), ValueError, r"matmul: a must be 2-D \(M, K\), got shape \(12,\)"),
+        (dict(a=ones(3, 4, 1), b=ones(4, 5)), ValueError, r"matmul: a must be 2-D"),
+        (dict(a=ones(3, 4), b=ones(4)), ValueError, r"matmul: b must be 2-D \(K, N\)"),
+        (dict(a=ones(3, 6), b=ones(5, 7)), ValueError, r"matmul: b has shape \(5, 7\), expected \(K, N\) = \(6, 7\)"),
+        (dict(a=ones(3, 6), b=ones(6, 7), trans_b=True), ValueError,
+         r"matmul: b has shape \(6, 7\), expected \(N, K\) = \(6, 6\)"),
+        (dict(a=ones(3, 6), b=ones(6, 7), trans_a=True), ValueError,
+         r"matmul: b has shape \(6, 7\), expected \(K, N\) = \(3, 7\)"),
+        (dict(a=ones(0, 4), b=ones(4, 5)), ValueError, r"matmul: a is empty"),
+        (dict(a=ones(3, 0), b=ones(0, 5)), ValueError, r"matmul: a is empty"),
+        (dict(a=ones(3, 4), b=ones(4, 0)), ValueError, r"matmul: b is empty"),
+        (dict(a=ones(3, 4), b=ones(4, 5), out=ones(3, 6)), ValueError,
+         r"matmul: out has shape \(3, 6\), expected \(M, N\) = \(3, 5\)"),
+        (dict(a=ones(3, 4), b=ones(4, 5), out=np.ones((3, 5))), TypeError, r"matmul: out must have dtype float32"),
+        (dict(a=ones(3, 4), b=ones(4, 5), out=np.ones((3, 5), F32, order="F")), TypeError,
+         r"matmul: out must be C-contiguous"),
+        (dict(a=ones(3, 4), b=ones(4, 5), accumulate=True), ValueError, r"matmul: accumulate=True needs out"),
+        (dict(a=ones(3, 4), b=ones(4, 5), bias=ones(4)), ValueError,
+         r"matmul: bias has shape \(4,\), expected \(N,\) = \(5,\)"),
+        (dict(a=ones(3, 4), b=ones(4, 5), bias=np.ones(5)), TypeError, r"matmul: bias must have dtype float32"),
+        (dict(a=ones(3, 4), b=ones(4, 5), activation="gelu"), ValueError,
+         r"matmul: activation must be None or one of 'none', 'relu', 'sigmoid', 'tanh', got 'gelu'"),
+        (dict(a=ones(3, 4), b=ones(4, 5), activation=1), TypeError, r"matmul: activation must be None or one of"),
+    ],
+)
+def test_matmul_bad_input(kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        ops.matmul(**kwargs)
+
+
+def test_matmul_readonly_out():
+    out = ones(3, 5)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="matmul: out is read-only"):
+        ops.matmul(ones(3, 4), ones(4, 5), out=out)
+
+
+def test_matmul_out_must_not_overlap_inputs():
+    a = ones(4, 4)
+    with pytest.raises(ValueError, match="matmul: out must not share memory with a"):
+        ops.matmul(a, ones(4, 4), out=a)
+    b = ones(4, 4)
+    with pytest.raises(ValueError, match="matmul: out must not share memory with b"):
+        ops.matmul(ones(4, 4), b, out=b, accumulate=True)
+    buf = ones(4 * 4 + 4)
+    with pytest.raises(ValueError, match="matmul: out must not share memory with bias"):
+        ops.matmul(ones(4, 4), ones(4, 4), out=buf[:16].reshape(4, 4), bias=buf[12:16])
+
+
+def test_matmul_inputs_unchanged(rng):
+    a, b = operands(rng, 30, 40, 50, False, False)
+    a0, b0 = a.copy(), b.copy()
+    ops.matmul(a, b, bias=np.ones(40, F32), activation="relu")
+    np.testing.assert_array_equal(a, a0)
+    np.testing.assert_array_equal(b, b0)
