@@ -32,7 +32,7 @@ lin = LinearRegression().fit(X, y)
 print(f"1. closed form:  w = {np.round(lin.coef_, 5).tolist()}, b = {lin.intercept_:.5f}")
 
 # 2. gradient descent by hand (float64), stopping rule |L_new - L_old| < tol
-w, b, lr, tol = np.zeros(3), 0.0, 0.1, 1e-12
+w, b, lr, tol = np.zeros(3), 0.0, 0.1, 1e-15
 Xd, yd = X.astype(np.float64), y.astype(np.float64)
 loss_old = np.inf
 for it in range(1, 10_001):
@@ -49,7 +49,7 @@ print(f"2. GD by hand:   w = {np.round(w, 5).tolist()}, b = {b:.5f}  ({it} itera
 model = nn.Linear(3, 1, init="zeros")
 history = fit(model, nn.MSELoss(), optim.SGD(model.parameters(), lr=0.1), X, y.reshape(-1, 1),
               epochs=1000, batch_size=None, tol=1e-10, verbose=0)
-w3, b3 = model.weight.data[0], float(model.bias.data[0])
+w3, b3 = model.weight.data[0].astype(np.float64), float(model.bias.data[0])
 print(f"3. fastdl fit:   w = {np.round(w3, 5).tolist()}, b = {b3:.5f}  ({len(history)} epochs, "
       f"MSE {history['loss'][-1]:.6f}, stopped by {history.stop_reason})")
 
