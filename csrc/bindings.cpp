@@ -310,8 +310,8 @@ void require_same_or_disjoint(const char* fn, const char* out_arg, const py::arr
                               const py::array& a) {
   if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
   if (overlaps(out, a))
-    value_error(std::string(fn) + ": " + out_arg + " partly overlaps " + arg + " (it may be " + arg +
-                " itself, for in place, or separate memory)");
+    value_error(std::string(fn) + ": " + out_arg + " partly overlaps " + arg + "; " + out_arg +
+                " must not share memory with " + arg + " unless it is " + arg + " itself (in place)");
 }
 
 using UnaryKernel = void (*)(float*, const float*, int64_t);
@@ -650,13 +650,7 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
   return static_cast<float>(x);
 }
 
-// An output that may be exactly the input it is computed from (in place), but not a partial overlap.
-void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
-                              const py::array& a) {
-  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
-  require_no_overlap(fn, out_arg, out, arg, a);
-}
-
+// (require_same_or_disjoint, shared with the activations, is defined above.)
 // Arrays updated in place must not share memory with each other nor with the inputs read.
 void require_all_disjoint(const char* fn, std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
   for (auto i = arrays.begin(); i != arrays.end(); ++i)
