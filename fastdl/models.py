@@ -29,11 +29,11 @@ import warnings
 import numpy as np
 
 from fastdl import nn, ops, optim
-from fastdl.train import EarlyStopping, _as_X, fit, predict
+from fastdl.train import EarlyStopping, _as_X, _numeric_array, fit, predict
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-    from sklearn.exceptions import ConvergenceWarning, NotFittedError
+    from sklearn.exceptions import ConvergenceWarning, DataConversionWarning, NotFittedError
     HAVE_SKLEARN = True
 except ImportError:  # the small stand-ins below keep the same conventions
     HAVE_SKLEARN = False
@@ -50,6 +50,9 @@ if not HAVE_SKLEARN:
 
     class ConvergenceWarning(UserWarning):
         """``fit`` stopped at ``max_iter`` before the stopping rule was met."""
+
+    class DataConversionWarning(UserWarning):
+        """y had to be reshaped (a column vector where a 1-D array was expected)."""
 
     class BaseEstimator:
         """get_params / set_params / repr from the ``__init__`` signature, as scikit-learn's BaseEstimator."""
@@ -189,13 +192,14 @@ def _features(est, X, who):
     return X
 
 
+def _require_y(est, y):
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+
+
 def _regression_targets(y, n, who):
     """float32 (n, k) targets and whether y was 1-D."""
-    y = np.asarray(y)
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise ValueError(f"{who}: y must hold real numbers, got dtype {y.dtype}")
-    if np.iscomplexobj(y):
-        raise ValueError(f"{who}: y must hold real numbers, got dtype {y.dtype}")
+    y = _numeric_array(y, who, "y")
     if y.ndim not in (1, 2) or len(y) != n:
         raise ValueError(f"{who}: y must have shape ({n},) or ({n}, n_targets), got {y.shape}")
     one_d = y.ndim == 1
@@ -208,14 +212,35 @@ def _regression_targets(y, n, who):
 
 
 def _class_labels(y, n, who):
+    """y as a 1-D array of class labels (any sortable values; floats must be whole numbers)."""
+    if hasattr(y, "toarray") and hasattr(y, "nnz"):
+        raise TypeError(f"{who}: y is a sparse matrix, but dense data is required")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn("A column-vector y was passed when a 1d array was expected. Please change the shape of y "
+                      f"to (n_samples,), for example using ravel() ({who})", DataConversionWarning, stacklevel=4)
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
         raise ValueError(f"{who}: y must be 1-D with one label per sample ({n}), got shape {y.shape}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError(f"{who}: y contains NaN or infinity")
+    if y.dtype.kind in "fc":
+        if not np.isfinite(y).all():
+            raise ValueError(f"{who}: y contains NaN or infinity")
+        if y.dtype.kind == "c" or np.any(y != np.round(y)):
+            raise ValueError(f"{who}: Unknown label type: continuous. Class labels must be discrete "
+                             "(integers or strings); for real-valued targets use a regressor")
     return y
+
+
+def _multi_output_tags(cls):
+    """Declare to scikit-learn that the estimator fits several targets at once."""
+    if HAVE_SKLEARN:
+        def __sklearn_tags__(self):
+            tags = super(cls, self).__sklearn_tags__()
+            tags.target_tags.multi_output = True
+            return tags
+        cls.__sklearn_tags__ = __sklearn_tags__
+        cls._more_tags = lambda self: {"multioutput": True}   # scikit-learn < 1.6
+    return cls
 
 
 def _sigmoid(z):
@@ -226,6 +251,7 @@ def _sigmoid(z):
 
 # ---------------------------------------------------------------- LinearRegression
 
+@_multi_output_tags
 class LinearRegression(RegressorMixin, BaseEstimator):
     """Least squares: minimise ||X w + b - y||².
 
@@ -237,8 +263,8 @@ class LinearRegression(RegressorMixin, BaseEstimator):
     ``max_iter`` epochs, stopping when |L_new - L_old| < tol.
 
     Attributes: ``coef_`` ((n_features,), or (n_targets, n_features) for 2-D y), ``intercept_``,
-    ``n_features_in_``; with "normal" also ``rank_`` and ``singular_``; with "gd" ``n_iter_``,
-    ``loss_curve_`` and ``model_`` (the nn.Linear).
+    ``n_features_in_``, ``n_iter_`` (1 for "normal"); with "normal" also ``rank_`` and
+    ``singular_``; with "gd" ``loss_curve_`` and ``model_`` (the nn.Linear).
     """
 
     def __init__(self, fit_intercept=True, solver="normal", lr=0.01, max_iter=1000, tol=1e-6,
@@ -256,6 +282,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):
         who = "LinearRegression.fit"
         if self.solver not in ("normal", "gd"):
             raise ValueError(f"{who}: solver must be 'normal' or 'gd', got {self.solver!r}")
+        _require_y(self, y)
         X = _as_X(X, who, dtype=np.float64 if self.solver == "normal" else np.float32)
         y2, one_d = _regression_targets(y, len(X), who)
         self.n_features_in_ = X.shape[1]
@@ -268,6 +295,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):
             coef, _, self.rank_, self.singular_ = np.linalg.lstsq(Xd, yd, rcond=None)
             coef = coef.T                                            # (n_targets, n_features)
             intercept = (y_mean - coef @ x_mean) if self.fit_intercept else np.zeros(len(coef))
+            self.n_iter_ = 1   # one solve
         else:
             lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True)
             max_iter = _check_int(self.max_iter, who, "max_iter", 1)
@@ -302,16 +330,18 @@ class LinearRegression(RegressorMixin, BaseEstimator):
 # ---------------------------------------------------------------- LogisticRegression
 
 class LogisticRegression(ClassifierMixin, BaseEstimator):
-    """Two-class logistic regression: P(y = classes_[1] | x) = σ(w·x + b), trained by gradient descent
-    on the binary cross-entropy of the logit (``nn.BCEWithLogitsLoss``, stable for any logit).
+    """Logistic regression trained by gradient descent on fastdl.
 
+    Two classes: P(y = classes_[1] | x) = σ(w·x + b), with the binary cross-entropy of the logit
+    (``nn.BCEWithLogitsLoss``, stable for any logit). More classes: multinomial (softmax)
+    regression, P(y = k | x) = softmax(W x + b)_k, with ``nn.CrossEntropyLoss``.
     Full batch by default (``batch_size=None``; 1 or k give SGD / mini-batches), ``optim.SGD(lr)``,
-    at most ``max_iter`` epochs, stopping when |L_new - L_old| < tol. Labels may be any two values
-    (``classes_``, sorted). For more classes use ``MLPClassifier(hidden_layer_sizes=())``, which is
-    multinomial logistic regression.
+    weights started at 0, at most ``max_iter`` epochs, stopping when |L_new - L_old| < tol.
+    Labels may be any sortable values (``classes_``, sorted).
 
-    Attributes: ``classes_``, ``coef_`` (1, n_features), ``intercept_`` (1,), ``n_iter_``,
-    ``loss_curve_``, ``n_features_in_``, ``model_`` (the nn.Linear).
+    Attributes: ``classes_``, ``coef_`` (1, n_features) for two classes, (n_classes, n_features)
+    otherwise, ``intercept_``, ``n_iter_``, ``loss_curve_``, ``n_features_in_``, ``model_`` (the
+    nn.Linear).
     """
 
     def __init__(self, fit_intercept=True, lr=0.1, max_iter=1000, tol=1e-6, batch_size=None,
@@ -329,17 +359,22 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True)
         max_iter = _check_int(self.max_iter, who, "max_iter", 1)
         tol = _check_real(self.tol, who, "tol", low=0.0)
+        _require_y(self, y)
         X = _as_X(X, who)
         y = _class_labels(y, len(X), who)
-        classes = np.unique(y)
-        if len(classes) != 2:
-            raise ValueError(f"{who}: LogisticRegression separates two classes, y has {len(classes)}; "
-                             "for more use MLPClassifier(hidden_layer_sizes=())")
-        target = (y == classes[1]).astype(np.float32).reshape(-1, 1)
+        classes, labels = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"{who}: needs samples of at least 2 classes, but the data contains only one class: "
+                             f"{classes[0]!r}")
         rng = _generator(self.random_state, who)
-        lin = nn.Linear(X.shape[1], 1, bias=bool(self.fit_intercept), init="zeros")
-        history = fit(lin, nn.BCEWithLogitsLoss(), optim.SGD(lin.parameters(), lr=lr), X, target,
-                      epochs=max_iter, batch_size=self.batch_size, seed=rng, tol=tol, metrics=(),
+        binary = len(classes) == 2
+        lin = nn.Linear(X.shape[1], 1 if binary else len(classes), bias=bool(self.fit_intercept), init="zeros")
+        if binary:
+            loss_fn, target = nn.BCEWithLogitsLoss(), labels.astype(np.float32).reshape(-1, 1)
+        else:
+            loss_fn, target = nn.CrossEntropyLoss(), labels.astype(np.int64)
+        history = fit(lin, loss_fn, optim.SGD(lin.parameters(), lr=lr), X, target, epochs=max_iter,
+                      batch_size=self.batch_size, seed=rng, tol=tol, metrics=(),
                       verbose=_check_verbose(self.verbose, who))
         if history.stop_reason == "epochs":
             warnings.warn(f"{who}: gradient descent reached max_iter={max_iter} before |L_new - L_old| < tol",
@@ -350,22 +385,31 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         self.n_iter_ = len(history)
         self.loss_curve_ = list(history["loss"])
         self.coef_ = lin.weight.data.astype(np.float64)
-        self.intercept_ = (lin.bias.data.astype(np.float64) if lin.bias is not None else np.zeros(1))
+        self.intercept_ = (lin.bias.data.astype(np.float64) if lin.bias is not None
+                           else np.zeros(len(self.coef_)))
         return self
 
     def decision_function(self, X):
-        """The logit w·x + b, shape (n,)."""
+        """Logits: (n,) for two classes (w·x + b), else (n, n_classes)."""
         _check_fitted(self, "coef_")
         X = _features(self, X, "LogisticRegression.decision_function")
-        return predict(self.model_, X)[:, 0].astype(np.float64)
+        out = predict(self.model_, X).astype(np.float64)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def predict_proba(self, X):
-        """(n, 2): P(classes_[0]), P(classes_[1])."""
-        p = _sigmoid(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
+        """(n, n_classes): class probabilities, columns following ``classes_``."""
+        z = self.decision_function(X)
+        if z.ndim == 1:
+            p = _sigmoid(z)
+            return np.column_stack([1.0 - p, p])
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        return self.classes_[(self.decision_function(X) > 0).astype(np.intp)]
+        z = self.decision_function(X)
+        idx = (z > 0).astype(np.intp) if z.ndim == 1 else z.argmax(axis=1)
+        return self.classes_[idx]
 
 
 # ---------------------------------------------------------------- MLPs
@@ -491,6 +535,7 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X, y, *, incremental, classes=None):
         who = f"{type(self).__name__}.{'partial_fit' if incremental else 'fit'}"
         p = self._checked_params(who)
+        _require_y(self, y)
         X = _as_X(X, who)
         fresh = not hasattr(self, "model_") or not (incremental or self.warm_start)
         if not fresh and X.shape[1] != self.n_features_in_:
@@ -506,9 +551,8 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             self.t_ = 0
             self.best_loss_ = None
-            if self.early_stopping and not incremental:
-                self.validation_scores_ = []
-                self.best_validation_score_ = None
+            self.validation_scores_ = [] if self.early_stopping and not incremental else None
+            self.best_validation_score_ = None
         else:
             for group in self._optimizer.param_groups:   # hyperparameters may have changed (set_params)
                 group["lr"] = p["lr"]
@@ -614,7 +658,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 cls = np.unique(y)
             if len(cls) < 2:
-                raise ValueError(f"{who}: needs samples of at least 2 classes, got {len(cls)} class")
+                raise ValueError(f"{who}: needs samples of at least 2 classes, but the data contains only one "
+                                 f"class: {cls[0]!r}")
             self.classes_ = cls
             self.n_outputs_ = len(cls)
             self.out_activation_ = "softmax"
@@ -633,9 +678,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._fit(X, y, incremental=True, classes=classes)
 
     def predict_proba(self, X):
-        """(n, n_classes): softmax of the network's outputs; columns follow ``classes_``."""
+        """(n, n_classes): softmax of the network's outputs (float64); columns follow ``classes_``."""
         out = self._outputs(X, "MLPClassifier.predict_proba")
-        return ops.softmax(np.ascontiguousarray(out, dtype=np.float32))
+        return ops.softmax(np.ascontiguousarray(out, dtype=np.float32)).astype(np.float64)
 
     def predict_log_proba(self, X):
         return np.log(self.predict_proba(X))
@@ -645,6 +690,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_[out.argmax(axis=1)]
 
 
+@_multi_output_tags
 class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor, scikit-learn's ``MLPRegressor`` on fastdl.
 
@@ -676,5 +722,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return self._fit(X, y, incremental=True)
 
     def predict(self, X):
-        out = self._outputs(X, "MLPRegressor.predict")
+        """(n,) when y was 1-D, else (n, n_targets); float64."""
+        out = self._outputs(X, "MLPRegressor.predict").astype(np.float64)
         return out[:, 0] if self._y_1d else out

@@ -185,12 +185,25 @@ def _is_real(v):
 
 
 def _numeric_array(a, where, name):
+    if a is None:
+        raise ValueError(f"{where}: {name} is None; an array is required")
+    if hasattr(a, "toarray") and hasattr(a, "nnz"):  # scipy.sparse
+        raise TypeError(f"{where}: {name} is a sparse matrix, but dense data is required; "
+                        f"use {name}.toarray()")
     try:
         arr = np.asarray(a)
     except Exception as e:  # ragged lists and the like
         raise ValueError(f"{where}: {name} could not be read as an array: {e}") from None
     if arr.dtype == bool:
         return arr
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{where}: {name} is complex: Complex data not supported")
+    if arr.dtype == object:  # e.g. numbers in an object array: convert, or say why not
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{where}: {name} must hold real numbers; its dtype object entries could not "
+                            f"be converted ({e})") from None
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{where}: {name} must hold real numbers, got dtype {arr.dtype}")
     return arr
@@ -201,9 +214,13 @@ def _as_X(X, where, name="X", dtype=np.float32):
     arr = _numeric_array(X, where, name)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
-                         + (f"; use {name}.reshape(-1, 1) for one feature" if arr.ndim == 1 else ""))
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{where}: {name} is empty (shape {arr.shape})")
+                         + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
+                            f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                         "required.")
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
@@ -466,6 +483,11 @@ def _get_lr(optimizer):
     return float(lr) if _is_real(lr) else None
 
 
+def _diverged(what, epoch, b, nbatches, lr):
+    return FloatingPointError(f"fit: {what} at epoch {epoch + 1}, batch {b + 1} of {nbatches}; training "
+                              f"diverged: try a lower learning rate (now {lr}) or scale the inputs")
+
+
 def _wants_stop(result):
     return isinstance(result, (bool, np.bool_)) and bool(result)
 
@@ -491,8 +513,9 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
     verbose: 0 silent; 1 a progress bar per epoch (stderr) and one line per epoch (stdout);
     2 only the line per epoch.
 
-    The model is in training mode during fit and back in its previous mode afterwards. A loss
-    that is not finite raises FloatingPointError (before that batch's update is applied).
+    The model is in training mode during fit and back in its previous mode afterwards. A loss or
+    model output that is not finite (a diverged run) raises FloatingPointError naming the epoch and
+    batch, before that batch's update is applied.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
@@ -546,12 +569,14 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
                         if not checked_labels:
                             _check_label_range(y, out, "fit", "y")
                             checked_labels = True
-                        loss = float(loss_fn(out, yb))
+                        try:
+                            loss = float(loss_fn(out, yb))
+                        except ValueError as e:  # a loss kernel may refuse a non-finite output
+                            if np.isfinite(out).all():
+                                raise
+                            raise _diverged("the model's output is not finite", epoch, b, len(batches), lr) from e
                         if not math.isfinite(loss):
-                            raise FloatingPointError(
-                                f"fit: the loss became {loss} at epoch {epoch + 1}, batch {b + 1} of "
-                                f"{len(batches)}; training diverged: try a lower learning rate "
-                                f"(now {lr}) or scale the inputs")
+                            raise _diverged(f"the loss became {loss}", epoch, b, len(batches), lr)
                         m = len(xb)
                         loss_total += loss if summed else loss * m
                         for k, (_, fn) in enumerate(metric_fns):

@@ -128,12 +128,24 @@ def test_logistic_regression_separates_two_classes():
     assert est.coef_.shape == (1, 2) and est.loss_curve_[-1] < 0.1 and est.n_iter_ < 2000
 
 
-def test_logistic_regression_refuses_other_than_two_classes():
+def test_logistic_regression_multinomial_and_bad_inputs():
     X, y = blobs()
-    with pytest.raises(ValueError, match="two classes"):
-        LogisticRegression().fit(X, y)
+    est = LogisticRegression(lr=0.5, max_iter=3000, tol=1e-5).fit(X, y)
+    assert est.coef_.shape == (3, 2) and est.intercept_.shape == (3,)
+    assert est.score(X, y) > 0.97
+    proba = est.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba.argmax(axis=1), est.predict(X))
     with pytest.raises(ValueError, match="lr"):
         LogisticRegression(lr=0).fit(X, y % 2)
+    with pytest.raises(ValueError, match="only one class"):
+        LogisticRegression().fit(X, np.zeros(len(X), int))
+    with pytest.raises(ValueError, match="continuous"):
+        LogisticRegression().fit(X, X[:, 0])
+    with pytest.raises(ValueError, match="requires y"):
+        LogisticRegression().fit(X, None)
+    with pytest.raises(NotFittedError):
+        LogisticRegression().predict(X)
 
 
 # ---------------------------------------------------------------- MLPClassifier / MLPRegressor
@@ -145,7 +157,7 @@ def test_mlp_classifier_learns_blobs():
     clf.fit(X[:120], y[:120])
     assert clf.score(X[120:], y[120:]) > 0.95
     proba = clf.predict_proba(X)
-    assert proba.shape == (180, 3) and proba.dtype == np.float32
+    assert proba.shape == (180, 3) and proba.dtype == np.float64
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
     assert list(clf.classes_) == [0, 1, 2] and clf.n_outputs_ == 3 and clf.n_layers_ == 3
@@ -288,6 +300,19 @@ def test_mlp_convergence_warning_and_bad_parameters():
         clf.predict(np.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
         MLPRegressor().fit(X, np.full(len(X), np.nan))
+
+
+def test_fitted_estimators_pickle():
+    import pickle
+    X, y = blobs(n_per=30)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=200, learning_rate_init=0.02, random_state=0,
+                        batch_norm=True, dropout=0.1).fit(X, y)
+    clf2 = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(clf2.predict_proba(X), clf.predict_proba(X))
+    clf2.partial_fit(X, y)                                  # training goes on after unpickling
+    assert clf2.n_iter_ == clf.n_iter_ + 1
+    lin = LinearRegression().fit(*regression_data())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lin)).coef_, lin.coef_)
 
 
 def test_get_set_params():
