@@ -165,11 +165,8 @@ def _load_dir(directory: Path):
         np.divide(x, np.float32(255.0), out=x)
         return x
 
-    def labels(name):
-        y = arrays[name].astype(np.int64)
-        if y.max() > 9:
-            raise ValueError(f"{found[name]}: label {int(y.max())} out of range 0-9")
-        return y
+    def labels(name):  # 0-9: the md5 check has vouched for the content
+        return arrays[name].astype(np.int64)
 
     x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
     x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
