@@ -355,7 +355,8 @@ py::array binary_op(const char* fn, BinaryKernel kernel, py::handle dout, py::ha
 }
 
 float finite_slope(const char* fn, double slope) {
-  if (!std::isfinite(slope)) value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
+  if (!std::isfinite(slope))
+    value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
   return static_cast<float>(slope);
 }
 
