@@ -139,9 +139,14 @@ def test_bad_flags_exit_2(argv, expect, capsys):
     assert expect in capsys.readouterr().err
 
 
-def test_help_exits_0(capsys):
+def test_help_exits_0_and_states_each_default_once(capsys):
     assert main(["train", "--help"]) == 0
-    assert "--weight-decay" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "--weight-decay" in out and "98% test accuracy" in out and "%%" not in out
+    assert "(default: None)" not in out and not re.search(r"\(default:[^)]*\) \(default:", out)
+    for shown in ("activation (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
+                  "training epochs (default: 20)", "hidden layer (default: 0.1)", "(default: 0)"):
+        assert shown in out
 
 
 def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
