@@ -432,7 +432,8 @@ def make_regression_1d(n_samples: int = 200, fn="sin", noise: float = 0.0, x_ran
     noise = _noise(noise, "make_regression_1d")
     if isinstance(fn, str):
         if fn not in REGRESSION_FUNCTIONS:
-            raise ValueError(f"make_regression_1d: fn must be one of {sorted(REGRESSION_FUNCTIONS)} or a callable, got {fn!r}")
+            raise ValueError(f"make_regression_1d: fn must be one of {sorted(REGRESSION_FUNCTIONS)} or a callable, "
+                             f"got {fn!r}")
         f = REGRESSION_FUNCTIONS[fn]
     elif callable(fn):
         f = fn
