@@ -54,7 +54,8 @@ py::array take_array(py::handle h, const char* fn, const char* arg, DType dt, bo
     type_error(std::string(fn) + ": " + arg + " must be a numpy.ndarray of " + want + ", got " +
                std::string(py::str(py::type::of(h).attr("__name__"))));
   py::array a = py::reinterpret_borrow<py::array>(h);
-  bool ok = dt == DType::F32 ? a.dtype().is(py::dtype::of<float>()) : a.dtype().is(py::dtype::of<int64_t>());
+  // equal(), not is(): an array unpickled (or built from a buffer) has an equal but distinct dtype object.
+  bool ok = dt == DType::F32 ? a.dtype().equal(py::dtype::of<float>()) : a.dtype().equal(py::dtype::of<int64_t>());
   if (!ok)
     type_error(std::string(fn) + ": " + arg + " must have dtype " + want + ", got " +
                std::string(py::str(a.dtype())) + " (convert it once with np.asarray(" + arg + ", dtype=np." +

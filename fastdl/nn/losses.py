@@ -1,0 +1,118 @@
+"""Losses: ``loss_fn(output, target) -> float``; then ``loss_fn.backward() -> dloss/doutput``.
+
+``reduction="mean"`` averages over all elements (over the batch for CrossEntropyLoss),
+``reduction="sum"`` adds them up. The loss and its gradient come from one kernel pass.
+A NaN or infinite loss means the model output was not finite (the run diverged).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from .module import Module, as_float32, register_module
+
+__all__ = ["MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
+
+
+class _Loss(Module):
+    """Base of the losses: validates the reduction, converts inputs, keeps the gradient for backward."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
+            raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        object.__setattr__(self, "_grad", None)
+
+    def __call__(self, output, target) -> float:
+        return self.forward(output, target)
+
+    def forward(self, output, target) -> float:
+        """The loss (a Python float) of ``output`` against ``target``; keeps d loss/d output."""
+        who = type(self).__name__
+        output = as_float32(output, who, "output", check_finite=False)
+        target = self._target(target, output, who)
+        loss, grad = self._kernel(output, target)
+        self._grad = grad
+        return float(loss)
+
+    def backward(self) -> np.ndarray:
+        """d loss / d output of the last call (a fresh array, shaped like the output)."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call the loss on (output, target) first")
+        return self._grad
+
+    def _target(self, target, output, who):
+        target = as_float32(target, who, "target")
+        if target.shape != output.shape:
+            hint = ""
+            if target.size == output.size:
+                hint = f" (reshape it: target.reshape{output.shape})"
+            raise ValueError(f"{who}: target has shape {target.shape}, expected the output's shape {output.shape}{hint}")
+        return target
+
+    def _config(self):
+        return {"reduction": self.reduction}
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+@register_module
+class MSELoss(_Loss):
+    """Mean squared error: mean (or sum) of (output - target)²."""
+
+    def _kernel(self, output, target):
+        return ops.mse_loss(output, target, reduction=self.reduction, grad=True)
+
+
+@register_module
+class L1Loss(_Loss):
+    """Mean absolute error: mean (or sum) of |output - target| (gradient sign(output - target), 0 at 0)."""
+
+    def _kernel(self, output, target):
+        return ops.l1_loss(output, target, reduction=self.reduction, grad=True)
+
+
+@register_module
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on raw scores z (logits) with targets t in [0, 1]:
+    -(t log σ(z) + (1 - t) log(1 - σ(z))), computed stably; gradient σ(z) - t (/ n for mean)."""
+
+    def _target(self, target, output, who):
+        target = super()._target(target, output, who)
+        lo, hi = float(target.min()), float(target.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"{who}: target values must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        return target
+
+    def _kernel(self, output, target):
+        return ops.bce_with_logits(output, target, reduction=self.reduction, grad=True)
+
+
+@register_module
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy of raw scores (batch, classes) against integer class labels (batch,):
+    logsumexp(row) - row[label], averaged over the batch (or summed). Labels of any integer dtype
+    are converted to int64; float labels are refused (TypeError)."""
+
+    def _target(self, target, output, who):
+        if output.ndim != 2:
+            raise ValueError(f"{who}: output must be 2-D (batch, classes), got shape {output.shape}")
+        labels = np.asarray(target)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{who}: target must hold integer class labels, got dtype {labels.dtype} "
+                            "(convert with y.astype(np.int64))")
+        if labels.shape != (output.shape[0],):
+            raise ValueError(f"{who}: target has shape {labels.shape}, expected ({output.shape[0]},): one label per "
+                             f"row of the output {output.shape}")
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        nc = output.shape[1]
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= nc:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{who}: labels must lie in [0, {nc}) for an output with {nc} classes, got {bad}")
+        return labels
+
+    def _kernel(self, output, labels):
+        return ops.softmax_cross_entropy(output, labels, reduction=self.reduction, grad=True)

@@ -1,0 +1,432 @@
+"""fastdl.optim: SGD, Adam, AdamW and learning-rate schedules, with PyTorch's names and semantics.
+
+Optimizers update each parameter's ``.data`` in place from its ``.grad`` through one native
+kernel call per parameter (``ops.sgd_step`` / ``ops.adam_step``). Their state (momentum buffers,
+Adam's moments and step counts) is kept per parameter in ``optimizer.state``.
+
+Schedules change ``optimizer.lr``; call their ``step()`` once per epoch (``ReduceLROnPlateau``:
+``step(val_loss)``). ``get_last_lr()`` returns the current learning rate as a float.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from . import ops
+from .nn.module import Module, Parameter, check_float, check_int
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW",
+           "LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "InverseTimeLR", "ReduceLROnPlateau"]
+
+
+# ================================================================ optimizers
+
+
+class Optimizer:
+    """Base class: holds ``param_groups`` (a list of dicts: ``"params"`` plus hyperparameters) and
+    per-parameter ``state``. ``params`` is an iterable of Parameters (e.g. ``model.parameters()``)
+    or of dicts ``{"params": [...], "lr": ...}`` giving some parameters their own settings."""
+
+    def __init__(self, params, defaults: dict):
+        who = type(self).__name__
+        if isinstance(params, Module):
+            raise TypeError(f"{who}: params must be an iterable of Parameters; pass model.parameters()")
+        if isinstance(params, (Parameter, np.ndarray)):
+            raise TypeError(f"{who}: params must be an iterable of Parameters, got a single "
+                            f"{type(params).__name__}; wrap it in a list")
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{who}: params must be an iterable of Parameters, got {type(params).__name__}") from None
+        if not params:
+            raise ValueError(f"{who}: got an empty parameter list")
+        self.defaults = dict(defaults)
+        self.param_groups: list = []
+        self.state: dict = {}
+        groups = params if isinstance(params[0], Mapping) else [{"params": params}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def add_param_group(self, group) -> None:
+        """Add a group of parameters with its own hyperparameters (missing ones take the defaults)."""
+        who = type(self).__name__
+        if not isinstance(group, Mapping) or "params" not in group:
+            raise TypeError(f"{who}: a parameter group must be a dict with a 'params' entry, got {type(group).__name__}")
+        ps = group["params"]
+        ps = [ps] if isinstance(ps, Parameter) else list(ps)
+        for i, p in enumerate(ps):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{who}: params[{i}] must be a fastdl.nn.Parameter, got {type(p).__name__}")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for p in ps:
+            if id(p) in seen:
+                raise ValueError(f"{who}: a parameter appears more than once (shape {p.shape})")
+            seen.add(id(p))
+        if not ps:
+            raise ValueError(f"{who}: got an empty parameter group")
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"{who}: unknown hyperparameter(s) {sorted(unknown)} in a parameter group")
+        new = dict(self.defaults)
+        new.update({k: v for k, v in group.items() if k != "params"})
+        new = self._validate(new)
+        new["params"] = ps
+        self.param_groups.append(new)
+
+    def _validate(self, group: dict) -> dict:
+        raise NotImplementedError
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (of the first parameter group); setting it sets every group's."""
+        return self.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        value = check_float(value, type(self).__name__, "lr", low=0.0)
+        for g in self.param_groups:
+            g["lr"] = value
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self) -> None:
+        """Set the ``.grad`` of every parameter this optimizer updates to 0."""
+        for p in self._params():
+            p.zero_grad()
+
+    def step(self, closure=None):
+        """One update of every parameter from its current ``.grad``. ``closure``, if given, is
+        called first (it should recompute the gradients) and its return value is returned."""
+        loss = None
+        if closure is not None:
+            if not callable(closure):
+                raise TypeError(f"{type(self).__name__}.step: closure must be callable")
+            loss = closure()
+        for g in self.param_groups:
+            for p in g["params"]:
+                self._update(p, g)
+        return loss
+
+    # -------- state
+    def state_dict(self) -> dict:
+        """{'state': {index: {name: array copy or number}}, 'param_groups': [{hyperparameters,
+        'params': [indices]}]}, indices counting parameters across groups in order (as PyTorch)."""
+        index = {id(p): i for i, p in enumerate(self._params())}
+        state = {}
+        for p in self._params():
+            if p in self.state:
+                state[index[id(p)]] = {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                       for k, v in self.state[p].items()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+                  for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict) -> None:
+        """Restore hyperparameters and state saved by ``state_dict`` (same parameter layout)."""
+        who = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError(f"{who}: expected a dict with 'state' and 'param_groups'")
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{who}: the saved state has {len(groups)} parameter groups, this optimizer "
+                             f"{len(self.param_groups)}")
+        for i, (saved, mine) in enumerate(zip(groups, self.param_groups)):
+            if len(saved.get("params", ())) != len(mine["params"]):
+                raise ValueError(f"{who}: group {i} has {len(saved.get('params', ()))} parameters in the saved "
+                                 f"state, {len(mine['params'])} here")
+        params = self._params()
+        new_groups = []
+        for saved, mine in zip(groups, self.param_groups):
+            hyper = self._validate({k: v for k, v in saved.items() if k != "params"})
+            new_groups.append(hyper)
+        new_state = {}
+        for i, st in state_dict["state"].items():
+            i = int(i)
+            if not 0 <= i < len(params):
+                raise ValueError(f"{who}: state for parameter {i}, but there are {len(params)}")
+            p = params[i]
+            entry = {}
+            for k, v in st.items():
+                if isinstance(v, np.ndarray) or isinstance(v, (list, tuple)):
+                    arr = np.array(v, dtype=np.float32, order="C", copy=True)
+                    if arr.shape != p.shape:
+                        raise ValueError(f"{who}: state {k!r} of parameter {i} has shape {arr.shape}, "
+                                         f"expected {p.shape}")
+                    entry[k] = arr
+                else:
+                    entry[k] = v
+            new_state[p] = entry
+        for hyper, mine in zip(new_groups, self.param_groups):
+            mine.update(hyper)
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for k in sorted(k for k in g if k != "params"):
+                lines.append(f"    {k}: {g[k]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent with momentum, dampening, weight decay and Nesterov, exactly
+    as ``torch.optim.SGD``. For each parameter θ with gradient ∇ at step t:
+
+        g   = ∇ + weight_decay · θ
+        b_t = g                                    (t = 1)
+        b_t = momentum · b_{t-1} + (1 - dampening) · g     (t > 1)
+        g   = g + momentum · b_t   if nesterov   else   b_t       (only when momentum ≠ 0)
+        θ   = θ - lr · g
+
+    With momentum = 0 this is plain θ ← θ - lr · (∇ + weight_decay · θ). The momentum buffer b is
+    ``optimizer.state[p]["momentum_buffer"]``.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov))
+
+    def _validate(self, g):
+        who = "SGD"
+        out = dict(g)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
+        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0)
+        out["dampening"] = check_float(g["dampening"], who, "dampening")
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        if not isinstance(g["nesterov"], (bool, np.bool_)):
+            raise TypeError(f"{who}: nesterov must be a bool, got {type(g['nesterov']).__name__}")
+        out["nesterov"] = bool(g["nesterov"])
+        if out["nesterov"] and (out["momentum"] <= 0.0 or out["dampening"] != 0.0):
+            raise ValueError(f"{who}: nesterov momentum requires momentum > 0 and dampening = 0, got "
+                             f"momentum={out['momentum']}, dampening={out['dampening']}")
+        return out
+
+    def _update(self, p, g):
+        buf, first = None, False
+        if g["momentum"] != 0.0:
+            st = self.state.setdefault(p, {})
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = np.zeros_like(p.data)
+                first = True
+        ops.sgd_step(p.data, p.grad, buf, lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
+                     weight_decay=g["weight_decay"], nesterov=g["nesterov"], first_step=first)
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba), as ``torch.optim.Adam``. For each parameter θ at step t = 1, 2, ...:
+
+        g = ∇ + weight_decay · θ                   (L2 penalty added to the gradient)
+        m = β1 · m + (1 - β1) · g                  v = β2 · v + (1 - β2) · g²
+        θ = θ - lr · (m / (1 - β1^t)) / (sqrt(v / (1 - β2^t)) + eps)
+
+    State per parameter: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _validate(self, g):
+        who = type(self).__name__
+        out = dict(g)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
+        out["eps"] = check_float(g["eps"], who, "eps", low=0.0)
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        betas = g["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
+        out["betas"] = (check_float(betas[0], who, "betas[0]", low=0.0, high=1.0, high_open=True),
+                        check_float(betas[1], who, "betas[1]", low=0.0, high=1.0, high_open=True))
+        return out
+
+    def _update(self, p, g):
+        st = self.state.get(p)
+        if st is None:
+            st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data), "exp_avg_sq": np.zeros_like(p.data)}
+        st["step"] += 1
+        b1, b2 = g["betas"]
+        ops.adam_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], lr=g["lr"], step=st["step"], beta1=b1,
+                      beta2=b2, eps=g["eps"], weight_decay=g["weight_decay"], decoupled=self._decoupled)
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``:
+
+        θ = θ · (1 - lr · weight_decay)            (instead of adding weight_decay · θ to the gradient)
+        m, v, θ as in Adam with g = ∇
+    """
+
+    _decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# ================================================================ schedules
+
+
+class LRScheduler:
+    """Base of the epoch-indexed schedules: lr_t = f(initial lr, t), t = ``last_epoch`` = number
+    of ``step()`` calls. Construction sets t = 0 (the initial lr), as PyTorch does."""
+
+    def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: optimizer must be a fastdl.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_epoch = -1
+        self.step()
+
+    def _lr_at(self, base: float, t: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance one epoch and set the optimizer's learning rate."""
+        self.last_epoch += 1
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = float(self._lr_at(base, self.last_epoch))
+
+    def get_last_lr(self) -> float:
+        """The learning rate set by the last ``step()`` (first parameter group)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict")
+        self.__dict__.update({k: v for k, v in state_dict.items() if k != "optimizer"})
+
+
+class StepLR(LRScheduler):
+    """lr_t = lr_0 · gamma^⌊t / step_size⌋ (decay by gamma every step_size epochs)."""
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+        self.step_size = check_int(step_size, "StepLR", "step_size", minimum=1)
+        self.gamma = check_float(gamma, "StepLR", "gamma", low=0.0, low_open=True)
+        super().__init__(optimizer)
+
+    def _lr_at(self, base, t):
+        return base * self.gamma ** (t // self.step_size)
+
+
+class ExponentialLR(LRScheduler):
+    """lr_t = lr_0 · gamma^t."""
+
+    def __init__(self, optimizer, gamma: float):
+        self.gamma = check_float(gamma, "ExponentialLR", "gamma", low=0.0, low_open=True)
+        super().__init__(optimizer)
+
+    def _lr_at(self, base, t):
+        return base * self.gamma ** t
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr_t = eta_min + (lr_0 - eta_min) · (1 + cos(π t / T_max)) / 2 (SGDR without restarts)."""
+
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
+        self.T_max = check_int(T_max, "CosineAnnealingLR", "T_max", minimum=1)
+        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0)
+        super().__init__(optimizer)
+
+    def _lr_at(self, base, t):
+        return self.eta_min + (base - self.eta_min) * (1.0 + math.cos(math.pi * t / self.T_max)) / 2.0
+
+
+class InverseTimeLR(LRScheduler):
+    """lr_t = lr_0 / (1 + t / tau): Σ lr_t diverges while Σ lr_t² converges, the Robbins–Monro
+    conditions under which SGD provably converges."""
+
+    def __init__(self, optimizer, tau: float):
+        self.tau = check_float(tau, "InverseTimeLR", "tau", low=0.0, low_open=True)
+        super().__init__(optimizer)
+
+    def _lr_at(self, base, t):
+        return base / (1.0 + t / self.tau)
+
+
+class ReduceLROnPlateau:
+    """Multiply the learning rate by ``factor`` when a metric has not improved for more than
+    ``patience`` epochs (as ``torch.optim.lr_scheduler.ReduceLROnPlateau``); call ``step(metric)``
+    once per epoch.
+
+    Improvement (mode "min", threshold_mode "rel"): metric < best · (1 - threshold); "abs":
+    metric < best - threshold (mirrored for mode "max"). After a reduction, ``cooldown`` epochs
+    pass before bad epochs count again. The lr never goes below ``min_lr``, and changes smaller
+    than ``eps`` are skipped.
+    """
+
+    def __init__(self, optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
+                 threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0,
+                 eps: float = 1e-8):
+        who = "ReduceLROnPlateau"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{who}: optimizer must be a fastdl.optim.Optimizer, got {type(optimizer).__name__}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"{who}: mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"{who}: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.factor = check_float(factor, who, "factor", low=0.0, high=1.0, high_open=True)
+        self.patience = check_int(patience, who, "patience", minimum=0)
+        self.threshold = check_float(threshold, who, "threshold", low=0.0)
+        self.threshold_mode = threshold_mode
+        self.cooldown = check_int(cooldown, who, "cooldown", minimum=0)
+        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0)
+        self.eps = check_float(eps, who, "eps", low=0.0)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+
+    def _is_better(self, a, best):
+        if self.mode == "min":
+            return a < (best * (1.0 - self.threshold) if self.threshold_mode == "rel" else best - self.threshold)
+        return a > (best * (1.0 + self.threshold) if self.threshold_mode == "rel" else best + self.threshold)
+
+    def step(self, metric) -> None:
+        """Record this epoch's ``metric`` (e.g. the validation loss) and reduce the lr if it stalled."""
+        if isinstance(metric, (bool, np.bool_)) or not isinstance(metric, (numbers.Real, np.ndarray)):
+            raise TypeError(f"ReduceLROnPlateau.step: metric must be a real number, got {type(metric).__name__}")
+        current = float(metric)
+        self.last_epoch += 1
+        if self._is_better(current, self.best):
+            self.best = current
+            self.num_bad_epochs = 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for g in self.optimizer.param_groups:
+                old = g["lr"]
+                new = max(old * self.factor, self.min_lr)
+                if old - new > self.eps:
+                    g["lr"] = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+
+    def get_last_lr(self) -> float:
+        """The current learning rate (first parameter group)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError("ReduceLROnPlateau.load_state_dict: expected a dict")
+        self.__dict__.update({k: v for k, v in state_dict.items() if k != "optimizer"})
