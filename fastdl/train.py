@@ -1,0 +1,672 @@
+"""fastdl.train: the training loop (Keras's ``fit``, PyTorch's explicit step), evaluation and prediction.
+
+    from fastdl import nn, optim
+    from fastdl.train import fit, EarlyStopping
+
+    model = nn.Sequential(nn.Linear(2, 8, rng=0), nn.ReLU(), nn.Linear(8, 2, rng=1))
+    history = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y,
+                  epochs=50, batch_size=16, seed=0, validation_split=0.2,
+                  callbacks=[EarlyStopping(patience=5, restore_best_weights=True)])
+    history["val_loss"]            # one number per epoch
+
+Each step of ``fit`` is exactly the course's loop:
+
+    out = model(x); loss = loss_fn(out, y); opt.zero_grad(); model.backward(loss_fn.backward()); opt.step()
+
+Gradient descent in its three forms, by ``batch_size``:
+    None   full-batch gradient descent: one step per epoch over the whole training set.
+    1      stochastic gradient descent: n steps per epoch, each on one example drawn uniformly at
+           random (with replacement: the epoch's indices are ``rng.integers(0, n, size=n)``).
+    k      mini-batches of k from ``rng.permutation(n)``, a fresh shuffle every epoch (the last
+           batch holds the remainder; a remainder of one example joins the batch before it, since
+           BatchNorm cannot train on a single example).
+``rng = np.random.default_rng(seed)``; the global ``np.random`` is never used. ``shuffle=False``
+walks the data in order instead (then batch_size=1 visits every example once per epoch).
+
+Stopping: after ``epochs`` epochs; by the course's rule |L_new - L_old| < tol on the epoch's
+training loss (``tol=``); by a callback (``EarlyStopping`` is one); by Ctrl-C.
+
+Callbacks are plain callables ``cb(epoch, logs)``, called after every epoch with the epoch index
+(from 0) and the epoch's logs, e.g. ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35,
+"val_accuracy": 0.88, "lr": 0.1, "seconds": 0.02}``. **A callback stops training by returning
+True** (any other return value, None included, lets it go on); every callback still sees the epoch
+that one of them stops. So a predicate works as a callback: ``lambda epoch, logs: logs["loss"] < 0.01``.
+A callback may also define ``on_train_begin(model)`` and ``on_train_end(model)``, which ``fit``
+calls once before the first and after the last epoch (``EarlyStopping`` uses them to save and
+restore weights).
+
+Ctrl-C (SIGINT) during ``fit`` finishes the current batch, then stops: no half-applied update, the
+model usable, and ``fit`` returns the History of the completed epochs with
+``history.stop_reason == "interrupted"``. A second Ctrl-C interrupts at once. (Off the main
+thread, or when a program installed its own SIGINT handler, ``fit`` catches the
+KeyboardInterrupt wherever it lands instead.)
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from fastdl import nn, optim
+from fastdl.progress import ProgressBar, format_epoch_line
+
+__all__ = ["fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping"]
+
+
+# ---------------------------------------------------------------- History
+
+class History:
+    """What ``fit`` returns: per-epoch lists of the logs, as in Keras.
+
+    ``history.history``: dict of lists, keys among "loss", the metrics ("accuracy", ...),
+    "val_loss", "val_<metric>", "lr" (the learning rate used during the epoch) and "seconds"
+    (wall time of the epoch, validation included). ``history["loss"]`` is short for
+    ``history.history["loss"]``. ``history.epoch``: the epoch indices (from 0).
+    ``history.params``: the fit settings (epochs, batch_size, steps per epoch, samples, ...).
+    ``history.stop_reason``: "epochs", "tol", "early_stopping", "callback" or "interrupted".
+    """
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+        self.params = {}
+        self.stop_reason = None
+
+    def _append(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __contains__(self, key):
+        return key in self.history
+
+    def __len__(self):
+        return len(self.epoch)
+
+    def keys(self):
+        return self.history.keys()
+
+    def __repr__(self):
+        return (f"History(epochs={len(self.epoch)}, keys={list(self.history)}, "
+                f"stop_reason={self.stop_reason!r})")
+
+
+# ---------------------------------------------------------------- EarlyStopping
+
+class EarlyStopping:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs (a callback for ``fit``).
+
+    An epoch improves when its value beats the best so far by more than ``min_delta``
+    (``value < best - min_delta`` in mode "min", ``value > best + min_delta`` in mode "max";
+    mode "auto" is "max" for accuracy-like names and "min" otherwise). With
+    ``restore_best_weights=True`` the model gets the weights of its best epoch back when training
+    ends, whatever ended it (patience, the epoch limit, tol, Ctrl-C or an error).
+    After fit: ``best``, ``best_epoch``, ``stopped_epoch`` (None when patience never ran out).
+    """
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=False,
+                 mode="auto"):
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"EarlyStopping: monitor must be a log name such as 'val_loss', got {monitor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        if not _is_real(min_delta) or min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.restore_best_weights = bool(restore_best_weights)
+        self.mode = mode
+        if mode == "auto":
+            name = monitor.lower()
+            maximize = name.endswith(("accuracy", "acc", "r2", "score"))
+        else:
+            maximize = mode == "max"
+        self._sign = -1.0 if maximize else 1.0   # compare sign * value, smaller is better
+        self.model = None
+        self._reset()
+
+    def _reset(self):
+        self.wait = 0
+        self.best = None
+        self.best_epoch = None
+        self.best_weights = None
+        self.stopped_epoch = None
+        self._last_epoch = None
+
+    def on_train_begin(self, model):
+        self.model = model
+        self._reset()
+
+    def __call__(self, epoch, logs):
+        if self.monitor not in logs:
+            hint = " (pass validation_data or validation_split to fit)" if self.monitor.startswith("val_") else ""
+            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not in the logs; "
+                             f"available: {', '.join(logs)}{hint}")
+        value = float(logs[self.monitor])
+        self._last_epoch = epoch
+        if self.best is None or self._sign * value < self._sign * self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                if self.model is None:
+                    raise ValueError("EarlyStopping(restore_best_weights=True) needs the model: "
+                                     "use it as a callback of fastdl.fit")
+                self.best_weights = self.model.state_dict()
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def on_train_end(self, model):
+        if self.restore_best_weights and self.best_weights is not None:
+            model.load_state_dict(self.best_weights)
+
+    def __repr__(self):
+        return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
+                f"min_delta={self.min_delta}, restore_best_weights={self.restore_best_weights}, "
+                f"mode={self.mode!r})")
+
+
+# ---------------------------------------------------------------- inputs
+
+def _is_real(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+def _numeric_array(a, where, name):
+    if a is None:
+        raise ValueError(f"{where}: {name} is None; an array is required")
+    if hasattr(a, "toarray") and hasattr(a, "nnz"):  # scipy.sparse
+        raise TypeError(f"{where}: {name} is a sparse matrix, but dense data is required; "
+                        f"use {name}.toarray()")
+    try:
+        arr = np.asarray(a)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{where}: {name} could not be read as an array: {e}") from None
+    if arr.dtype == bool:
+        return arr
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{where}: {name} is complex: Complex data not supported")
+    if arr.dtype == object:  # e.g. numbers in an object array: convert, or say why not
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{where}: {name} must hold real numbers; its dtype object entries could not "
+                            f"be converted ({e})") from None
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{where}: {name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _as_X(X, where, name="X", dtype=np.float32):
+    """2-D float32 (or ``dtype``) C-contiguous, finite; converted once (no copy when it already is)."""
+    arr = _numeric_array(X, where, name)
+    if arr.ndim != 2:
+        raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
+                         + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
+                            f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                         "required.")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
+    return arr
+
+
+def _as_y(y, n, int_labels, where, name="y", xname="X"):
+    """int64 class labels (n,) for CrossEntropyLoss; float32 targets (n, k) otherwise ((n,) -> (n, 1))."""
+    arr = _numeric_array(y, where, name)
+    if arr.ndim == 0:
+        raise ValueError(f"{where}: {name} must be an array with one entry per sample, got a scalar")
+    if len(arr) != n:
+        raise ValueError(f"{where}: {xname} and {name} have different lengths: {n} and {len(arr)}")
+    if int_labels:
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"{where}: CrossEntropyLoss wants {name} as class indices of shape (n,), "
+                             f"got shape {arr.shape}" + ("; from one-hot rows use y.argmax(axis=1)" if arr.ndim == 2 else ""))
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{where}: CrossEntropyLoss wants integer class labels in {name}, got dtype "
+                             f"{arr.dtype}; convert with {name}.astype(np.int64)")
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if arr.min() < 0:
+            raise ValueError(f"{where}: class labels in {name} must be >= 0, found {arr.min()}")
+        return arr
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{where}: {name} must be 1-D or 2-D (n_samples, n_outputs), got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where}: {name} contains NaN or infinity")
+    return arr
+
+
+def _wants_int_labels(loss_fn):
+    return isinstance(loss_fn, nn.CrossEntropyLoss)
+
+
+def _check_label_range(y, out, where, name):
+    """Labels must index the model's outputs: 0 <= y < K for an (n, K) output."""
+    if out.ndim == 2:
+        k = out.shape[1]
+        top = int(y.max())
+        if top >= k:
+            raise ValueError(f"{where}: {name} holds class label {top}, but the model has {k} outputs "
+                             f"(labels must be in [0, {k}))")
+
+
+# ---------------------------------------------------------------- metrics
+
+def _accuracy(y_true, y_pred, threshold):
+    """Fraction right: argmax over the outputs of a multi-class model; ``output > threshold`` for one output."""
+    if y_pred.ndim == 2 and y_pred.shape[1] > 1:
+        pred = y_pred.argmax(axis=1)
+        truth = y_true if y_true.ndim == 1 else y_true.argmax(axis=1)
+    else:
+        pred = y_pred.reshape(len(y_pred)) > threshold
+        truth = y_true.reshape(len(y_true)) > 0.5
+    return float(np.mean(pred == truth))
+
+
+def _mae(y_true, y_pred):
+    return float(np.mean(np.abs(y_pred.astype(np.float64) - y_true.reshape(y_pred.shape))))
+
+
+def _mse(y_true, y_pred):
+    d = y_pred.astype(np.float64) - y_true.reshape(y_pred.shape)
+    return float(np.mean(d * d))
+
+
+def _resolve_metrics(metrics, loss_fn, where):
+    """[(name, fn(y_true, y_pred) -> batch mean)]. None: accuracy for classification losses, else none."""
+    is_clf = isinstance(loss_fn, (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss))
+    if metrics is None:
+        metrics = ("accuracy",) if is_clf else ()
+    elif isinstance(metrics, str) or callable(metrics):
+        metrics = (metrics,)
+    # one output: logits are split at 0 (BCEWithLogitsLoss), other outputs (sigmoid, MSE on 0/1) at 0.5
+    threshold = 0.0 if isinstance(loss_fn, nn.BCEWithLogitsLoss) else 0.5
+    resolved = []
+    for m in metrics:
+        if callable(m):
+            name, fn = getattr(m, "__name__", "metric"), m
+        elif m in ("accuracy", "acc"):
+            name, fn = "accuracy", (lambda t, p: _accuracy(t, p, threshold))
+        elif m == "mae":
+            name, fn = "mae", _mae
+        elif m == "mse":
+            name, fn = "mse", _mse
+        else:
+            raise ValueError(f"{where}: unknown metric {m!r}; use 'accuracy', 'mae', 'mse' "
+                             "or a function f(y_true, y_pred) -> float")
+        if name in ("loss", "lr", "seconds") or name.startswith("val_") or name in (r[0] for r in resolved):
+            raise ValueError(f"{where}: metric name {name!r} is reserved or given twice")
+        resolved.append((name, fn))
+    return resolved
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _batch_slices(n, batch_size):
+    step = n if batch_size is None else batch_size
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _evaluate_arrays(model, loss_fn, X, y, batch_size, metric_fns, int_labels, where, yname="y"):
+    """Loss and metrics over (X, y) in batches, no mode changes; X, y already validated."""
+    n = len(X)
+    summed = getattr(loss_fn, "reduction", "mean") == "sum"
+    loss_total = 0.0
+    metric_totals = [0.0] * len(metric_fns)
+    for b, sl in enumerate(_batch_slices(n, batch_size)):
+        xb, yb = X[sl], y[sl]
+        out = model(xb)
+        if b == 0 and int_labels:
+            _check_label_range(y, out, where, yname)
+        loss = float(loss_fn(out, yb))
+        m = len(xb)
+        loss_total += loss if summed else loss * m
+        for k, (_, fn) in enumerate(metric_fns):
+            metric_totals[k] += float(fn(yb, out)) * m
+    logs = {"loss": loss_total if summed else loss_total / n}
+    for (name, _), total in zip(metric_fns, metric_totals):
+        logs[name] = total / n
+    return logs
+
+
+def _check_batch_size(batch_size, where):
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"{where}: batch_size must be None or an int >= 1, got {batch_size!r}")
+    return int(batch_size)
+
+
+class _ModeRestorer:
+    """Put the model in training or eval mode for a while, then back in the mode it was in."""
+
+    def __init__(self, model, training):
+        self.model, self.training = model, training
+
+    def __enter__(self):
+        self.prev = bool(getattr(self.model, "training", True))
+        self.model.train(self.training)
+        return self.model
+
+    def __exit__(self, *exc):
+        self.model.train(self.prev)
+        return False
+
+
+def evaluate(model, loss_fn, X, y, *, batch_size=1024, metrics=None):
+    """Loss and metrics of ``model`` on (X, y), in eval mode: ``{"loss": ..., "accuracy": ...}``.
+
+    ``metrics``: names ("accuracy", "mae", "mse") or functions f(y_true, y_pred) -> float;
+    None means accuracy for CrossEntropyLoss / BCEWithLogitsLoss and nothing else otherwise.
+    The model's previous mode (training or eval) is restored afterwards.
+    """
+    batch_size = _check_batch_size(batch_size, "evaluate")
+    int_labels = _wants_int_labels(loss_fn)
+    X = _as_X(X, "evaluate")
+    y = _as_y(y, len(X), int_labels, "evaluate")
+    metric_fns = _resolve_metrics(metrics, loss_fn, "evaluate")
+    with _ModeRestorer(model, False):
+        return _evaluate_arrays(model, loss_fn, X, y, batch_size, metric_fns, int_labels, "evaluate")
+
+
+def predict(model, X, *, batch_size=1024):
+    """The model's outputs for X (float32, one row per sample), computed in eval mode in batches.
+
+    The model's previous mode is restored afterwards.
+    """
+    batch_size = _check_batch_size(batch_size, "predict")
+    X = _as_X(X, "predict")
+    result = None
+    with _ModeRestorer(model, False):
+        for sl in _batch_slices(len(X), batch_size):
+            out = np.asarray(model(X[sl]))
+            if result is None:
+                result = np.empty((len(X),) + out.shape[1:], dtype=out.dtype)
+            result[sl] = out   # copy: a module may reuse its output buffer on the next call
+    return result
+
+
+# ---------------------------------------------------------------- fit
+
+class _SigintFlag:
+    """While active, the first Ctrl-C only sets ``.raised`` (fit stops after the batch); a second one interrupts."""
+
+    def __init__(self):
+        self.raised = False
+        self._installed = False
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._prev = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, self._prev)
+        return False
+
+
+def _train_bounds(n, batch_size):
+    """(start, stop) of each training batch of ``batch_size``; a last batch of one example joins the
+    batch before it (BatchNorm cannot train on a single example)."""
+    if batch_size is None or batch_size >= n:
+        return [(0, n)]
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def _epoch_batches(n, batch_size, shuffle, rng):
+    """One epoch's batches, as slices or index arrays (see the module docstring)."""
+    if batch_size == 1 and shuffle and n > 1:
+        return [slice(i, i + 1) for i in rng.integers(0, n, size=n).tolist()]
+    bounds = _train_bounds(n, batch_size)
+    if not shuffle or len(bounds) == 1:
+        return [slice(a, b) for a, b in bounds]
+    perm = rng.permutation(n)
+    return [perm[a:b] for a, b in bounds]
+
+
+def _split_validation(X, y, validation_data, validation_split, int_labels):
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+        Xv = _as_X(validation_data[0], "fit", "X_val")
+        if Xv.shape[1:] != X.shape[1:]:
+            raise ValueError(f"fit: X_val has {Xv.shape[1]} features, X has {X.shape[1]}")
+        yv = _as_y(validation_data[1], len(Xv), int_labels, "fit", "y_val", "X_val")
+        if yv.shape[1:] != y.shape[1:]:
+            raise ValueError(f"fit: y_val has shape {yv.shape}, y has shape {y.shape}: they must agree")
+        return X, y, Xv, yv
+    if validation_split:
+        n = len(X)
+        n_train = int(math.floor(n * (1.0 - validation_split)))
+        if n_train == 0 or n_train == n:
+            raise ValueError(f"fit: validation_split={validation_split} leaves {n_train} of {n} samples for "
+                             "training; both parts must be non-empty")
+        # the last fraction, before any shuffling (as Keras does)
+        return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+    return X, y, None, None
+
+
+def _get_lr(optimizer):
+    lr = getattr(optimizer, "lr", None)
+    return float(lr) if _is_real(lr) else None
+
+
+def _wants_stop(result):
+    return isinstance(result, (bool, np.bool_)) and bool(result)
+
+
+def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=True, seed=None,
+        validation_data=None, validation_split=0.0, metrics=None, callbacks=(), scheduler=None,
+        tol=None, verbose=1):
+    """Train ``model`` on (X, y) with ``loss_fn`` and ``optimizer``; return a ``History``.
+
+    X: (n, features) numbers, converted once to float32. y: integer class labels (n,) for
+    CrossEntropyLoss (converted to int64), otherwise targets (n,) or (n, outputs) (converted to
+    float32; (n,) becomes (n, 1) to match a one-output model).
+    epochs: the most epochs to run. batch_size: None (full batch), 1 (SGD) or k (mini-batch); see
+    the module docstring for how examples are drawn. seed: int, np.random.Generator or None.
+    validation_data: (X_val, y_val); or validation_split: the last fraction of (X, y), taken before
+    shuffling (validation_data wins when both are given). Validation runs in eval mode after each
+    epoch and adds "val_loss" and "val_<metric>" to the logs.
+    metrics: as in ``evaluate``; their training values are averages over the epoch's batches.
+    callbacks: callables cb(epoch, logs); returning True stops training (module docstring).
+    scheduler: stepped once per epoch after the callbacks; ReduceLROnPlateau gets val_loss (loss
+    without validation data).
+    tol: stop when |L_new - L_old| < tol for the training losses of two consecutive epochs.
+    verbose: 0 silent; 1 a progress bar per epoch (stderr) and one line per epoch (stdout);
+    2 only the line per epoch.
+
+    The model is in training mode during fit and back in its previous mode afterwards. A loss
+    that is not finite raises FloatingPointError (before that batch's update is applied).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
+    batch_size = _check_batch_size(batch_size, "fit")
+    if not _is_real(validation_split) or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"fit: validation_split must be a number in [0, 1), got {validation_split!r}")
+    if tol is not None and (not _is_real(tol) or tol < 0):
+        raise ValueError(f"fit: tol must be None or a number >= 0, got {tol!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
+    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+    for cb in callbacks:
+        if not callable(cb):
+            raise TypeError(f"fit: callbacks must be callables cb(epoch, logs), got {type(cb).__name__}")
+
+    int_labels = _wants_int_labels(loss_fn)
+    X = _as_X(X, "fit")
+    y = _as_y(y, len(X), int_labels, "fit")
+    X, y, Xv, yv = _split_validation(X, y, validation_data, validation_split, int_labels)
+    metric_fns = _resolve_metrics(metrics, loss_fn, "fit")
+    rng = np.random.default_rng(seed)
+    n = len(X)
+    summed = getattr(loss_fn, "reduction", "mean") == "sum"
+    plateau = isinstance(scheduler, optim.ReduceLROnPlateau)
+
+    history = History()
+    history.params = {"epochs": int(epochs), "batch_size": batch_size, "samples": n,
+                      "steps": len(_train_bounds(n, batch_size)),
+                      "validation_samples": 0 if Xv is None else len(Xv), "tol": tol}
+    history.stop_reason = "epochs"
+    out_stream = sys.stdout
+    checked_labels = not int_labels
+
+    with _SigintFlag() as sigint, _ModeRestorer(model, True):
+        for cb in callbacks:
+            hook = getattr(cb, "on_train_begin", None)
+            if callable(hook):
+                hook(model)
+        try:
+            for epoch in range(epochs):
+                t0 = time.perf_counter()
+                lr = _get_lr(optimizer)
+                batches = _epoch_batches(n, batch_size, shuffle, rng)
+                loss_total, seen = 0.0, 0
+                metric_totals = [0.0] * len(metric_fns)
+                bar = ProgressBar(len(batches), f"Epoch {epoch + 1}/{epochs}") if verbose == 1 else None
+                try:
+                    for b, idx in enumerate(batches):
+                        xb, yb = X[idx], y[idx]
+                        out = model(xb)
+                        if not checked_labels:
+                            _check_label_range(y, out, "fit", "y")
+                            checked_labels = True
+                        loss = float(loss_fn(out, yb))
+                        if not math.isfinite(loss):
+                            raise FloatingPointError(
+                                f"fit: the loss became {loss} at epoch {epoch + 1}, batch {b + 1} of "
+                                f"{len(batches)}; training diverged: try a lower learning rate "
+                                f"(now {lr}) or scale the inputs")
+                        m = len(xb)
+                        loss_total += loss if summed else loss * m
+                        for k, (_, fn) in enumerate(metric_fns):
+                            metric_totals[k] += float(fn(yb, out)) * m
+                        optimizer.zero_grad()
+                        model.backward(loss_fn.backward())
+                        optimizer.step()
+                        seen += m
+                        if bar is not None:
+                            bar.update(1, loss=loss_total if summed else loss_total / seen)
+                        if sigint.raised:
+                            raise KeyboardInterrupt
+                finally:
+                    if bar is not None:
+                        bar.close()
+
+                logs = {"loss": loss_total if summed else loss_total / seen}
+                for (name, _), total in zip(metric_fns, metric_totals):
+                    logs[name] = total / seen
+                if Xv is not None:
+                    model.eval()
+                    try:
+                        vlogs = _evaluate_arrays(model, loss_fn, Xv, yv, max(batch_size or 0, 1024),
+                                                 metric_fns, int_labels, "fit", "y_val")
+                    finally:
+                        model.train()
+                    logs.update({"val_" + k: v for k, v in vlogs.items()})
+                if lr is not None:
+                    logs["lr"] = lr
+                logs["seconds"] = time.perf_counter() - t0
+                history._append(epoch, logs)
+                if verbose:
+                    print(format_epoch_line(epoch, epochs, logs), file=out_stream, flush=True)
+
+                stop = None
+                for cb in callbacks:
+                    if _wants_stop(cb(epoch, logs)) and stop is None:
+                        stop = "early_stopping" if isinstance(cb, EarlyStopping) else "callback"
+                if scheduler is not None:
+                    if plateau:
+                        scheduler.step(logs.get("val_loss", logs["loss"]))
+                    else:
+                        scheduler.step()
+                if stop is None and tol is not None and len(history) >= 2:
+                    if abs(history["loss"][-1] - history["loss"][-2]) < tol:
+                        stop = "tol"
+                if stop is None and sigint.raised:
+                    stop = "interrupted"
+                if stop is not None:
+                    history.stop_reason = stop
+                    break
+        except KeyboardInterrupt:
+            history.stop_reason = "interrupted"
+            if verbose:
+                print(f"fit: interrupted; returning the History of {len(history)} completed epoch(s)",
+                      file=sys.stderr, flush=True)
+        finally:
+            for cb in callbacks:
+                hook = getattr(cb, "on_train_end", None)
+                if callable(hook):
+                    hook(model)
+    return history
+
+
+# ---------------------------------------------------------------- Trainer
+
+class Trainer:
+    """A model, its loss and optimizer (and metrics, scheduler, callbacks) kept together.
+
+        trainer = Trainer(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3))
+        trainer.fit(X, y, epochs=5, batch_size=128)      # same keywords as fastdl.train.fit
+        trainer.evaluate(X_test, y_test)                 # {"loss": ..., "accuracy": ...}
+        trainer.predict(X_test)
+
+    ``trainer.history`` is the History of the last ``fit``.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, *, metrics=None, scheduler=None, callbacks=()):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.metrics = metrics
+        self.scheduler = scheduler
+        self.callbacks = list(callbacks)
+        self.history = None
+
+    def fit(self, X, y, **kwargs):
+        kwargs.setdefault("metrics", self.metrics)
+        kwargs.setdefault("scheduler", self.scheduler)
+        kwargs.setdefault("callbacks", self.callbacks)
+        self.history = fit(self.model, self.loss_fn, self.optimizer, X, y, **kwargs)
+        return self.history
+
+    def evaluate(self, X, y, *, batch_size=1024):
+        return evaluate(self.model, self.loss_fn, X, y, batch_size=batch_size, metrics=self.metrics)
+
+    def predict(self, X, *, batch_size=1024):
+        return predict(self.model, X, batch_size=batch_size)
+
+    def __repr__(self):
+        return f"Trainer(model={self.model!r}, loss_fn={self.loss_fn!r}, optimizer={self.optimizer!r})"
