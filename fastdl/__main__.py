@@ -1,0 +1,416 @@
+"""The fastdl command line: ``python -m fastdl <command>`` or the ``fastdl`` console script.
+
+    fastdl train                      # an MLP on MNIST with the defaults below (>= 98% test accuracy)
+    fastdl train --hidden 512 --optimizer adam --lr 1e-3 --epochs 10 --out mlp.npz
+    fastdl predict model.npz t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz
+    fastdl bench                      # the GEMM benchmark (from a source checkout)
+    fastdl info                       # version, compiler, OpenMP, ISA, threads, where MNIST is
+
+``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (message on
+stderr, no traceback), 2 on bad command-line flags (argparse's message).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "build_mlp"]
+
+# The defaults of `fastdl train`: 784-256-128-10 ReLU, SGD with Nesterov momentum and a cosine schedule.
+TRAIN_DEFAULTS = dict(hidden=[256, 128], activation="relu", optimizer="sgd", lr=None, momentum=0.9,
+                      nesterov=True, weight_decay=5e-4, dropout=0.0, batch_norm=False, batch_size=128,
+                      epochs=15, schedule="cosine", seed=0, val_split=0.0, out="model.npz")
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+
+
+class CLIError(Exception):
+    """A problem to report in one line on stderr (exit status 1)."""
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def build_mlp(in_features, hidden, out_features, *, activation="relu", dropout=0.0, batch_norm=False, seed=0):
+    """Linear -> [BatchNorm1d] -> activation -> [Dropout] for each hidden size, then Linear.
+
+    Weights: He (Kaiming) uniform for relu / leaky_relu, Glorot (Xavier) uniform for tanh / sigmoid,
+    all drawn from ``np.random.default_rng(seed)``; dropout masks from seeds drawn from it too.
+    """
+    from fastdl import nn
+
+    acts = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    init = "kaiming_uniform" if activation in ("relu", "leaky_relu") else "xavier_uniform"
+    rng = np.random.default_rng(seed)
+    layers, width = [], in_features
+    for h in hidden:
+        layers.append(nn.Linear(width, h, init=init, rng=rng))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(h))
+        layers.append(acts[activation]())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout, seed=int(rng.integers(0, 2**63))))
+        width = h
+    layers.append(nn.Linear(width, out_features, init=init, rng=rng))
+    return nn.Sequential(*layers)
+
+
+def _make_optimizer(args, params):
+    from fastdl import optim
+
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.optimizer == "sgd":
+        return optim.SGD(params, lr=lr, momentum=args.momentum, nesterov=args.nesterov and args.momentum > 0,
+                         weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
+    return optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+
+
+def _describe_optimizer(args):
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    parts = [f"lr={lr:g}"]
+    if args.optimizer == "sgd" and args.momentum > 0:
+        parts.append(f"momentum={args.momentum:g}" + (", nesterov" if args.nesterov else ""))
+    if args.weight_decay:
+        parts.append(f"weight_decay={args.weight_decay:g}")
+    return f"{ {'sgd': 'SGD', 'adam': 'Adam', 'adamw': 'AdamW'}[args.optimizer]}({', '.join(parts)})"
+
+
+def _make_scheduler(name, opt, epochs):
+    """The per-epoch schedule: cosine to 0 over the run; step: x0.1 at 1/3 and 2/3 of the run;
+    exponential: x0.9 per epoch; plateau: x0.5 after 2 epochs without val_loss (else loss) progress;
+    inverse_time: lr0 / (1 + t / tau) with tau = 2 epochs."""
+    from fastdl import optim
+
+    if name == "none":
+        return None
+    if name == "cosine":
+        return optim.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if name == "step":
+        return optim.StepLR(opt, step_size=max(epochs // 3, 1), gamma=0.1)
+    if name == "exponential":
+        return optim.ExponentialLR(opt, gamma=0.9)
+    if name == "plateau":
+        return optim.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    return optim.InverseTimeLR(opt, tau=2.0)
+
+
+def _cmd_train(args) -> int:
+    import fastdl
+    from fastdl import datasets, nn
+    from fastdl.train import evaluate, fit
+
+    if args.threads is not None:
+        fastdl.set_num_threads(args.threads)
+    say = (lambda *a: None) if args.quiet else print
+
+    t0 = time.perf_counter()
+    (X, y), (Xt, yt) = datasets.load_mnist(args.data)
+    if args.limit_train:
+        X, y = X[: args.limit_train], y[: args.limit_train]
+    if args.limit_test:
+        Xt, yt = Xt[: args.limit_test], yt[: args.limit_test]
+    say(f"MNIST: {len(X)} training and {len(Xt)} test images ({time.perf_counter() - t0:.1f} s to load)")
+
+    model = build_mlp(X.shape[1], args.hidden, 10, activation=args.activation, dropout=args.dropout,
+                      batch_norm=args.batch_norm, seed=args.seed)
+    opt = _make_optimizer(args, model.parameters())
+    scheduler = _make_scheduler(args.schedule, opt, args.epochs)
+    sizes = "-".join(str(s) for s in [X.shape[1], *args.hidden, 10])
+    n_params = sum(p.data.size for p in model.parameters())
+    say(f"model: {sizes} {args.activation} MLP, {n_params} parameters"
+        + (", batch norm" if args.batch_norm else "") + (f", dropout {args.dropout}" if args.dropout else ""))
+    say(f"optimizer: {_describe_optimizer(args)}; schedule: {args.schedule}; batch size {args.batch_size}, {args.epochs} epochs, "
+        f"seed {args.seed}; {fastdl.get_num_threads()} threads, ISA {fastdl.get_isa()}")
+
+    history = fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
+                  seed=args.seed, validation_split=args.val_split, scheduler=scheduler,
+                  verbose=0 if args.quiet else 1)
+    result = evaluate(model, nn.CrossEntropyLoss(), Xt, yt)
+    seconds = history["seconds"] if "seconds" in history else []
+    per_epoch = sum(seconds) / len(seconds) if seconds else float("nan")
+    stopped = "" if history.stop_reason in ("epochs", None) else f" (stopped: {history.stop_reason})"
+    print(f"test accuracy: {100 * result['accuracy']:.2f}% (test loss {result['loss']:.4f}) after "
+          f"{len(history)} epochs{stopped}; {per_epoch:.2f} s per epoch, {sum(seconds):.1f} s training")
+    if args.out:
+        model.save(args.out)
+        say(f"saved the model to {args.out}")
+    if args.history_png and len(history):
+        from fastdl.plot import plot_history
+
+        plot_history(history, args.history_png)
+        say(f"wrote the training curves to {args.history_png}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _read_images(path: Path) -> np.ndarray:
+    """An (N, features) float32 array from .npy or IDX (gz or raw); integers are pixels 0-255 -> [0, 1]."""
+    from fastdl import datasets
+
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise CLIError(f"{path}: not a readable .npy array ({e})") from None
+    else:
+        arr = datasets.read_idx(path)
+    if arr.ndim == 1 or arr.ndim == 2 and arr.shape == (28, 28):
+        arr = arr[None]  # one image
+    if arr.ndim < 2 or arr.shape[0] == 0:
+        raise CLIError(f"{path}: expected images of shape (N, 784) or (N, 28, 28), got {arr.shape}")
+    arr = arr.reshape(arr.shape[0], -1)
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.min() < 0 or arr.max() > 255:
+            raise CLIError(f"{path}: integer pixels must be in 0-255, found {arr.min()}..{arr.max()}")
+        return arr.astype(np.float32) / np.float32(255)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise CLIError(f"{path}: expected pixel numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    from fastdl import datasets
+
+    arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else datasets.read_idx(path)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise CLIError(f"{path}: expected a 1-D array of integer labels, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def _cmd_predict(args) -> int:
+    from fastdl import nn
+    from fastdl.train import predict
+
+    model = nn.load(args.model)
+    X = _read_images(Path(args.input))
+    in_features = next((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), None)
+    if in_features is not None and X.shape[1] != in_features:
+        raise CLIError(f"{args.input}: images have {X.shape[1]} values each, the model expects {in_features}")
+    scores = predict(model, X, batch_size=args.batch_size)
+    pred = scores.argmax(axis=1).astype(np.int64)
+    shown = " ".join(str(p) for p in pred[:20]) + (" ..." if len(pred) > 20 else "")
+    print(f"{len(pred)} images; predicted classes: {shown}")
+    counts = np.bincount(pred, minlength=scores.shape[1])
+    print("predicted class counts: " + ", ".join(f"{k}: {c}" for k, c in enumerate(counts)))
+    if args.labels:
+        labels = _read_labels(Path(args.labels))
+        if len(labels) != len(pred):
+            raise CLIError(f"{args.labels}: {len(labels)} labels for {len(pred)} images")
+        print(f"accuracy: {100 * np.mean(pred == labels):.2f}% ({int(np.sum(pred == labels))}/{len(pred)})")
+    if args.out:
+        np.save(args.out, pred)
+        print(f"saved the predictions to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench, info
+
+
+def _find_bench(script):
+    if script:
+        return Path(script) if Path(script).is_file() else None
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        candidate = d / "bench" / "bench_gemm.py"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _cmd_bench(args) -> int:
+    path = _find_bench(args.script)
+    if path is None:
+        where = args.script or "bench/bench_gemm.py in this directory or above it"
+        raise CLIError(f"bench: no benchmark script found ({where}); the benchmarks ship with the source "
+                       "checkout, not the installed package: run `fastdl bench` from the repository")
+    spec = importlib.util.spec_from_file_location("fastdl_bench_gemm", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))  # the script may import its siblings
+    try:
+        spec.loader.exec_module(module)
+        run = getattr(module, "main", None)
+        if not callable(run):
+            raise CLIError(f"bench: {path} has no main() function")
+        if inspect.signature(run).parameters:
+            rc = run(list(args.bench_args))
+        else:  # main() reads sys.argv
+            saved, sys.argv = sys.argv, [str(path), *args.bench_args]
+            try:
+                rc = run()
+            finally:
+                sys.argv = saved
+    finally:
+        sys.path.remove(str(path.parent))
+    return rc if isinstance(rc, int) else 0
+
+
+def _cmd_info(args) -> int:
+    import fastdl
+    from fastdl import datasets
+
+    fastdl.show_config()
+    print(f"  NumPy:      {np.__version__}")
+    for name in ("matplotlib", "tqdm"):
+        print(f"  {name + ':':<11} {'installed' if importlib.util.find_spec(name) else 'not installed (optional)'}")
+    found = datasets.find_mnist()
+    print(f"  MNIST:      {found if found else 'not found; load_mnist() downloads it to ' + str(datasets.mnist_cache_dir())}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _fraction(low_open=False):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (0.0 < v < 1.0 if low_open else 0.0 <= v < 1.0):
+            raise argparse.ArgumentTypeError(f"expected a number in {'(' if low_open else '['}0, 1), got {text!r}")
+        return v
+    return parse
+
+
+def _nonnegative(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def _positive(text):
+    v = _nonnegative(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TRAIN_DEFAULTS
+    p = argparse.ArgumentParser(prog="fastdl", description="fastdl: deep learning as the course teaches it, "
+                                "fast on the CPU.")
+    sub = p.add_subparsers(dest="command", metavar="{train,predict,bench,info}")
+    sub.required = True
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    t = sub.add_parser("train", help="train an MLP on MNIST, print its test accuracy, save it",
+                       formatter_class=fmt, description="Train an MLP on MNIST. The defaults reach >= 98%% "
+                       "test accuracy.")
+    t.add_argument("--data", metavar="DIR", default=None,
+                   help="directory with the four MNIST IDX files (default: $FASTDL_DATA, the cache, else download)")
+    t.add_argument("--hidden", type=_positive_int, nargs="+", default=d["hidden"], metavar="N",
+                   help="hidden layer sizes")
+    t.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu"], default=d["activation"])
+    t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=d["optimizer"])
+    t.add_argument("--lr", type=_positive, default=d["lr"],
+                   help="learning rate (default: %s)" % ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
+    t.add_argument("--momentum", type=_fraction(), default=d["momentum"], help="SGD momentum")
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d["nesterov"],
+                   help="Nesterov momentum (SGD)")
+    t.add_argument("--weight-decay", type=_nonnegative, default=d["weight_decay"],
+                   help="L2 penalty (SGD, Adam) or decoupled weight decay (AdamW)")
+    t.add_argument("--dropout", type=_fraction(), default=d["dropout"], help="dropout after each hidden layer")
+    t.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d["batch_norm"],
+                   help="BatchNorm1d before each hidden activation")
+    t.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    t.add_argument("--epochs", type=_positive_int, default=d["epochs"])
+    t.add_argument("--schedule", choices=["none", "cosine", "step", "exponential", "plateau", "inverse_time"],
+                   default=d["schedule"], help="learning-rate schedule, stepped once per epoch")
+    t.add_argument("--seed", type=int, default=d["seed"], help="seeds the weights, shuffling and dropout")
+    t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all CPUs)")
+    t.add_argument("--val-split", type=_fraction(), default=d["val_split"],
+                   help="fraction of the training images held out for validation (the last ones)")
+    t.add_argument("--out", metavar="PATH", default=d["out"], help="where to save the model ('' to skip)")
+    t.add_argument("--history-png", metavar="PATH", default=None, help="also plot the training curves (matplotlib)")
+    t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.add_argument("--limit-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training images (quick runs)")
+    t.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N test images")
+    t.set_defaults(func=_cmd_train)
+
+    q = sub.add_parser("predict", help="classify images with a saved model", formatter_class=fmt)
+    q.add_argument("model", help="a model saved by `fastdl train` (or fastdl.nn.save)")
+    q.add_argument("input", help="images: an IDX file (gz or raw) or a .npy array (N, 784) or (N, 28, 28); "
+                   "integer pixels 0-255 are scaled to [0, 1], floats are used as they are")
+    q.add_argument("--labels", metavar="FILE", default=None, help="true labels (IDX or .npy) to report accuracy")
+    q.add_argument("--out", metavar="PATH", default=None, help="save the predicted classes (int64 .npy)")
+    q.add_argument("--batch-size", type=_positive_int, default=1024)
+    q.set_defaults(func=_cmd_predict)
+
+    b = sub.add_parser("bench", help="run the GEMM benchmark (bench/bench_gemm.py of a source checkout)")
+    b.add_argument("--script", metavar="PATH", default=None, help="the benchmark script (default: search "
+                   "bench/bench_gemm.py from the current directory up)")
+    b.add_argument("bench_args", nargs="*", metavar="ARG",
+                   help="arguments passed on to the benchmark, options included")
+    b.set_defaults(func=_cmd_bench)
+
+    i = sub.add_parser("info", help="show version, compiler, OpenMP, ISA, threads and data locations")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def _bench_passthrough(argv):
+    """The tokens after `bench`, in order, without bench's own --script option (and one `--`)."""
+    rest, out = argv[argv.index("bench") + 1:], []
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if tok == "--script":
+            i += 2
+            continue
+        if not tok.startswith("--script="):
+            out.append(tok)
+        i += 1
+    if out[:1] == ["--"]:
+        out = out[1:]
+    return out
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` (default: sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command != "bench":
+            parser.error("unrecognized arguments: " + " ".join(unknown))
+        if args.command == "bench":
+            args.bench_args = _bench_passthrough(argv)
+    except SystemExit as e:  # --help (0) or bad flags (2, after argparse printed why)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return args.func(args)
+    except (CLIError, FileNotFoundError, ValueError, TypeError, ImportError, OSError) as e:
+        print(f"fastdl {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fastdl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The examples run (as scripts, against the installed package) and print what their docstrings claim."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name, *args, cwd):
+    r = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_xor_story(tmp_path):
+    out = run_example("xor.py", cwd=tmp_path)
+    # 1. least squares: the constant 1/2
+    assert "w = [0.0, 0.0], b = 0.500000" in out
+    assert "predictions: [0.5, 0.5, 0.5, 0.5]" in out
+    # 2. the hand-set ReLU network: exactly XOR
+    assert "hidden layer: [[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [2.0, 1.0]]" in out
+    assert "network output: [0.0, 1.0, 1.0, 0.0]" in out and "computes XOR exactly: True" in out
+    # 3. a trained network learns it
+    assert "predicted classes: [0, 1, 1, 0]" in out and "learned XOR: True" in out
+
+
+def test_universal_approximation(tmp_path):
+    widths = [1, 4, 16, 32]
+    out = run_example("universal_approximation.py", "--widths", *map(str, widths), cwd=tmp_path)
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0].isdigit():
+            rows[int(parts[0])] = [float(v) for v in parts[1:]]
+    assert sorted(rows) == widths, out
+    step, relu, sig, relu_t = (np.array([rows[n][k] for n in widths]) for k in range(4))
+    # the constructions: errors shrink with width, within the textbook bounds for sin on [-pi, pi]
+    assert np.all(np.diff(step) < 0) and np.all(np.diff(relu[1:]) < 0)
+    h_step = 2 * np.pi / (np.array(widths) + 1)          # L = max|sin'| = 1: error <= L h
+    h_relu = 2 * np.pi / np.array(widths)                # M = max|sin''| = 1: error <= M h^2 / 8
+    assert np.all(step <= h_step + 1e-4)
+    assert np.all(relu[1:] <= h_relu[1:] ** 2 / 8 + 1e-4)
+    # trained networks: wide ones fit sin to within a little more than the noise (0.05)
+    assert sig[-1] < 0.1 and relu_t[-1] < 0.15
+    assert sig[-1] < sig[0] and relu_t[-1] < relu_t[0]
+
+
+def test_universal_approximation_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    run_example("universal_approximation.py", "--widths", "2", "8", "--steps", "50", "--plot", "fits.png",
+                cwd=tmp_path)
+    assert (tmp_path / "fits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linear_regression_agrees_with_lstsq(tmp_path):
+    out = run_example("linear_regression.py", cwd=tmp_path)
+    diffs = {m.group(1).strip(): float(m.group(2))
+             for m in re.finditer(r"max \|(.+?) - lstsq\| += ([0-9.e+-]+)", out)}
+    assert set(diffs) == {"closed form", "GD by hand", "fastdl fit"}, out
+    assert diffs["closed form"] < 1e-6
+    assert diffs["GD by hand"] < 1e-6
+    assert diffs["fastdl fit"] < 1e-3   # float32 gradient descent
+    assert "stopped by tol" in out
