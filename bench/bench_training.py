@@ -58,6 +58,9 @@ def find_mnist(explicit=None):
     return None
 
 
+_LOADED = {}  # directory -> the four arrays (one process may run the training benchmark twice)
+
+
 def load_data(cfg, mnist_dir):
     from fastdl import datasets  # noqa: PLC0415
 
@@ -65,7 +68,10 @@ def load_data(cfg, mnist_dir):
     if d is None:
         raise FileNotFoundError("MNIST not found: pass --mnist DIR or set FASTDL_MNIST_DIR "
                                 "(expected ../shared/data/mnist beside the repository)")
-    (xtr, ytr), (xte, yte) = datasets.load_mnist(d)
+    if str(d) not in _LOADED:
+        (xtr, ytr), (xte, yte) = datasets.load_mnist(d)
+        _LOADED[str(d)] = (xtr, ytr, xte, yte)
+    xtr, ytr, xte, yte = _LOADED[str(d)]
     if cfg.tiny:
         xtr, ytr, xte, yte = xtr[:1024], ytr[:1024], xte[:1000], yte[:1000]
     elif cfg.quick:
