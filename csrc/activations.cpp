@@ -1,10 +1,17 @@
 // activations.cpp - elementwise activations and their derivatives, and row-wise softmax.
 // Plain loops under `omp simd`: this file is compiled once per ISA, so each loop becomes
 // AVX-512, AVX2 or SSE2 code; parallel_chunks splits work above kParallelGrain elements.
+// exp, sigmoid and tanh are the vectorisable versions in kernel_common.h (never libm's).
 #include "kernel_common.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
+
+// An exp costs ~10x a max, so kernels built on it pay for a second thread at a smaller grain.
+constexpr int64_t kExpGrain = kParallelGrain / 4;
+
+// Rows per parallel chunk so that a chunk holds at least `grain` elements of C columns.
+inline int64_t row_grain(int64_t C, int64_t grain) { return C >= grain ? 1 : grain / C; }
 
 // inp, out, dinp, dout: (n)
 
@@ -20,7 +27,114 @@ void relu_forward(float* out, const float* inp, int64_t n) {
 void relu_backward(float* dinp, const float* dout, const float* inp, int64_t n) {
   parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) dinp[i] = inp[i] > 0.0f ? dout[i] : 0.0f;
+    for (int64_t i = lo; i < hi; i++) dinp[i] = select(inp[i] > 0.0f, dout[i], 0.0f);
+  });
+}
+
+// inp, out, dinp, dout: (n)
+// out = inp > 0 ? inp : slope * inp
+void leaky_relu_forward(float* out, const float* inp, float slope, int64_t n) {
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) out[i] = select(inp[i] > 0.0f, inp[i], slope * inp[i]);
+  });
+}
+
+// dinp = dout * (inp > 0 ? 1 : slope)   (slope at 0, as PyTorch)
+void leaky_relu_backward(float* dinp, const float* dout, const float* inp, float slope, int64_t n) {
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) dinp[i] = select(inp[i] > 0.0f, dout[i], slope * dout[i]);
+  });
+}
+
+// inp, out, dinp, dout: (n)
+// out = 1 / (1 + exp(-inp)), from exp(-|inp|) so it never overflows (simd_sigmoid)
+void sigmoid_forward(float* out, const float* inp, int64_t n) {
+  parallel_chunks(
+      n,
+      [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) out[i] = simd_sigmoid(inp[i]);
+      },
+      kExpGrain);
+}
+
+// From the output y = sigmoid(x): dinp = dout * y * (1 - y)
+void sigmoid_backward(float* dinp, const float* dout, const float* out, int64_t n) {
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) dinp[i] = dout[i] * out[i] * (1.0f - out[i]);
+  });
+}
+
+// inp, out, dinp, dout: (n)
+// out = tanh(inp), from exp(-2|inp|) so it never overflows (simd_tanh)
+void tanh_forward(float* out, const float* inp, int64_t n) {
+  parallel_chunks(
+      n,
+      [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+        for (int64_t i = lo; i < hi; i++) out[i] = simd_tanh(inp[i]);
+      },
+      kExpGrain);
+}
+
+// From the output y = tanh(x): dinp = dout * (1 - y²)
+void tanh_backward(float* dinp, const float* dout, const float* out, int64_t n) {
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) dinp[i] = dout[i] * (1.0f - out[i] * out[i]);
+  });
+}
+
+// inp, out, dinp, dout: (B, C), softmax over each row
+// out[b, i] = exp(inp[b, i] - m) / sum_j exp(inp[b, j] - m), m = max_j inp[b, j] (so every exp <= 1);
+// the sum is kept in double (row helpers in kernel_common.h). out may be inp itself.
+void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
+  parallel_chunks(
+      B,
+      [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; b++) {
+          const float* x = inp + b * C;
+          float* y = out + b * C;
+          RowTail tail(x, C);
+          const float m = row_max(x, tail);
+          float e_tail[kRowBlock];
+          const double s = row_exp_sum<true, false>(y, x, tail, m, e_tail, nullptr);
+          row_scale(y, tail, e_tail, static_cast<float>(1.0 / s));
+        }
+      },
+      row_grain(C, kExpGrain));
+}
+
+// From the output y = softmax(x) (rows): dinp[b, i] = y[b, i] * (dout[b, i] - sum_j dout[b, j] * y[b, j]),
+// the dot product in double. dinp may be dout itself.
+void softmax_backward(float* dinp, const float* dout, const float* out, int64_t B, int64_t C) {
+  parallel_chunks(
+      B,
+      [&](int64_t lo, int64_t hi) {
+        for (int64_t b = lo; b < hi; b++) {
+          const float* d = dout + b * C;
+          const float* y = out + b * C;
+          float* g = dinp + b * C;
+          double dot = 0.0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t i = 0; i < C; i++) dot += static_cast<double>(d[i]) * y[i];
+          const float dotf = static_cast<float>(dot);
+#pragma omp simd
+          for (int64_t i = 0; i < C; i++) g[i] = y[i] * (d[i] - dotf);
+        }
+      },
+      row_grain(C, kParallelGrain));
+}
+
+// inp, out: (n)
+// out = inp >= 0 ? 1 : 0   (the Heaviside step; forward only, it has no useful gradient)
+void step_forward(float* out, const float* inp, int64_t n) {
+  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) out[i] = inp[i] >= 0.0f ? 1.0f : 0.0f;
   });
 }
 

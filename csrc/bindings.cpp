@@ -99,6 +99,15 @@ void require_no_overlap(const char* fn, const char* out_arg, const py::array& ou
   if (overlaps(out, a)) value_error(std::string(fn) + ": " + out_arg + " must not share memory with " + arg);
 }
 
+// An output (elementwise, in-place capable) may be one of the inputs exactly (in place) but must not partly overlap one.
+void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
+                              const py::array& a) {
+  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
+  if (overlaps(out, a))
+    value_error(std::string(fn) + ": " + out_arg + " must not share memory with " + arg + " (it may be " + arg +
+                " itself, for in place, or separate memory)");
+}
+
 // An output: a new float32 array of this shape when `out` is None, else `out` checked to match exactly.
 py::array out_f32(py::handle out, const char* fn, const char* arg, const Shape& shape, const char* names) {
   if (out.is_none()) return py::array_t<float>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
@@ -305,45 +314,301 @@ void bind_gemm(py::module_& m) {
 }
 
 // ============================== activations ==============================
+using UnaryKernel = void (*)(float*, const float*, int64_t);
+using BinaryKernel = void (*)(float*, const float*, const float*, int64_t);
+using RowsKernel = void (*)(float*, const float*, const float*, int64_t, int64_t);
+
+// out = f(x) elementwise: x any shape, non-empty; out has x's shape.
+py::array unary_op(const char* fn, UnaryKernel kernel, py::handle x, py::handle out) {
+  py::array xa = in_f32(x, fn, "x");
+  require_nonempty(fn, "x", xa);
+  py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+  require_same_or_disjoint(fn, "out", oa, "x", xa);
+  const float* xp = cf(xa);
+  float* op = mf(oa);
+  int64_t n = xa.size();
+  {
+    py::gil_scoped_release nogil;
+    kernel(op, xp, n);
+  }
+  return oa;
+}
+
+// dinp = f(dout, a) elementwise, a = the forward's input or output (named a_name): same shapes.
+py::array binary_op(const char* fn, BinaryKernel kernel, py::handle dout, py::handle a, const char* a_name,
+                    py::handle out) {
+  py::array d = in_f32(dout, fn, "dout"), aa = in_f32(a, fn, a_name);
+  require_nonempty(fn, a_name, aa);
+  std::string like = std::string(a_name) + ".shape";
+  require_shape(fn, "dout", d, shape_of(aa), like.c_str());
+  py::array oa = out_f32(out, fn, "out", shape_of(aa), like.c_str());
+  require_same_or_disjoint(fn, "out", oa, "dout", d);
+  require_same_or_disjoint(fn, "out", oa, a_name, aa);
+  const float *dp = cf(d), *ap = cf(aa);
+  float* op = mf(oa);
+  int64_t n = aa.size();
+  {
+    py::gil_scoped_release nogil;
+    kernel(op, dp, ap, n);
+  }
+  return oa;
+}
+
+float finite_slope(const char* fn, double slope) {
+  if (!std::isfinite(slope)) value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
+  return static_cast<float>(slope);
+}
+
 void bind_activations(py::module_& m) {
+  m.def("relu_forward", [](py::handle x, py::handle out) {
+    return unary_op("relu_forward", FASTDL_KERNEL(relu_forward), x, out);
+  }, py::arg("x"), py::arg("out") = py::none());
+  m.def("relu_backward", [](py::handle dout, py::handle x, py::handle out) {
+    return binary_op("relu_backward", FASTDL_KERNEL(relu_backward), dout, x, "x", out);
+  }, py::arg("dout"), py::arg("x"), py::arg("out") = py::none());
+
   m.def(
-      "relu_forward",
-      [](py::handle x, py::handle out) {
-        py::array xa = in_f32(x, "relu_forward", "x");
-        require_nonempty("relu_forward", "x", xa);
-        py::array oa = out_f32(out, "relu_forward", "out", shape_of(xa), "x.shape");
+      "leaky_relu_forward",
+      [](py::handle x, double negative_slope, py::handle out) {
+        const char* fn = "leaky_relu_forward";
+        float slope = finite_slope(fn, negative_slope);
+        py::array xa = in_f32(x, fn, "x");
+        require_nonempty(fn, "x", xa);
+        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
         const float* xp = cf(xa);
         float* op = mf(oa);
         int64_t n = xa.size();
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(relu_forward)(op, xp, n);
+          FASTDL_KERNEL(leaky_relu_forward)(op, xp, slope, n);
         }
         return oa;
       },
-      py::arg("x"), py::arg("out") = py::none());
+      py::arg("x"), py::arg("negative_slope") = 0.01, py::arg("out") = py::none());
   m.def(
-      "relu_backward",
-      [](py::handle dout, py::handle x, py::handle out) {
-        const char* fn = "relu_backward";
+      "leaky_relu_backward",
+      [](py::handle dout, py::handle x, double negative_slope, py::handle out) {
+        const char* fn = "leaky_relu_backward";
+        float slope = finite_slope(fn, negative_slope);
         py::array d = in_f32(dout, fn, "dout"), xa = in_f32(x, fn, "x");
         require_nonempty(fn, "x", xa);
         require_shape(fn, "dout", d, shape_of(xa), "x.shape");
         py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+        require_same_or_disjoint(fn, "out", oa, "dout", d);
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
         const float *dp = cf(d), *xp = cf(xa);
         float* op = mf(oa);
         int64_t n = xa.size();
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(relu_backward)(op, dp, xp, n);
+          FASTDL_KERNEL(leaky_relu_backward)(op, dp, xp, slope, n);
         }
         return oa;
       },
-      py::arg("dout"), py::arg("x"), py::arg("out") = py::none());
+      py::arg("dout"), py::arg("x"), py::arg("negative_slope") = 0.01, py::arg("out") = py::none());
+
+  m.def("sigmoid_forward", [](py::handle x, py::handle out) {
+    return unary_op("sigmoid_forward", FASTDL_KERNEL(sigmoid_forward), x, out);
+  }, py::arg("x"), py::arg("out") = py::none());
+  m.def("sigmoid_backward", [](py::handle dout, py::handle y, py::handle out) {
+    return binary_op("sigmoid_backward", FASTDL_KERNEL(sigmoid_backward), dout, y, "y", out);
+  }, py::arg("dout"), py::arg("y"), py::arg("out") = py::none());
+  m.def("tanh_forward", [](py::handle x, py::handle out) {
+    return unary_op("tanh_forward", FASTDL_KERNEL(tanh_forward), x, out);
+  }, py::arg("x"), py::arg("out") = py::none());
+  m.def("tanh_backward", [](py::handle dout, py::handle y, py::handle out) {
+    return binary_op("tanh_backward", FASTDL_KERNEL(tanh_backward), dout, y, "y", out);
+  }, py::arg("dout"), py::arg("y"), py::arg("out") = py::none());
+  m.def("step_forward", [](py::handle x, py::handle out) {
+    return unary_op("step_forward", FASTDL_KERNEL(step_forward), x, out);
+  }, py::arg("x"), py::arg("out") = py::none());
+
+  m.def(
+      "softmax_forward",
+      [](py::handle x, py::handle out) {
+        const char* fn = "softmax_forward";
+        py::array xa = in_f32(x, fn, "x");
+        require_ndim(fn, "x", xa, 2, "(batch, features)");
+        require_nonempty(fn, "x", xa);
+        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
+        const float* xp = cf(xa);
+        float* op = mf(oa);
+        int64_t B = xa.shape(0), C = xa.shape(1);
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(softmax_forward)(op, xp, B, C);
+        }
+        return oa;
+      },
+      py::arg("x"), py::arg("out") = py::none());
+  m.def(
+      "softmax_backward",
+      [](py::handle dout, py::handle y, py::handle out) {
+        const char* fn = "softmax_backward";
+        py::array d = in_f32(dout, fn, "dout"), ya = in_f32(y, fn, "y");
+        require_ndim(fn, "y", ya, 2, "(batch, features)");
+        require_nonempty(fn, "y", ya);
+        require_shape(fn, "dout", d, shape_of(ya), "y.shape");
+        py::array oa = out_f32(out, fn, "out", shape_of(ya), "y.shape");
+        require_same_or_disjoint(fn, "out", oa, "dout", d);
+        require_same_or_disjoint(fn, "out", oa, "y", ya);  // a row is read whole before it is written
+        const float *dp = cf(d), *yp = cf(ya);
+        float* op = mf(oa);
+        int64_t B = ya.shape(0), C = ya.shape(1);
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(softmax_backward)(op, dp, yp, B, C);
+        }
+        return oa;
+      },
+      py::arg("dout"), py::arg("y"), py::arg("out") = py::none());
 }
 
 // ============================== losses ==============================
+// Index of the first NaN or Inf in a (flat), or -1. Only run after a kernel returned a non-finite
+// loss, to say which argument caused it.
+int64_t first_nonfinite(const py::array& a) {
+  const float* p = cf(a);
+  for (int64_t i = 0, n = a.size(); i < n; i++)
+    if (!std::isfinite(p[i])) return i;
+  return -1;
+}
+
+std::string value_str(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void require_finite(const char* fn, const char* arg, const py::array& a) {
+  int64_t i = first_nonfinite(a);
+  if (i >= 0)
+    value_error(std::string(fn) + ": " + arg + " contains NaN or Inf (first at flat index " + std::to_string(i) +
+                ": " + value_str(cf(a)[i]) + ")");
+}
+
+int reduction_arg(py::handle h, const char* fn) {
+  if (!py::isinstance<py::str>(h))
+    type_error(std::string(fn) + ": reduction must be 'mean' or 'sum', got " +
+               std::string(py::str(py::type::of(h).attr("__name__"))));
+  return parse_reduction(h.cast<std::string>(), fn);
+}
+
+// The gradient output: allocated or checked when grad, else none (and out must then be None).
+py::object grad_out(py::handle out, bool grad, const char* fn, const Shape& shape, const char* names) {
+  if (!grad) {
+    if (!out.is_none()) value_error(std::string(fn) + ": out is given but grad=False (no gradient is written)");
+    return py::none();
+  }
+  return out_f32(out, fn, "out", shape, names);
+}
+
+using PairLossKernel = double (*)(float*, const float*, const float*, int, int64_t);
+
+// (loss, grad or None) for a loss over two same-shaped arrays a (the one differentiated) and b.
+py::tuple pair_loss(const char* fn, PairLossKernel kernel, const char* a_name, const char* b_name, py::handle a,
+                    py::handle b, py::handle reduction, bool grad, py::handle out, bool b_in_unit_interval) {
+  int red = reduction_arg(reduction, fn);
+  py::array aa = in_f32(a, fn, a_name), ba = in_f32(b, fn, b_name);
+  require_nonempty(fn, a_name, aa);
+  std::string like = std::string(a_name) + ".shape";
+  require_shape(fn, b_name, ba, shape_of(aa), like.c_str());
+  py::object g = grad_out(out, grad, fn, shape_of(aa), like.c_str());
+  float* gp = nullptr;
+  if (grad) {
+    py::array ga = py::reinterpret_borrow<py::array>(g);
+    require_same_or_disjoint(fn, "out", ga, a_name, aa);
+    require_same_or_disjoint(fn, "out", ga, b_name, ba);
+    gp = mf(ga);
+  }
+  const float *ap = cf(aa), *bp = cf(ba);
+  int64_t n = aa.size();
+  double loss;
+  {
+    py::gil_scoped_release nogil;
+    loss = kernel(gp, ap, bp, red, n);
+  }
+  if (!std::isfinite(loss)) {  // the kernels make any NaN/Inf input (or bad target) show up here
+    require_finite(fn, a_name, aa);
+    require_finite(fn, b_name, ba);
+    if (b_in_unit_interval) {
+      const float* t = cf(ba);
+      for (int64_t i = 0; i < n; i++)
+        if (!(t[i] >= 0.0f && t[i] <= 1.0f))
+          value_error(std::string(fn) + ": " + b_name + " must lie in [0, 1], got " + value_str(t[i]) +
+                      " at flat index " + std::to_string(i));
+    }
+    value_error(std::string(fn) + ": the loss is not finite");
+  }
+  return py::make_tuple(loss, g);
+}
+
 void bind_losses(py::module_& m) {
+  m.def(
+      "mse_forward_backward",
+      [](py::handle pred, py::handle target, py::handle reduction, bool grad, py::handle out) {
+        return pair_loss("mse_forward_backward", FASTDL_KERNEL(mse_forward_backward), "pred", "target", pred,
+                         target, reduction, grad, out, false);
+      },
+      py::arg("pred"), py::arg("target"), py::arg("reduction") = "mean", py::arg("grad") = true,
+      py::arg("out") = py::none());
+  m.def(
+      "l1_forward_backward",
+      [](py::handle pred, py::handle target, py::handle reduction, bool grad, py::handle out) {
+        return pair_loss("l1_forward_backward", FASTDL_KERNEL(l1_forward_backward), "pred", "target", pred,
+                         target, reduction, grad, out, false);
+      },
+      py::arg("pred"), py::arg("target"), py::arg("reduction") = "mean", py::arg("grad") = true,
+      py::arg("out") = py::none());
+  m.def(
+      "bce_logits_forward_backward",
+      [](py::handle logits, py::handle target, py::handle reduction, bool grad, py::handle out) {
+        return pair_loss("bce_logits_forward_backward", FASTDL_KERNEL(bce_logits_forward_backward), "logits",
+                         "target", logits, target, reduction, grad, out, true);
+      },
+      py::arg("logits"), py::arg("target"), py::arg("reduction") = "mean", py::arg("grad") = true,
+      py::arg("out") = py::none());
+  m.def(
+      "softmax_crossentropy_forward_backward",
+      [](py::handle logits, py::handle labels, py::handle reduction, bool grad, py::handle out) {
+        const char* fn = "softmax_crossentropy_forward_backward";
+        int red = reduction_arg(reduction, fn);
+        py::array xa = in_f32(logits, fn, "logits");
+        require_ndim(fn, "logits", xa, 2, "(batch, classes)");
+        require_nonempty(fn, "logits", xa);
+        int64_t B = xa.shape(0), NC = xa.shape(1);
+        py::array la = in_i64(labels, fn, "labels");
+        require_shape(fn, "labels", la, {B}, "(batch,)");
+        const int64_t* lp = ci(la);
+        for (int64_t b = 0; b < B; b++)
+          if (lp[b] < 0 || lp[b] >= NC)
+            value_error(std::string(fn) + ": labels[" + std::to_string(b) + "] = " + std::to_string(lp[b]) +
+                        " is out of range [0, " + std::to_string(NC) + ") for logits of shape " +
+                        shape_str(shape_of(xa)));
+        py::object g = grad_out(out, grad, fn, shape_of(xa), "logits.shape");
+        float* gp = nullptr;
+        if (grad) {
+          py::array ga = py::reinterpret_borrow<py::array>(g);
+          require_same_or_disjoint(fn, "out", ga, "logits", xa);
+          require_no_overlap(fn, "out", ga, "labels", la);  // labels are read while out is written
+          gp = mf(ga);
+        }
+        const float* xp = cf(xa);
+        double loss;
+        {
+          py::gil_scoped_release nogil;
+          loss = FASTDL_KERNEL(softmax_crossentropy_forward_backward)(gp, xp, lp, red, B, NC);
+        }
+        if (!std::isfinite(loss)) {
+          require_finite(fn, "logits", xa);
+          value_error(std::string(fn) + ": the loss is not finite");
+        }
+        return py::make_tuple(loss, g);
+      },
+      py::arg("logits"), py::arg("labels"), py::arg("reduction") = "mean", py::arg("grad") = true,
+      py::arg("out") = py::none());
 }
 
 // ============================== dropout / batchnorm ==============================
@@ -383,13 +648,6 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
     value_error(os.str());
   }
   return static_cast<float>(x);
-}
-
-// An output that may be exactly the input it is computed from (in place), but not a partial overlap.
-void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
-                              const py::array& a) {
-  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
-  require_no_overlap(fn, out_arg, out, arg, a);
 }
 
 // Arrays updated in place must not share memory with each other nor with the inputs read.

@@ -1,8 +1,185 @@
-// losses.cpp - see csrc/kernels.inc for the contract of each kernel here.
+// losses.cpp - loss value and gradient in one pass; see csrc/kernels.inc for the contract.
+// Sums are kept in double. Parallel sums go through parallel_sum: fixed chunks, one double partial
+// per chunk, added in chunk order, so a result depends only on the inputs and the thread count.
+// exp/log1p/sigmoid are the vectorisable versions in kernel_common.h.
 #include "kernel_common.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
+
+constexpr int kMaxPartials = 64;
+// An exp and a log1p cost ~20x an add: such losses pay for a second thread at a smaller grain.
+constexpr int64_t kExpGrain = kParallelGrain / 4;
+
+// sum over [0, n) of body(lo, hi) -> double, split into nt fixed chunks of 16-aligned length;
+// below `grain` it runs inline with no parallel region. The chunks depend only on n and the thread
+// count, never on which thread runs which, so a result is reproducible bit for bit.
+template <class F>
+double parallel_sum(int64_t n, F&& body, int64_t grain) {
+  int nt = threads_for(n, grain);
+  if (nt > kMaxPartials) nt = kMaxPartials;
+  if (nt <= 1) {
+    DenormalsOff ftz;
+    return body(int64_t(0), n);
+  }
+  double partial[kMaxPartials];
+  const int64_t per = ((n + nt - 1) / nt + 15) & ~int64_t(15);
+#pragma omp parallel num_threads(nt)
+  {
+    DenormalsOff ftz;
+    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+    for (int c = t; c < nt; c += T) {  // also right if the runtime gave fewer threads than asked
+      int64_t lo = c * per, hi = lo + per < n ? lo + per : n;
+      partial[c] = lo < hi ? body(lo, hi) : 0.0;
+    }
+  }
+  double s = 0.0;
+  for (int c = 0; c < nt; c++) s += partial[c];
+  return s;
+}
+
+// Each loss below is a chunk function over [lo, hi) -> partial loss sum, called by parallel_sum.
+// (Plain functions, not lambda bodies: GCC leaves loops with simd reductions that read their
+// pointers through a lambda's closure unvectorised.)
+
+// dpred (nullable), pred, target: (n)
+// loss = sum (pred - target)² [/ n];  dpred = 2 (pred - target) [/ n]. The difference is taken in
+// double, so any finite inputs give a finite loss.
+static double mse_chunk(float* dpred, const float* pred, const float* target, double gscale, int64_t lo,
+                        int64_t hi) {
+  double acc = 0.0;
+  if (dpred) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) {
+      double d = static_cast<double>(pred[i]) - target[i];
+      dpred[i] = static_cast<float>(d * gscale);
+      acc += d * d;
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) {
+      double d = static_cast<double>(pred[i]) - target[i];
+      acc += d * d;
+    }
+  }
+  return acc;
+}
+
+double mse_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
+  const double gscale = reduction == RED_MEAN ? 2.0 / static_cast<double>(n) : 2.0;
+  double s = parallel_sum(
+      n, [=](int64_t lo, int64_t hi) { return mse_chunk(dpred, pred, target, gscale, lo, hi); }, kParallelGrain);
+  return reduction == RED_MEAN ? s / static_cast<double>(n) : s;
+}
+
+// dpred (nullable), pred, target: (n)
+// loss = sum |pred - target| [/ n];  dpred = sign(pred - target) [/ n], with sign(0) = 0.
+static double l1_chunk(float* dpred, const float* pred, const float* target, float g, int64_t lo, int64_t hi) {
+  double acc = 0.0;
+  if (dpred) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) {
+      double d = static_cast<double>(pred[i]) - target[i];
+      dpred[i] = select(pred[i] > target[i], g, select(pred[i] < target[i], -g, 0.0f));
+      acc += std::fabs(d);
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) acc += std::fabs(static_cast<double>(pred[i]) - target[i]);
+  }
+  return acc;
+}
+
+double l1_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
+  const float g = reduction == RED_MEAN ? static_cast<float>(1.0 / static_cast<double>(n)) : 1.0f;
+  double s = parallel_sum(
+      n, [=](int64_t lo, int64_t hi) { return l1_chunk(dpred, pred, target, g, lo, hi); }, kParallelGrain);
+  return reduction == RED_MEAN ? s / static_cast<double>(n) : s;
+}
+
+// dlogits (nullable), logits, target: (n), target in [0, 1]
+// loss = sum [max(x, 0) - x t + log1p(exp(-|x|))] [/ n]  (= -t log σ(x) - (1-t) log(1-σ(x)), stable);
+// dlogits = (σ(x) - t) [/ n]. max(x,0) - x t is taken in double (x t may nearly cancel max(x, 0)).
+// A target outside [0, 1] (or NaN) makes its term NaN, so the caller learns of it from the result.
+static inline double bce_term(float x, float t, float z) {  // z = exp(-|x|)
+  double l = static_cast<double>(select(x > 0.0f, x, 0.0f)) - static_cast<double>(x) * t + simd_log1p(z);
+  return l + static_cast<double>(select((t >= 0.0f) & (t <= 1.0f), 0.0f, __builtin_nanf("")));
+}
+
+static double bce_chunk(float* dlogits, const float* logits, const float* target, float g, int64_t lo,
+                        int64_t hi) {
+  double acc = 0.0;
+  if (dlogits) {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) {
+      const float x = logits[i], t = target[i];
+      const float z = simd_exp(-std::fabs(x));  // in [0, 1]
+      acc += bce_term(x, t, z);
+      const float r = 1.0f / (1.0f + z);
+      dlogits[i] = (select(x >= 0.0f, r, z * r) - t) * g;  // σ(x) as in simd_sigmoid
+    }
+  } else {
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = lo; i < hi; i++) acc += bce_term(logits[i], target[i], simd_exp(-std::fabs(logits[i])));
+  }
+  return acc;
+}
+
+double bce_logits_forward_backward(float* dlogits, const float* logits, const float* target, int reduction,
+                                   int64_t n) {
+  const float g = reduction == RED_MEAN ? static_cast<float>(1.0 / static_cast<double>(n)) : 1.0f;
+  double s = parallel_sum(
+      n, [=](int64_t lo, int64_t hi) { return bce_chunk(dlogits, logits, target, g, lo, hi); }, kExpGrain);
+  return reduction == RED_MEAN ? s / static_cast<double>(n) : s;
+}
+
+// dlogits (B, NC) nullable, logits (B, NC), labels (B) in [0, NC)
+// Per row x, m = max x, S = sum exp(x - m):  loss_b = m + log S - x[label]  (log-sum-exp, stable for any
+// finite logits); dlogits = (softmax(x) - onehot(label)) [/ B], softmax(x) = exp(x - m) / S.
+// The label's entry is written as -(S - e_label)/S [/ B] so it keeps its precision when p -> 1.
+// Any Inf or NaN logit makes the result NaN (x - x is 0 only for finite x). dlogits may be logits.
+// One row: writes d (nullable) and returns (m - x[label] + bad) and S, so that
+// loss_row = m - x[label] + log S; the caller takes the logs of products of S (see below).
+static double crossentropy_row(float* d, const float* x, int64_t label, double scale, int64_t NC, double& S) {
+  const float xl = x[label];  // read before d (which may be x) is written
+  RowTail tail(x, NC);
+  const float m = row_max(x, tail);
+  float bad, e_tail[kRowBlock];
+  if (d) {
+    S = row_exp_sum<true, true>(d, x, tail, m, e_tail, &bad);
+    row_scale(d, tail, e_tail, static_cast<float>(scale / S));
+    const double el = simd_exp(xl - m);  // the label's exp, as row_exp_sum computed it
+    d[label] = static_cast<float>((el - S) * (scale / S));
+  } else {
+    S = row_exp_sum<false, true>(nullptr, x, tail, m, e_tail, &bad);
+  }
+  return static_cast<double>(m) - static_cast<double>(xl) + bad;
+}
+
+double softmax_crossentropy_forward_backward(float* dlogits, const float* logits, const int64_t* labels,
+                                             int reduction, int64_t B, int64_t NC) {
+  const double scale = reduction == RED_MEAN ? 1.0 / static_cast<double>(B) : 1.0;
+  const int64_t grain = NC >= kExpGrain ? 1 : kExpGrain / NC;
+  double s = parallel_sum(
+      B,
+      [=](int64_t lo, int64_t hi) {
+        // Each S is in [1, NC] (the max term is exp(0) = 1), so sum log S = log of their product,
+        // taken once the product passes 1e200 instead of once per row (a log costs as much as a row of 10).
+        double acc = 0.0, prod = 1.0;
+        for (int64_t b = lo; b < hi; b++) {
+          double S;
+          acc += crossentropy_row(dlogits ? dlogits + b * NC : nullptr, logits + b * NC, labels[b], scale, NC, S);
+          prod *= S;
+          if (!(prod < 1e200)) {  // also flushes a NaN at once
+            acc += std::log(prod);
+            prod = 1.0;
+          }
+        }
+        return acc + std::log(prod);
+      },
+      grain);
+  return reduction == RED_MEAN ? s / static_cast<double>(B) : s;
+}
 
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl
