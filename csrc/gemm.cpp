@@ -146,14 +146,21 @@ using reg = Vec::reg;
 constexpr int kW = Vec::W;
 constexpr int kNR = kNV * kW;  // columns per B strip and per tile
 
-// Cache blocking (AMD Zen 3 here: 32 KiB L1d, 512 KiB L2 per core; Intel SPR has 48 KiB / 2 MiB):
-// the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB floats) in L2.
-static int64_t envi(const char* n, int64_t d) { const char* v = getenv(n); return v ? atoll(v) : d; }  // TUNING
-static int64_t kKC = envi("G_KC", 256);   // depth of a K-block (balanced, so K = 784 runs as 4 x 196)
-static int64_t kNB = envi("G_NB", 256);   // columns of a B block (rounded to kNR), per thread
-static int64_t kMB = envi("G_MB", 3072);  // rows of an M-block (multiple of 6 and 12); the A block is kMB x kKC
-static int64_t kInPlaceStrips = envi("G_IP", 4);  // read a in place when a thread has this many strips or fewer
-static double kParallelFlops = envi("G_PF", 3000000);  // 2*M*N*K below this runs on one thread, no region
+// Cache blocking: the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB) in L2, the A
+// block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
+// flat within 2% for kKC 256-320 and kNB 128-384); AVX-512 sizes follow kernels.md for Intel
+// Sapphire Rapids (48 KiB L1d, 2 MiB L2), untuned since no AVX-512 machine was at hand.
+#if defined(__AVX512F__)
+constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
+constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
+#else
+constexpr int64_t kKC = 320;
+constexpr int64_t kNB = 256;
+#endif
+constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of 6 and 12)
+// 2*M*N*K below this runs on the calling thread, with no parallel region (which costs 1-2 us warm,
+// tens of us after an idle spell): 3 MFLOP is ~30 us on one Zen 3 core.
+constexpr double kParallelFlops = 3.0e6;
 
 // ------------------------------------------------------------------ activation on a vector
 // exp(x) for x <= 0 (Cephes expf: relative error ~2 ulp). Below -87.34 the result would be under
@@ -216,10 +223,11 @@ struct Epilogue {
 
 // c (MR,NR) = epilogue(a_panel (MR,kc) · b_strip (kc,NR)), b packed k-major (b[k*NR + j]). The A panel
 // is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
-// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it.
+// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it. a_next (nullable):
+// the next packed A panel, fetched into cache while this one is used (+1-2% at 1024^3-2048^3).
 template <int MR, int NV, bool kPackedA>
 void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
-                  float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e) {
+                  float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e, const float* a_next) {
   constexpr int NR = NV * kW;
   reg acc[MR][NV];
 #pragma GCC unroll 16
@@ -242,6 +250,10 @@ void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
     }
     a += kPackedA ? MR : cs;
     b += NR;
+    if (a_next) {
+      __builtin_prefetch(a_next);
+      a_next += MR;
+    }
   }
 
   // Store rows i < mr. Vector j of a row covers columns [j*W, j*W + W), of which nj are valid; the
@@ -346,14 +358,15 @@ struct Operands {
 };
 
 // A panels [p_lo, p_hi) of the M-block starting at row mb (mc rows): panel p holds rows
-// mb + p*kMR ... (zero-padded to kMR) of op(a) at depths [k0, k0+kc), stored dst[p*kMR*kc + k*kMR + i].
+// mb + p*kMR ... (zero-padded to kMR) of op(a) at depths [k0, k0+kc), stored from dst + (p-p_lo)*kMR*kc
+// as [k*kMR + i].
 void pack_a(float* dst, const Operands& g, int64_t mb, int64_t mc, int64_t p_lo, int64_t p_hi, int64_t k0,
             int64_t kc) {
   if (g.trans_a) {  // a stored (K,M): walk it row by row (one run of kMR floats per panel and k)
     for (int64_t k = 0; k < kc; ++k) {
       const float* src = g.a + (k0 + k) * g.lda + mb;
       for (int64_t p = p_lo; p < p_hi; ++p) {
-        float* d = dst + p * kMR * kc + k * kMR;
+        float* d = dst + (p - p_lo) * kMR * kc + k * kMR;
         const int64_t i0 = p * kMR;
         if (i0 + kMR <= mc) {
           std::memcpy(d, src + i0, sizeof(float) * kMR);
@@ -372,7 +385,7 @@ void pack_a(float* dst, const Operands& g, int64_t mb, int64_t mc, int64_t p_lo,
     for (int r0 = 0; r0 < kMR; r0 += 8) {
       int width = kMR - r0 < 8 ? kMR - r0 : 8;
       int rows = mr - r0 < 0 ? 0 : (mr - r0 < width ? mr - r0 : width);
-      pack_transposed(dst + p * kMR * kc + r0, kMR, src + r0 * g.lda, g.lda, rows, width, kc);
+      pack_transposed(dst + (p - p_lo) * kMR * kc + r0, kMR, src + r0 * g.lda, g.lda, rows, width, kc);
     }
   }
 }
@@ -415,33 +428,37 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 // Depth of each K-block: K split into equal blocks of at most kKC, rounded up to 8.
 inline int64_t k_block(int64_t K) { return round_up(ceil_div(K, ceil_div(K, kKC)), 8); }
 
-// The work of one thread: rows [m_lo, m_hi) x columns [n_lo, n_hi) of c.
-//  shared_a: the A block of each K-block is packed jointly by all nt threads into `a_buf` (a double
-//            buffer of 2 x kMB x kc floats) - every thread must then cover all rows [0, M);
-//  else:     the thread packs the A panels of its own rows into `a_buf` (kMB x kc floats).
-// b_buf: this thread's B block (kc x round_up(kNB, kNR) floats).
-void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, bool shared_a,
-                 float* a_buf, float* b_buf, int t, int nt) {
+// How a thread gets its A panels.
+enum APanels {
+  A_SHARED,    // the A block of each K-block is packed jointly by all threads into a double buffer
+               // (two halves of a_half floats); each thread covers all rows, one barrier per K-block
+  A_PRIVATE,   // the thread packs the panels of its own rows into a_buf
+  A_IN_PLACE,  // full panels of a (stored (M,K)) are read where they are; only a last, partial panel
+               // is packed (into a_buf), as reading it in place would run past a's rows
+};
+
+// The work of one thread: rows [m_lo, m_hi) x columns [n_lo, n_hi) of c, in M-blocks of mb_rows
+// rows (a multiple of kMR: the most an A buffer holds). b_buf: this thread's B block.
+void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, int64_t mb_rows,
+                 APanels mode, float* a_buf, int64_t a_half, float* b_buf, int t, int nt) {
   const int64_t kcb = k_block(g.K);
   const int64_t nb_cols = kNB / kNR * kNR;
-  // With a few B strips per A panel, packing a would cost as much as the products it feeds: the
-  // micro-kernel then reads full panels of a (stored (M,K)) in place.
-  const bool a_in_place = !shared_a && !g.trans_a && ceil_div(n_hi - n_lo, kNR) <= kInPlaceStrips;
   int64_t round = 0;  // which half of the double buffer
-  for (int64_t mb = m_lo; mb < m_hi; mb += kMB) {
-    const int64_t mc = m_hi - mb < kMB ? m_hi - mb : kMB;
+  for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
+    const int64_t mc = m_hi - mb < mb_rows ? m_hi - mb : mb_rows;
     const int64_t panels = ceil_div(mc, kMR);
     for (int64_t k0 = 0; k0 < g.K; k0 += kcb, ++round) {
       const int64_t kc = g.K - k0 < kcb ? g.K - k0 : kcb;
       const bool first = k0 == 0, last = k0 + kc >= g.K;
-      float* ab = shared_a ? a_buf + (round & 1) * kMB * kcb : a_buf;
-      const int64_t p_lo = shared_a ? panels * t / nt : 0, p_hi = shared_a ? panels * (t + 1) / nt : panels;
-      if (!a_in_place)
-        pack_a(ab, g, mb, mc, p_lo, p_hi, k0, kc);
-      else if (mc % kMR)  // only the last, partial panel: reading it in place would run past a's rows
-        pack_a(ab, g, mb, mc, panels - 1, panels, k0, kc);
-      if (shared_a) {
+      float* ab = mode == A_SHARED ? a_buf + (round & 1) * a_half : a_buf;
+      if (mode == A_SHARED) {
+        const int64_t p_lo = panels * t / nt, p_hi = panels * (t + 1) / nt;
+        pack_a(ab + p_lo * kMR * kc, g, mb, mc, p_lo, p_hi, k0, kc);
 #pragma omp barrier
+      } else if (mode == A_PRIVATE) {
+        pack_a(ab, g, mb, mc, 0, panels, k0, kc);
+      } else if (mc % kMR) {
+        pack_a(ab, g, mb, mc, panels - 1, panels, k0, kc);
       }
       Epilogue e{first ? g.accumulate : 1, nullptr, last ? g.act : ACT_NONE};
       for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
@@ -451,19 +468,20 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = mb + p * kMR;
           const int mr = static_cast<int>(mb + mc - m0 < kMR ? mb + mc - m0 : kMR);
-          const float* ap = ab + p * kMR * kc;
-          const bool in_place = a_in_place && mr == kMR;
-          if (in_place) ap = g.a + m0 * g.lda + k0;
+          const bool in_place = mode == A_IN_PLACE && mr == kMR;
+          const float* ap = in_place ? g.a + m0 * g.lda + k0 : mode == A_IN_PLACE ? ab : ab + p * kMR * kc;
           for (int64_t s = 0; s < strips; ++s) {
             const int64_t n0 = nb + s * kNR;
             const int nr = static_cast<int>(nc - s * kNR < kNR ? nc - s * kNR : kNR);
             const float* bp = b_buf + s * kNR * kc;
             float* cp = g.c + m0 * g.N + n0;
             e.bias = last && g.bias ? g.bias + n0 : nullptr;
-            if (in_place)
-              micro_kernel<kMR, kNV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e);
-            else
-              micro_kernel<kMR, kNV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e);
+            if (in_place) {
+              micro_kernel<kMR, kNV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e, nullptr);
+            } else {
+              const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
+              micro_kernel<kMR, kNV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e, prefetch ? ap + kMR * kc : nullptr);
+            }
           }
         }
       }
@@ -490,48 +508,51 @@ thread_local Arena t_arena;
 
 // Returns false (having written nothing) when the packing space cannot be allocated.
 bool gemm_blocked(const Operands& g) {
-  const int64_t kcb = k_block(g.K);
-  const int64_t b_floats = round_up(kcb * round_up(kNB, kNR), 1024);  // per thread, 4 KiB multiple
   const int64_t strips = ceil_div(g.N, kNR), panels = ceil_div(g.M, kMR);
   const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
-
   int nt = flops < kParallelFlops ? 1 : get_num_threads();
-  // Split columns when every thread gets at least 2 strips, else rows.
-  const bool split_n = strips >= 2 * nt;
-  if (split_n) {
-    if (nt > strips) nt = static_cast<int>(strips);
-  } else if (nt > panels) {
-    nt = static_cast<int>(panels);
-  }
+  // Split the columns when every thread gets at least 2 strips of them, else the rows.
+  const bool split_n = nt > 1 && strips >= 2 * nt;
+  if (!split_n && nt > panels) nt = static_cast<int>(panels);
   if (nt < 1) nt = 1;
+  // When a thread's columns fit one B block, each A panel meets each B strip once per K-block:
+  // reading a in place then beats packing it (measured +2-4% at 128x784x256 on one Zen 3 core;
+  // -6% at 1024^3, where a's rows are read again for every B block). It also spares the barriers.
+  const int64_t cols = split_n ? ceil_div(strips, nt) * kNR : g.N;
+  const APanels mode = !g.trans_a && cols <= kNB ? A_IN_PLACE : split_n ? A_SHARED : A_PRIVATE;
+
+  // Packing space, in 4 KiB multiples: [a B block per thread][A: a shared double buffer, or one
+  // block per thread]. A B block is k_block x (at most kNB columns); an A block is k_block x (at
+  // most kMB rows: all of M when shared, the thread's share of it when private, one panel in place).
+  const int64_t kcb = k_block(g.K);
+  const int64_t b_cols = round_up(cols, kNR) < kNB ? round_up(cols, kNR) : kNB;
+  const int64_t b_floats = round_up(kcb * b_cols, 1024);
+  const int64_t rows = mode == A_PRIVATE ? ceil_div(panels, nt) * kMR : g.M;
+  const int64_t mb_rows = mode == A_IN_PLACE ? round_up(g.M, kMR) : round_up(rows < kMB ? rows : kMB, kMR);
+  const int64_t a_floats = round_up(kcb * (mode == A_IN_PLACE ? kMR : mb_rows), 1024);
+  const int64_t a_count = mode == A_SHARED ? 2 : nt;
+  float* ws = t_arena.get(size_t(nt * b_floats + a_count * a_floats));
+  if (!ws) return false;
 
   if (nt == 1) {
-    float* ws = t_arena.get(size_t(kMB * kcb + b_floats));
-    if (!ws) return false;
     DenormalsOff ftz;
-    gemm_thread(g, 0, g.M, 0, g.N, false, ws + b_floats, ws, 0, 1);
+    gemm_thread(g, 0, g.M, 0, g.N, mb_rows, mode, ws + b_floats, 0, ws, 0, 1);
     return true;
   }
-  // [B block per thread][A: shared double buffer, or one private block per thread]
-  const int64_t a_floats = round_up(kMB * kcb, 1024);
-  const int64_t total = nt * b_floats + (split_n ? 2 * a_floats : nt * a_floats);
-  float* ws = t_arena.get(size_t(total));
-  if (!ws) return false;
 #pragma omp parallel num_threads(nt)
   {
     DenormalsOff ftz;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();  // T < nt if the runtime says so
     float* b_buf = ws + t * b_floats;
-    float* a_base = ws + T * b_floats;
+    float* a_buf = ws + nt * b_floats + (mode == A_SHARED ? 0 : t * a_floats);
     if (split_n) {
-      // T may be < nt if the runtime gave fewer threads; the split uses the real team.
       const int64_t s_lo = strips * t / T, s_hi = strips * (t + 1) / T;
       const int64_t n_lo = s_lo * kNR, n_hi = s_hi * kNR < g.N ? s_hi * kNR : g.N;
-      gemm_thread(g, 0, g.M, n_lo, n_hi, true, a_base, b_buf, t, T);
+      gemm_thread(g, 0, g.M, n_lo, n_hi, mb_rows, mode, a_buf, a_floats, b_buf, t, T);
     } else {
       const int64_t p_lo = panels * t / T, p_hi = panels * (t + 1) / T;
       const int64_t m_lo = p_lo * kMR, m_hi = p_hi * kMR < g.M ? p_hi * kMR : g.M;
-      if (m_lo < m_hi) gemm_thread(g, m_lo, m_hi, 0, g.N, false, a_base + t * a_floats, b_buf, t, T);
+      if (m_lo < m_hi) gemm_thread(g, m_lo, m_hi, 0, g.N, mb_rows, mode, a_buf, 0, b_buf, t, T);
     }
   }
   return true;
