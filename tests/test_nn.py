@@ -647,9 +647,11 @@ def test_losses_reject_bad_inputs(call, exc, match):
         call()
 
 
-def test_loss_of_diverged_output_is_not_finite():
-    assert not np.isfinite(nn.MSELoss()(np.array([np.inf, 1.0]), np.zeros(2)))
-    assert not np.isfinite(nn.CrossEntropyLoss()(np.array([[np.nan, 1.0]]), [0]))
+def test_loss_of_diverged_output_is_a_clear_error():
+    with pytest.raises(ValueError, match="MSELoss: output contains NaN or Inf.*learning rate"):
+        nn.MSELoss()(np.array([np.inf, 1.0]), np.zeros(2))
+    with pytest.raises(ValueError, match="CrossEntropyLoss: output contains NaN"):
+        nn.CrossEntropyLoss()(np.array([[np.nan, 1.0]]), [0])
 
 
 # ---------------------------------------------------------------- state_dict

@@ -205,22 +205,27 @@ def test_flatten_and_nested_sequential():
     gradcheck(model, nn.MSELoss(), x, _targets("mse", rng, (4, 2)))
 
 
-def test_fused_equals_unfused():
+@pytest.mark.parametrize("shape", [(9, 13, 11), (64, 784, 256), (1, 3, 1)])
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, nn.Tanh])
+def test_fused_equals_unfused(act, shape):
+    b, c, oc = shape
     rng = np.random.default_rng(100)
-    x = rng.standard_normal((9, 13)).astype(np.float32)
-    for act in (nn.ReLU, nn.Sigmoid, nn.Tanh):
-        lin_a = nn.Linear(13, 11, rng=1)
-        lin_b = nn.Linear(13, 11, rng=1)
-        fused = nn.Sequential(lin_a, act())
-        act_b = act()
-        dout = rng.standard_normal((9, 11)).astype(np.float32)
-        y_fused = fused(x)
-        dx_fused = fused.backward(dout)
-        y_sep = act_b(lin_b(x))  # two separate calls, two kernels
-        dx_sep = lin_b.backward(act_b.backward(dout))
-        # the fused epilogue may evaluate sigmoid/tanh with its own (equally accurate) code: a few ulps
-        tol = dict(rtol=1e-5, atol=2e-6)
-        np.testing.assert_allclose(y_fused, y_sep, **tol)
-        np.testing.assert_allclose(dx_fused, dx_sep, **tol)
-        np.testing.assert_allclose(lin_a.weight.grad, lin_b.weight.grad, **tol)
-        np.testing.assert_allclose(lin_a.bias.grad, lin_b.bias.grad, **tol)
+    x = rng.standard_normal((b, c)).astype(np.float32)
+    dout = rng.standard_normal((b, oc)).astype(np.float32)
+    lin_a = nn.Linear(c, oc, rng=1)
+    lin_b = nn.Linear(c, oc, rng=1)
+    lin_a.bias.data = lin_b.bias.data = rng.standard_normal(oc)
+    fused = nn.Sequential(lin_a, act())  # one linear_forward(activation=...) call
+    act_b = act()
+    y_fused = fused(x)
+    dx_fused = fused.backward(dout)
+    y_sep = act_b(lin_b(x))  # two separate calls, two kernels
+    dx_sep = lin_b.backward(act_b.backward(dout))
+    if act is nn.ReLU:  # max(z, 0) of the same z: bit for bit
+        tol = dict(rtol=0, atol=0)
+    else:  # the fused epilogue evaluates sigmoid/tanh with its own (equally accurate) code: a few ulps
+        tol = dict(rtol=1e-5, atol=5e-6)
+    np.testing.assert_allclose(y_fused, y_sep, **tol)
+    np.testing.assert_allclose(dx_fused, dx_sep, **tol)
+    np.testing.assert_allclose(lin_a.weight.grad, lin_b.weight.grad, **tol)
+    np.testing.assert_allclose(lin_a.bias.grad, lin_b.bias.grad, **tol)

@@ -2,7 +2,7 @@
 
 ``reduction="mean"`` averages over all elements (over the batch for CrossEntropyLoss),
 ``reduction="sum"`` adds them up. The loss and its gradient come from one kernel pass.
-A NaN or infinite loss means the model output was not finite (the run diverged).
+A non-finite output (NaN or Inf: the run diverged) or target is a ValueError naming the loss.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class _Loss(Module):
         """The loss (a Python float) of ``output`` against ``target``; keeps d loss/d output."""
         who = type(self).__name__
         output = as_float32(output, who, "output", check_finite=False)
+        if not np.isfinite(output.sum(dtype=np.float64)):
+            raise ValueError(f"{who}: output contains NaN or Inf (has training diverged? try a lower learning rate)")
         target = self._target(target, output, who)
         loss, grad = self._kernel(output, target)
         self._grad = grad
