@@ -551,9 +551,8 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             self.t_ = 0
             self.best_loss_ = None
-            if self.early_stopping and not incremental:
-                self.validation_scores_ = []
-                self.best_validation_score_ = None
+            self.validation_scores_ = [] if self.early_stopping and not incremental else None
+            self.best_validation_score_ = None
         else:
             for group in self._optimizer.param_groups:   # hyperparameters may have changed (set_params)
                 group["lr"] = p["lr"]

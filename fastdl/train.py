@@ -483,6 +483,11 @@ def _get_lr(optimizer):
     return float(lr) if _is_real(lr) else None
 
 
+def _diverged(what, epoch, b, nbatches, lr):
+    return FloatingPointError(f"fit: {what} at epoch {epoch + 1}, batch {b + 1} of {nbatches}; training "
+                              f"diverged: try a lower learning rate (now {lr}) or scale the inputs")
+
+
 def _wants_stop(result):
     return isinstance(result, (bool, np.bool_)) and bool(result)
 
@@ -508,8 +513,9 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
     verbose: 0 silent; 1 a progress bar per epoch (stderr) and one line per epoch (stdout);
     2 only the line per epoch.
 
-    The model is in training mode during fit and back in its previous mode afterwards. A loss
-    that is not finite raises FloatingPointError (before that batch's update is applied).
+    The model is in training mode during fit and back in its previous mode afterwards. A loss or
+    model output that is not finite (a diverged run) raises FloatingPointError naming the epoch and
+    batch, before that batch's update is applied.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
@@ -563,12 +569,14 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
                         if not checked_labels:
                             _check_label_range(y, out, "fit", "y")
                             checked_labels = True
-                        loss = float(loss_fn(out, yb))
+                        try:
+                            loss = float(loss_fn(out, yb))
+                        except ValueError as e:  # a loss kernel may refuse a non-finite output
+                            if np.isfinite(out).all():
+                                raise
+                            raise _diverged("the model's output is not finite", epoch, b, len(batches), lr) from e
                         if not math.isfinite(loss):
-                            raise FloatingPointError(
-                                f"fit: the loss became {loss} at epoch {epoch + 1}, batch {b + 1} of "
-                                f"{len(batches)}; training diverged: try a lower learning rate "
-                                f"(now {lr}) or scale the inputs")
+                            raise _diverged(f"the loss became {loss}", epoch, b, len(batches), lr)
                         m = len(xb)
                         loss_total += loss if summed else loss * m
                         for k, (_, fn) in enumerate(metric_fns):

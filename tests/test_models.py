@@ -302,6 +302,19 @@ def test_mlp_convergence_warning_and_bad_parameters():
         MLPRegressor().fit(X, np.full(len(X), np.nan))
 
 
+def test_fitted_estimators_pickle():
+    import pickle
+    X, y = blobs(n_per=30)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=200, learning_rate_init=0.02, random_state=0,
+                        batch_norm=True, dropout=0.1).fit(X, y)
+    clf2 = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(clf2.predict_proba(X), clf.predict_proba(X))
+    clf2.partial_fit(X, y)                                  # training goes on after unpickling
+    assert clf2.n_iter_ == clf.n_iter_ + 1
+    lin = LinearRegression().fit(*regression_data())
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lin)).coef_, lin.coef_)
+
+
 def test_get_set_params():
     clf = MLPClassifier(hidden_layer_sizes=(5,), alpha=0.1)
     p = clf.get_params()

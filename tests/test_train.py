@@ -359,6 +359,17 @@ def test_non_finite_loss_raises_naming_epoch_batch_and_learning_rate():
     assert model.training
 
 
+@pytest.mark.parametrize("loss_fn", [nn.MSELoss(), nn.L1Loss()])
+def test_a_diverging_real_network_raises_floating_point_error(loss_fn):
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(64, 4)) * 10).astype(np.float32)
+    y = (X.sum(axis=1) * 100).astype(np.float32)
+    model = nn.Sequential(nn.Linear(4, 16, rng=0), nn.ReLU(), nn.Linear(16, 1, rng=1))
+    with pytest.raises(FloatingPointError, match=r"epoch \d+, batch \d+ of 4.*lower learning rate \(now 10.0\)"):
+        fit(model, loss_fn, optim.SGD(model.parameters(), lr=10.0), X, y, epochs=50, batch_size=16, verbose=0)
+    assert model.training
+
+
 # ---------------------------------------------------------------- history, validation, schedulers, modes
 
 def test_history_contents():
