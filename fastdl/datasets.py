@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import tempfile
 import urllib.error
@@ -89,7 +90,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _parse_idx(data: bytes, path, magic=None) -> np.ndarray:
-    """Parse IDX bytes (read-only view, native-endian for bytes); ValueError naming `path`."""
+    """Parse IDX bytes into a read-only view (big-endian dtype); ValueError naming `path`."""
     if len(data) < 4:
         raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
     got = int.from_bytes(data[:4], "big")
@@ -103,7 +104,7 @@ def _parse_idx(data: bytes, path, magic=None) -> np.ndarray:
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected {header})")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise ValueError(f"{path}: {what}: {len(data)} bytes, but the header {shape} "
@@ -115,7 +116,8 @@ def read_idx(path) -> np.ndarray:
     """Read one IDX file (gzipped or not) into a NumPy array of the header's shape.
 
     Checks the magic number, the dimensions and that the size matches the header; ValueError
-    naming the file otherwise. The result is read-only when the data are single bytes.
+    naming the file otherwise. Multi-byte types come back in native byte order; single bytes
+    as a read-only view of the file's data.
     """
     path = Path(path)
     arr = _parse_idx(_read_bytes(path), path)
