@@ -101,7 +101,7 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         variant = VARIANT[(ta, tb)]
         rows.append([label, variant, f"{gf_np:.1f}", f"{gf_fd:.1f}", f"{gf_fd / gf_np:.2f}",
                      f"{gf_np / peak:.0%}", f"{gf_fd / peak:.0%}", f"{t_np * 1e6:.1f}", f"{t_fd * 1e6:.1f}",
-                     f"{err_np:.1e}", f"{err_fd:.1e}"])
+                     f"{err_np:.1e}", f"{err_fd:.1e}", common.load_str(t["other_load"])])
         records.append({
             "case": label, "group": group, "M": M, "N": N, "K": K, "trans_a": ta, "trans_b": tb,
             "variant": variant, "numpy_gflops": gf_np, "fastdl_gflops": gf_fd, "ratio": gf_fd / gf_np,
@@ -109,15 +109,16 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
             "numpy_us": t_np * 1e6, "fastdl_us": t_fd * 1e6,
             "numpy_us_rounds": [x * 1e6 for x in t["rounds"]["numpy"]],
             "fastdl_us_rounds": [x * 1e6 for x in t["rounds"]["fastdl"]],
-            "max_rel_error_numpy": err_np, "max_rel_error_fastdl": err_fd,
+            "max_rel_error_numpy": err_np, "max_rel_error_fastdl": err_fd, "other_load_cpus": t["other_load"],
         })
         print(f"  {label:34s} {variant}  numpy {gf_np:7.1f} GF/s  fastdl {gf_fd:7.1f} GF/s  "
               f"ratio {gf_fd / gf_np:5.2f}  ({gf_fd / peak:4.0%} of peak)  "
-              f"({t_np * 1e6:9.1f} / {t_fd * 1e6:9.1f} us)", flush=True)
+              f"({t_np * 1e6:9.1f} / {t_fd * 1e6:9.1f} us)  other load {common.load_str(t['other_load'])}",
+              flush=True)
 
     bars = gemm_bars(records, peak)
     header = ["case", "op", "NumPy GF/s", "fastdl GF/s", "fastdl / NumPy", "NumPy % peak", "fastdl % peak",
-              "NumPy µs", "fastdl µs", "NumPy error", "fastdl error"]
+              "NumPy µs", "fastdl µs", "NumPy error", "fastdl error", "other load"]
     md = "\n".join(common.header_lines("GEMM: fastdl vs numpy.matmul", cfg, info, load_before) + [
         f"NumPy calls {info['numpy_blas']}: `np.matmul(a, b, out=c)`, transposes as `.T` views. fastdl: "
         "`fastdl.ops.matmul(a, b, trans_a=, trans_b=, out=c)`. Every result was checked against a float64 "
@@ -126,7 +127,8 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         common.markdown_table(header, rows),
         "",
         "op: NN = a·b, TN = aᵀ·b, NT = a·bᵀ (a or b stored transposed; no copies on either side). "
-        "GF/s = 2·M·N·K / time. error: max over elements of |c − c64| / (|a|·|b|).",
+        "GF/s = 2·M·N·K / time. error: max over elements of |c − c64| / (|a|·|b|). other load: CPUs kept busy "
+        "by other processes just before the case (from /proc/stat); above 0 the contenders shared the machine.",
         "MLP rows: the three products of a dense layer (weight W of shape (out, in)) at the given batch.",
         "",
         common.bars_markdown(bars) if bars else "",

@@ -616,7 +616,8 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         t = common.time_cases(cfg, case["contenders"])
         rec = {"case": name, "group": case["group"], "numpy_us": t["numpy"] * 1e6, "fastdl_us": t["fastdl"] * 1e6,
                "ratio": t["numpy"] / t["fastdl"], "error_numpy": err_np, "error_fastdl": err_fd,
-               "us_rounds": {k: [x * 1e6 for x in v] for k, v in t["rounds"].items()}}
+               "us_rounds": {k: [x * 1e6 for x in v] for k, v in t["rounds"].items()},
+               "other_load_cpus": t["other_load"]}
         for extra in case["contenders"]:
             if extra not in ("numpy", "fastdl"):
                 rec[f"{extra} us"] = t[extra] * 1e6
@@ -641,7 +642,7 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
             detail = ""
         records.append(rec)
         print(f"  {name:58s} numpy {rec['numpy_us']:10.2f} us  fastdl {rec['fastdl_us']:10.2f} us  "
-              f"x{rec['ratio']:6.2f}  {detail}", flush=True)
+              f"x{rec['ratio']:6.2f}  {detail}  other load {common.load_str(t['other_load'])}", flush=True)
     skipped = sorted(set(skipped))
     if skipped:
         print(f"  skipped (not in fastdl.ops yet): {'; '.join(skipped)}")
@@ -719,14 +720,15 @@ def markdown(cfg, info, load_before, records, skipped, limits, bars):
         lines += ["## Bandwidth-bound kernels", "",
                   "GB/s count each array once (bytes per element in the last column); % triad = fastdl GB/s / "
                   "STREAM triad GB/s on an array of the same length, measured in this run. Errors: "
-                  "max|got − ref| / max|ref| against float64.", "",
+                  "max|got − ref| / max|ref| against float64. other load: CPUs kept busy by other processes "
+                  "just before the case.", "",
                   common.markdown_table(
                       ["case", "NumPy µs", "fastdl µs", "× NumPy", "NumPy GB/s", "fastdl GB/s", "triad GB/s",
-                       "fastdl % triad", "NumPy error", "fastdl error", "bytes counted"],
+                       "fastdl % triad", "NumPy error", "fastdl error", "other load", "bytes counted"],
                       [[r["case"], f"{r['numpy_us']:.2f}", f"{r['fastdl_us']:.2f}", f"{r['ratio']:.2f}",
                         f"{r['numpy_gbs']:.1f}", f"{r['fastdl_gbs']:.1f}", f"{r['triad_gbs_same_n']:.1f}",
                         f"{r['fastdl_triad_fraction']:.0%}", f"{r['error_numpy']:.1e}", f"{r['error_fastdl']:.1e}",
-                        r["bytes_note"]] for r in bw]), ""]
+                        common.load_str(r["other_load_cpus"]), r["bytes_note"]] for r in bw]), ""]
     lin = [r for r in records if r["group"] == "linear"]
     if lin:
         lines += ["## Dense forward with fused bias+ReLU", "",

@@ -314,6 +314,7 @@ def run(cfg: common.Config, limits: common.Limits, *, batches=(32, 128, 512), mn
         if not cfg.wants(f"batch {batch}"):
             continue
         nets = {cls.name: cls(layers) for cls in classes}
+        load_start = common.wait_for_quiet(cfg.max_wait) if cfg.max_wait > 0 else None
         # warm-up on throwaway copies: pools started, buffers allocated, clocks up
         for cls in classes:
             warm = cls(layers)
@@ -330,7 +331,7 @@ def run(cfg: common.Config, limits: common.Limits, *, batches=(32, 128, 512), mn
                 times[name].append(sec)
                 losses[name].append(loss)
         rec = {"batch": batch, "epochs": epochs, "train_rows": int(xtr.shape[0]), "flop_per_epoch": flop_epoch,
-               "other_load_between_epochs": [x for x in loads if x is not None]}
+               "other_load_before": load_start, "other_load_between_epochs": [x for x in loads if x is not None]}
         for name, net in nets.items():
             med = common.median(times[name])
             rec[name] = {"epoch_seconds": med, "epoch_seconds_rounds": times[name], "train_loss": losses[name],
@@ -431,11 +432,15 @@ def markdown(cfg, info, load_before, records, t98, missing, check_err, peak, bar
         for n in names:
             if n in r:
                 x = r[n]
+                loads = r.get("other_load_between_epochs") or []
                 rows.append([r["batch"], n, f"{x['epoch_seconds']:.3f}", f"{x['gflops']:.1f}",
                              f"{x['peak_fraction']:.0%}", f"{x['test_accuracy']:.2%}", f"{x['train_loss'][-1]:.4f}",
-                             f"{r[n]['epoch_seconds'] / r['fastdl']['epoch_seconds']:.2f}" if "fastdl" in r else "—"])
+                             f"{r[n]['epoch_seconds'] / r['fastdl']['epoch_seconds']:.2f}" if "fastdl" in r else "—",
+                             common.load_str(common.median(loads) if loads else None)])
     lines += [common.markdown_table(["batch", "contender", "s / epoch", "GF/s", "% peak", "test acc",
-                                     "last epoch loss", "time / fastdl's"], rows), ""]
+                                     "last epoch loss", "time / fastdl's", "other load"], rows),
+              "", "other load: median over the epochs of the CPUs other processes kept busy in the pause "
+              "before each epoch.", ""]
     if missing:
         lines += ["Not run: " + "; ".join(f"{k}: {v}" for k, v in missing.items()) + ".", ""]
     if t98:

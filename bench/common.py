@@ -183,11 +183,13 @@ class Config:
     ``only``: substrings; a case runs when its name contains one of them (None: every case).
     """
 
-    def __init__(self, *, threads, quick=False, tiny=False, out=None, rounds=None, only=None):
+    def __init__(self, *, threads, quick=False, tiny=False, out=None, rounds=None, only=None, max_wait=None):
         self.threads = threads
         self.quick = quick or tiny
         self.tiny = tiny
         self.out = Path(out) if out else RESULTS
+        # seconds to wait, per case, for other processes to leave the CPUs (full run 20, else 0)
+        self.max_wait = max_wait if max_wait is not None else (0.0 if self.quick else 20.0)
         if tiny:  # the smoke test: correctness checks and file writing, timings meaningless
             self.rounds, self.phase, self.sleep, self.warm = rounds or 2, 0.002, 0.0, 0.0
         elif quick:
@@ -205,7 +207,14 @@ class Config:
     def as_dict(self) -> dict:
         return {"threads": self.threads, "quick": self.quick, "tiny": self.tiny, "rounds": self.rounds,
                 "phase_seconds": self.phase, "sleep_seconds": self.sleep, "warm_seconds": self.warm,
-                "only": self.only}
+                "max_wait_seconds": self.max_wait, "only": self.only}
+
+    def derive(self, only=None) -> "Config":
+        """The same settings with another case selection."""
+        c = Config(threads=self.threads, quick=self.quick, tiny=self.tiny, out=self.out, rounds=self.rounds,
+                   only=only, max_wait=self.max_wait)
+        c.rounds, c.phase, c.sleep, c.warm = self.rounds, self.phase, self.sleep, self.warm
+        return c
 
 
 def add_common_args(ap) -> None:
@@ -218,23 +227,35 @@ def add_common_args(ap) -> None:
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per case (default 7, quick 5)")
     ap.add_argument("--cases", default=None, help="comma-separated substrings: run only the cases whose names "
                     "contain one")
+    ap.add_argument("--max-wait", type=float, default=None, help="seconds to wait, per case, for other processes "
+                    "to leave the CPUs idle (default 20, quick 0); the load seen is reported either way")
 
 
 def config_from_args(args) -> Config:
     """setup_threads (before numpy is imported) and the Config of parsed ``add_common_args`` options."""
     threads = setup_threads(args.threads)
     only = args.cases.split(",") if args.cases else None
-    return Config(threads=threads, quick=args.quick, tiny=args.tiny, out=args.out, rounds=args.rounds, only=only)
+    return Config(threads=threads, quick=args.quick, tiny=args.tiny, out=args.out, rounds=args.rounds, only=only,
+                  max_wait=args.max_wait)
 
 
 def time_cases(cfg: Config, fns: dict) -> dict:
-    """Warm up, then ``interleaved`` with the run's settings; returns {name: median seconds per call}
-    and keeps the per-round times under the key "rounds"."""
+    """Wait (up to cfg.max_wait) for the other processes to leave the CPUs, warm up, then
+    ``interleaved`` with the run's settings. Returns {name: median seconds per call}, the per-round
+    times under "rounds" and the CPUs other processes kept busy just before under "other_load"."""
+    load = None
+    if not cfg.tiny:
+        load = wait_for_quiet(cfg.max_wait) if cfg.max_wait > 0 else other_load(0.2)
     warm_up(list(fns.values()), cfg.warm)
     t = interleaved(fns, rounds=cfg.rounds, phase_seconds=cfg.phase, sleep=cfg.sleep)
     out = {name: median(v) for name, v in t.items()}
     out["rounds"] = t
+    out["other_load"] = load
     return out
+
+
+def load_str(load) -> str:
+    return "?" if load is None else f"{load:.1f}"
 
 
 # ---------------------------------------------------------------------------- correctness

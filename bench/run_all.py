@@ -53,9 +53,6 @@ def parse_only(text):
     return sel
 
 
-def sub_config(cfg, only):
-    return common.Config(threads=cfg.threads, quick=cfg.quick, tiny=cfg.tiny, out=cfg.out, rounds=cfg.rounds,
-                         only=only)
 
 
 def isa_bar():
@@ -87,7 +84,8 @@ def isa_bar():
 
 def run_child(script, threads, out, cfg, extra):
     """A benchmark in a child process at another thread count; returns its JSON (or None on failure)."""
-    cmd = [sys.executable, str(HERE / script), "--threads", str(threads), "--out", str(out), "--rounds", str(cfg.rounds)]
+    cmd = [sys.executable, str(HERE / script), "--threads", str(threads), "--out", str(out), "--rounds", str(cfg.rounds),
+           "--max-wait", str(cfg.max_wait)]
     cmd += ["--tiny"] if cfg.tiny else ["--quick"] if cfg.quick else []
     cmd += extra
     print(f"scaling: {' '.join(cmd[1:])}", flush=True)
@@ -223,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-scaling", action="store_true", help="skip the 1-thread runs")
     ap.add_argument("--no-torch", action="store_true", help="do not run PyTorch even when installed")
     ap.add_argument("--mnist", default=None, help="directory of the MNIST IDX files")
+    ap.add_argument("--max-wait", type=float, default=None, help="seconds to wait, per case, for other processes "
+                    "to leave the CPUs idle (default 20, quick 0); the load seen is reported either way")
     args = ap.parse_args(argv)
     sel = parse_only(args.only)
     if args.no_scaling:
@@ -230,7 +230,8 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     threads = common.setup_threads(args.threads)
-    cfg = common.Config(threads=threads, quick=args.quick, tiny=args.tiny, out=args.out, rounds=args.rounds)
+    cfg = common.Config(threads=threads, quick=args.quick, tiny=args.tiny, out=args.out, rounds=args.rounds,
+                        max_wait=args.max_wait)
     cfg.out.mkdir(parents=True, exist_ok=True)
     loads = {"start": common.load_average()}
     info = common.machine()
@@ -249,13 +250,13 @@ def main(argv=None) -> int:
 
     results, notes = {}, []
     if "gemm" in sel:
-        results["gemm"] = bench_gemm.run(sub_config(cfg, sel["gemm"]), limits)
+        results["gemm"] = bench_gemm.run(cfg.derive(sel["gemm"]), limits)
     if "kernels" in sel:
-        results["kernels"] = bench_kernels.run(sub_config(cfg, sel["kernels"]), limits)
+        results["kernels"] = bench_kernels.run(cfg.derive(sel["kernels"]), limits)
     if "training" in sel:
         try:
             results["training"] = bench_training.run(
-                sub_config(cfg, sel["training"]), limits, batches=[32, 128] if cfg.tiny else [32, 128, 512],
+                cfg.derive(sel["training"]), limits, batches=[32, 128] if cfg.tiny else [32, 128, 512],
                 mnist=args.mnist, use_torch=not args.no_torch, time_to_98=not cfg.quick)
         except FileNotFoundError as e:  # no MNIST here: say so, run the rest
             notes.append(f"training: {e}")

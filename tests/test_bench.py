@@ -63,6 +63,9 @@ def test_run_all_tiny_writes_every_report(tmp_path, mnist_path):
     assert any(b.startswith("one wheel") for b in bars)
     md = (tmp_path / "SUMMARY.md").read_text()
     assert "| bar | target | measured | pass |" in md
+    if common.have_matplotlib():
+        for png in ("gemm_square.png", "gemm_speedup.png", "kernels_speedup.png", "kernels_bandwidth.png"):
+            assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     training = json.loads((tmp_path / "training.json").read_text())
     assert [r["batch"] for r in training["results"]] == [128]
     rec = training["results"][0]
