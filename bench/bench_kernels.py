@@ -613,16 +613,20 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         if not cfg.wants(name):
             continue
         err_np, err_fd = case["check"]()
-        t = common.time_cases(cfg, case["contenders"])
+        fns = dict(case["contenders"])
+        if case["group"] == "bandwidth":  # the triad on the same length, timed in the same rounds
+            fns["triad"], triad_bytes = common.triad_contender(case["n"], cfg.threads)
+        t = common.time_cases(cfg, fns)
+        fns.pop("triad", None)
         rec = {"case": name, "group": case["group"], "numpy_us": t["numpy"] * 1e6, "fastdl_us": t["fastdl"] * 1e6,
                "ratio": t["numpy"] / t["fastdl"], "error_numpy": err_np, "error_fastdl": err_fd,
                "us_rounds": {k: [x * 1e6 for x in v] for k, v in t["rounds"].items()},
                "other_load_cpus": t["other_load"]}
         for extra in case["contenders"]:
-            if extra not in ("numpy", "fastdl"):
+            if extra not in ("numpy", "fastdl", "triad"):
                 rec[f"{extra} us"] = t[extra] * 1e6
         if case["group"] == "bandwidth":
-            triad = limits.triad_gbs(case["n"])
+            triad = triad_bytes / t["triad"] / 1e9
             rec.update({"n": case["n"], "bytes": case["bytes"], "bytes_note": case["bytes_note"],
                         "numpy_gbs": case["bytes"] / t["numpy"] / 1e9, "fastdl_gbs": case["bytes"] / t["fastdl"] / 1e9,
                         "triad_gbs_same_n": triad})
@@ -719,7 +723,8 @@ def markdown(cfg, info, load_before, records, skipped, limits, bars):
     if bw:
         lines += ["## Bandwidth-bound kernels", "",
                   "GB/s count each array once (bytes per element in the last column); % triad = fastdl GB/s / "
-                  "STREAM triad GB/s on an array of the same length, measured in this run. Errors: "
+                  "STREAM triad GB/s (12 B/element) on an array of the same length, timed in the same interleaved "
+                  "rounds as the case. Errors: "
                   "max|got − ref| / max|ref| against float64. other load: CPUs kept busy by other processes "
                   "just before the case.", "",
                   common.markdown_table(

@@ -28,7 +28,13 @@ def cpu_count() -> int:
 
 def setup_threads(n: int | None) -> int:
     """Give NumPy's BLAS and fastdl the same thread count. Must run before numpy is imported."""
+    import sys  # noqa: PLC0415
+
     n = n or cpu_count()
+    if "numpy" in sys.modules and os.environ.get("OPENBLAS_NUM_THREADS") != str(n):
+        print(f"note: numpy was imported before the benchmark set OPENBLAS_NUM_THREADS={n}; OpenBLAS keeps the "
+              f"thread count it read at import ({os.environ.get('OPENBLAS_NUM_THREADS', 'unset: all CPUs')}). Run "
+              "the benchmark as a script (python bench/run_all.py) for an exact thread count.", file=sys.stderr)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
     import fastdl  # noqa: PLC0415 - after the environment is set
@@ -334,6 +340,37 @@ def triad(n: int, threads: int, cfg: Config) -> dict:
             "gbs_rounds": [12.0 * n / x / 1e9 for x in t["rounds"]["triad"]]}
 
 
+_PEAK_ITERS = {}
+
+
+def peak_contender(threads: int, seconds: float = 0.002):
+    """(fn, flops per call): the FMA peak loop sized to about `seconds` per call, to be timed in the
+    same interleaved rounds as a benchmark case, so the case's share of peak is immune to clock and
+    load drift between the start of the run and the case."""
+    from fastdl import _C  # noqa: PLC0415
+
+    key = (threads, seconds)
+    if key not in _PEAK_ITERS:
+        iters = 20_000
+        _C.fma_peak_run(iters, threads)
+        t0 = time.perf_counter()
+        flops = _C.fma_peak_run(iters, threads)
+        dt = max(time.perf_counter() - t0, 1e-7)
+        _PEAK_ITERS[key] = (max(1000, int(iters * seconds / dt)), flops / iters)
+    iters, per_iter = _PEAK_ITERS[key]
+    return (lambda: _C.fma_peak_run(iters, threads)), per_iter * iters
+
+
+def triad_contender(n: int, threads: int):
+    """(fn, bytes per call): STREAM triad on n floats (12 bytes per element counted), to be timed in
+    the same interleaved rounds as a bandwidth-bound case of the same length."""
+    import numpy as np  # noqa: PLC0415
+    from fastdl import _C  # noqa: PLC0415
+
+    a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.full(n, 2.0, np.float32)
+    return (lambda: _C.stream_triad(a, b, c, 3.0, threads)), 12.0 * n
+
+
 L2_FLOATS = 32 * 1024          # triad working set 384 KiB: inside the L2 of 2 cores (512 KiB each here)
 DRAM_FLOATS = 16 * 1024 * 1024  # 192 MiB: far beyond the 32 MiB L3
 
@@ -459,10 +496,14 @@ def plot_bars(path, title, labels: list, values: list, ref: float = 1.0, xlabel=
         return None
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    fig = Figure(figsize=(7.5, 0.32 * len(labels) + 1.4))
+    fig = Figure(figsize=(10, 0.3 * len(labels) + 1.5))
     ax = fig.add_subplot()
     ys = list(range(len(labels)))
     colors = ["tab:green" if v >= ref else "tab:red" for v in values]
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 20:  # ratios spanning decades: a log axis keeps all visible
+        ax.set_xscale("log")
+        ax.set_xlim(min(min(positive), ref) / 1.5, max(max(positive), ref) * 3)
     ax.barh(ys, values, color=colors)
     ax.set_yticks(ys)
     ax.set_yticklabels(labels, fontsize=8)
@@ -471,7 +512,7 @@ def plot_bars(path, title, labels: list, values: list, ref: float = 1.0, xlabel=
     for y, v in zip(ys, values):
         ax.annotate(f"{v:.2f}", (v, y), textcoords="offset points", xytext=(3, -3), fontsize=7)
     ax.set_xlabel(xlabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
