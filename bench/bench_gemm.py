@@ -99,7 +99,10 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         t_np, t_fd = t["numpy"], t["fastdl"]
         flop = 2.0 * M * N * K
         gf_np, gf_fd = flop / t_np / 1e9, flop / t_fd / 1e9
-        peak = peak_flop / t["fma peak"] / 1e9  # measured in the same rounds as this case
+        # the peak this case is measured against: the FMA loop timed in the same rounds, or the run's
+        # quiet-machine peak when that is higher (a loaded machine must not flatter the fraction)
+        peak_rounds = peak_flop / t["fma peak"] / 1e9
+        peak = max(peak_rounds, run_peak)
         variant = VARIANT[(ta, tb)]
         rows.append([label, variant, f"{gf_np:.1f}", f"{gf_fd:.1f}", f"{gf_fd / gf_np:.2f}", f"{peak:.0f}",
                      f"{gf_np / peak:.0%}", f"{gf_fd / peak:.0%}", f"{t_np * 1e6:.1f}", f"{t_fd * 1e6:.1f}",
@@ -107,7 +110,8 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
         records.append({
             "case": label, "group": group, "M": M, "N": N, "K": K, "trans_a": ta, "trans_b": tb,
             "variant": variant, "numpy_gflops": gf_np, "fastdl_gflops": gf_fd, "ratio": gf_fd / gf_np,
-            "numpy_peak_fraction": gf_np / peak, "fastdl_peak_fraction": gf_fd / peak, "peak_gflops_same_rounds": peak,
+            "numpy_peak_fraction": gf_np / peak, "fastdl_peak_fraction": gf_fd / peak, "peak_gflops_same_rounds": peak_rounds,
+            "peak_gflops_used": peak,
             "numpy_us": t_np * 1e6, "fastdl_us": t_fd * 1e6,
             "numpy_us_rounds": [x * 1e6 for x in t["rounds"]["numpy"]],
             "fastdl_us_rounds": [x * 1e6 for x in t["rounds"]["fastdl"]],
@@ -125,8 +129,9 @@ def run(cfg: common.Config, limits: common.Limits) -> dict:
     md = "\n".join(common.header_lines("GEMM: fastdl vs numpy.matmul", cfg, info, load_before) + [
         f"NumPy calls {info['numpy_blas']}: `np.matmul(a, b, out=c)`, transposes as `.T` views. fastdl: "
         "`fastdl.ops.matmul(a, b, trans_a=, trans_b=, out=c)`. Every result was checked against a float64 "
-        f"product before timing. % peak: against the FP32 FMA peak loop timed in the same interleaved rounds as the "
-        f"case (column \"peak GF/s\"); at the start of the run it measured {peak:.1f} GFLOP/s on {cfg.threads} threads.",
+        "product before timing. % peak: against the FP32 FMA peak loop (inline asm) timed in the same interleaved "
+        f"rounds as the case, or against the peak measured at the start of the run ({peak:.1f} GFLOP/s on "
+        f"{cfg.threads} threads) when that is higher (column \"peak GF/s\": the one used).",
         "",
         common.markdown_table(header, rows),
         "",
@@ -154,7 +159,7 @@ def gemm_bars(records):
     if big:
         bars.append(common.bar("GEMM 2048³, share of FMA peak", "≥ 85%",
                                f"{big['fastdl_peak_fraction']:.0%} ({big['fastdl_gflops']:.0f} of "
-                               f"{big['peak_gflops_same_rounds']:.0f} GF/s)",
+                               f"{big['peak_gflops_used']:.0f} GF/s)",
                                big["fastdl_peak_fraction"] >= 0.85))
         bars.append(common.bar("GEMM 2048³ vs NumPy", "≥ 1.3×", f"{big['ratio']:.2f}×", big["ratio"] >= 1.3))
     for c_in, c_out in LAYERS[:2]:

@@ -194,8 +194,8 @@ class Config:
         self.quick = quick or tiny
         self.tiny = tiny
         self.out = Path(out) if out else RESULTS
-        # seconds to wait, per case, for other processes to leave the CPUs (full run 20, else 0)
-        self.max_wait = max_wait if max_wait is not None else (0.0 if self.quick else 20.0)
+        # seconds to wait, per case, for other processes to leave the CPUs (full run 5, else 0)
+        self.max_wait = max_wait if max_wait is not None else (0.0 if self.quick else 5.0)
         if tiny:  # the smoke test: correctness checks and file writing, timings meaningless
             self.rounds, self.phase, self.sleep, self.warm = rounds or 2, 0.002, 0.0, 0.0
         elif quick:
@@ -234,7 +234,7 @@ def add_common_args(ap) -> None:
     ap.add_argument("--cases", default=None, help="comma-separated substrings: run only the cases whose names "
                     "contain one")
     ap.add_argument("--max-wait", type=float, default=None, help="seconds to wait, per case, for other processes "
-                    "to leave the CPUs idle (default 20, quick 0); the load seen is reported either way")
+                    "to leave the CPUs idle (default 5, quick 0); the load seen is reported either way")
 
 
 def config_from_args(args) -> Config:

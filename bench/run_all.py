@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch", action="store_true", help="do not run PyTorch even when installed")
     ap.add_argument("--mnist", default=None, help="directory of the MNIST IDX files")
     ap.add_argument("--max-wait", type=float, default=None, help="seconds to wait, per case, for other processes "
-                    "to leave the CPUs idle (default 20, quick 0); the load seen is reported either way")
+                    "to leave the CPUs idle (default 5, quick 0); the load seen is reported either way")
     args = ap.parse_args(argv)
     sel = parse_only(args.only)
     if args.no_scaling:
