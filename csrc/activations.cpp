@@ -90,7 +90,7 @@ void tanh_backward(float* dinp, const float* dout, const float* out, int64_t n) 
 
 // inp, out, dinp, dout: (B, C), softmax over each row
 // out[b, i] = exp(inp[b, i] - m) / sum_j exp(inp[b, j] - m), m = max_j inp[b, j] (so every exp <= 1);
-// the sum is kept in double (row helpers in kernel_common.h). out may be inp itself.
+// the sum is kept in double. out may be inp itself.
 void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
   parallel_chunks(
       B,
@@ -98,11 +98,19 @@ void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
         for (int64_t b = lo; b < hi; b++) {
           const float* x = inp + b * C;
           float* y = out + b * C;
-          RowTail tail(x, C);
-          const float m = row_max(x, tail);
-          float e_tail[kRowBlock];
-          const double s = row_exp_sum<true, false>(y, x, tail, m, e_tail, nullptr);
-          row_scale(y, tail, e_tail, static_cast<float>(1.0 / s));
+          float m = x[0];
+#pragma omp simd reduction(max : m)
+          for (int64_t i = 0; i < C; i++) m = x[i] > m ? x[i] : m;
+          double s = 0.0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t i = 0; i < C; i++) {
+            const float e = simd_exp(x[i] - m);
+            y[i] = e;
+            s += e;
+          }
+          const float inv = static_cast<float>(1.0 / s);
+#pragma omp simd
+          for (int64_t i = 0; i < C; i++) y[i] *= inv;
         }
       },
       row_grain(C, kExpGrain));

@@ -355,7 +355,8 @@ py::array binary_op(const char* fn, BinaryKernel kernel, py::handle dout, py::ha
 }
 
 float finite_slope(const char* fn, double slope) {
-  if (!std::isfinite(slope)) value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
+  if (!std::isfinite(slope))
+    value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
   return static_cast<float>(slope);
 }
 
@@ -650,13 +651,6 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
   return static_cast<float>(x);
 }
 
-// An output that may be exactly the input it is computed from (in place), but not a partial overlap.
-void require_inplace_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
-                              const py::array& a) {
-  if (out.data() == a.data() && out.nbytes() == a.nbytes()) return;
-  require_no_overlap(fn, out_arg, out, arg, a);
-}
-
 // Arrays updated in place must not share memory with each other nor with the inputs read.
 void require_all_disjoint(const char* fn, std::initializer_list<std::pair<const char*, const py::array*>> arrays) {
   for (auto i = arrays.begin(); i != arrays.end(); ++i)
@@ -672,7 +666,7 @@ py::array dropout_call(const char* fn, const char* in_name, py::handle x, double
   float pf = parse_dropout_p(p, fn);
   uint64_t s = parse_seed(seed, fn);
   py::array oa = out_f32(out, fn, "out", shape_of(xa), (std::string(in_name) + ".shape").c_str());
-  require_inplace_or_disjoint(fn, "out", oa, in_name, xa);
+  require_same_or_disjoint(fn, "out", oa, in_name, xa);
   const float* xp = cf(xa);
   float* op = mf(oa);
   int64_t n = xa.size();
@@ -728,7 +722,7 @@ void bind_regularization(py::module_& m) {
         float mom = require_scalar(fn, "momentum", momentum, 0.0, 1.0, false, "in [0, 1]");
         float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
         py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
-        require_inplace_or_disjoint(fn, "out", oa, "x", xa);
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
         require_all_disjoint(fn, {{"running_mean", &rm}, {"running_var", &rv}, {"x", &xa}, {"gamma", &g},
                                   {"beta", &b}});
         for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
@@ -758,7 +752,7 @@ void bind_regularization(py::module_& m) {
         const int64_t B = xa.shape(0), C = xa.shape(1);
         float ep = require_scalar(fn, "eps", eps, 0.0, HUGE_VAL, true, "finite and >= 0");
         py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
-        require_inplace_or_disjoint(fn, "out", oa, "x", xa);
+        require_same_or_disjoint(fn, "out", oa, "x", xa);
         for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"beta", &b},
                                 {"running_mean", &rm}, {"running_var", &rv}})
           require_no_overlap(fn, "out", oa, name, *a);
@@ -791,8 +785,8 @@ void bind_regularization(py::module_& m) {
         py::array dxa = out_f32(dx, fn, "dx", shape_of(xa), "x.shape");
         py::array dga = out_f32(dgamma, fn, "dgamma", c, "(num_features,)");
         py::array dba = out_f32(dbeta, fn, "dbeta", c, "(num_features,)");
-        require_inplace_or_disjoint(fn, "dx", dxa, "dout", d);
-        require_inplace_or_disjoint(fn, "dx", dxa, "x", xa);
+        require_same_or_disjoint(fn, "dx", dxa, "dout", d);
+        require_same_or_disjoint(fn, "dx", dxa, "x", xa);
         for (auto& [name, a] : {std::pair<const char*, const py::array*>{"gamma", &g}, {"mean", &mu},
                                 {"invstd", &is}, {"dgamma", &dga}, {"dbeta", &dba}})
           require_no_overlap(fn, "dx", dxa, name, *a);

@@ -1,28 +1,30 @@
 // gemm.cpp - c = [c +] op(a)·op(b) [+ bias], then an activation: the one matrix product of fastdl.
 //
 // The Goto/BLIS design in plain C++ intrinsics (see ../shared/docs/kernels.md §2-§3), row-major:
-//   for each M-block of kMB rows                      (only when M > kMB)
+//   for each M-block (all of M, up to kMB rows)
 //     for each K-block of ~kKC                        pack a: the broadcast operand, MR-row panels
 //       for each N-block of ~kNB columns (in L2)      pack b: the vector operand, k-major NR strips
 //         for each A panel (in L1)
 //           for each B strip                          micro-kernel: MR x NR tile in registers
-// Transposition is absorbed by the packers, so aᵀ·b and a·bᵀ cost what a·b costs; packed panels are
-// zero-padded, so the micro-kernel always computes a full tile and partial tiles go through a small
-// local buffer. The first K-block overwrites c (or adds to it when accumulating), the others add,
-// and the last one applies bias and activation while the tile is still in registers.
+// Transposition is absorbed by the packers, so aᵀ·b and a·bᵀ cost what a·b costs. Packed panels are
+// zero-padded, so the micro-kernel always computes a full tile; it stores only the valid part, the
+// last vector of a row under a mask. The first K-block overwrites c (or adds to it when
+// accumulating), the others add, and the last one adds the bias and applies the activation while
+// the tile is still in registers.
 //
-// One micro-kernel template over a vector-traits type `Vec`; each instruction set only supplies Vec
-// and the tile constants (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector extensions),
-// so the AVX2 tests run the same code the AVX-512 build runs. The packers' 8x8 transposes use AVX2,
-// which the AVX-512 build also has.
+// One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
+// and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
+// extensions), so the AVX2 tests run the logic the AVX-512 build runs. The packers' 8x8 transposes
+// use AVX2, which the AVX-512 build has too. gemm_naive at the end is the plain reference.
 //
-// Threads: one parallel region per product, static split. With enough columns each thread owns a
-// range of B strips (and packs its own B); the A block of each K-block is packed by all threads
-// into a shared double buffer, one barrier per K-block. With few columns (a 10-class head) each
-// thread owns a range of A panels instead, packs them, and packs all of B. Products under
-// kParallelFlops run on the calling thread with no parallel region. Packing space comes from a
-// thread_local arena of the calling thread, grown on demand and reused (the GIL is released, so two
-// Python threads may multiply at once; each has its own arena).
+// Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
+// on the calling thread). With enough columns each thread owns a range of B strips and packs its
+// own B; otherwise (a 10-class head) each thread owns a range of A panels and packs all of B. The
+// A panels are read in place when a thread's columns fit one B block (the usual MLP layer); else
+// they are packed - jointly into a shared double buffer with one barrier per K-block when the
+// columns are split, privately when the rows are. Packing space comes from a thread_local arena of
+// the calling thread, grown on demand and reused: the GIL is released, so two Python threads may
+// multiply at once, each with its own arena.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>

@@ -118,7 +118,8 @@ inline float simd_exp(float x) {
 
 // log(x) for a positive normal float x, Cephes logf: x = m·2^e with m in [sqrt(1/2), sqrt(2)),
 // log(m) = f - f²/2 + f³·P(f) with f = m - 1 and a degree-8 P, ln2 split in two. Max relative error
-// 8.2e-8 on [0.5, 4] (measured). Zero, negative, denormal, inf and NaN inputs are not handled: callers never pass them.
+// 8.2e-8 on [0.5, 4] (measured). Zero, negative, denormal, inf and NaN inputs are not handled: no
+// caller passes them.
 inline float simd_log(float x) {
   uint32_t u = float_bits(x);
   int32_t e = static_cast<int32_t>(u >> 23) - 126;                  // x = m·2^e, m in [0.5, 1)
@@ -176,126 +177,6 @@ inline float simd_tanh(float x) {
   p = p * x2 - 1.0f / 3.0f;
   float small = x + x * x2 * p;
   return select(a < 0.3f, small, big);
-}
-
-// ---- softmax pieces over one row x of C floats, shared by softmax and cross-entropy ----
-// The row is walked in blocks of kRowBlock floats with straight-line vector code; the last partial
-// block goes through a copy padded with -inf (exp(-inf - m) = 0), so there is no scalar tail, and
-// lanes are combined by pairwise trees (log2 16 = 4 dependent steps, not 15). With C = 10, a scalar
-// tail of simd_exp calls plus sequential lane sums cost several times the vector work itself.
-constexpr int64_t kRowBlock = 16;
-
-struct RowTail {
-  int64_t full;            // C rounded down to a multiple of kRowBlock
-  int64_t n;               // C - full, in [0, kRowBlock)
-  float x[kRowBlock];      // x[full:C], then -inf
-  // Masked vector loads (they never touch memory past the row) written with full-width stores, so
-  // the block loads that follow are forwarded from the store buffer; a memcpy of the tail made every
-  // row stall on store forwarding.
-  RowTail(const float* row, int64_t C) : full(C & ~(kRowBlock - 1)), n(C - full) {
-    const float* src = row + full;
-#if defined(__AVX512F__)
-    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1u);
-    _mm512_storeu_ps(x, _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), mask, src));
-#elif defined(__AVX2__)
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 ninf = _mm256_set1_ps(-__builtin_inff());
-    for (int h = 0; h < 2; h++) {
-      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n) - 8 * h), lane);
-      const __m256 v = _mm256_maskload_ps(src + 8 * h, mask);
-      _mm256_storeu_ps(x + 8 * h, _mm256_blendv_ps(ninf, v, _mm256_castsi256_ps(mask)));
-    }
-#else
-    for (int k = 0; k < kRowBlock; k++) x[k] = k < n ? src[k] : -__builtin_inff();
-#endif
-  }
-};
-
-// dst[0:n) = src[0:n), n < kRowBlock, as masked vector stores (see RowTail).
-inline void store_first(float* dst, const float* src, int64_t n) {
-#if defined(__AVX512F__)
-  _mm512_mask_storeu_ps(dst, static_cast<__mmask16>((1u << n) - 1u), _mm512_loadu_ps(src));
-#elif defined(__AVX2__)
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (int h = 0; h < 2; h++) {
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n) - 8 * h), lane);
-    _mm256_maskstore_ps(dst + 8 * h, mask, _mm256_loadu_ps(src + 8 * h));
-  }
-#else
-  for (int64_t k = 0; k < n; k++) dst[k] = src[k];
-#endif
-}
-
-// Pairwise sum / max of a[0..16) (a is overwritten), as four fixed-width steps: each is one or two
-// vector operations, where a loop over the width would stay a generic loop.
-template <class T>
-inline T lanes_sum(T* a) {
-  static_assert(kRowBlock == 16, "the trees below are written for 16 lanes");
-  for (int k = 0; k < 8; k++) a[k] += a[k + 8];
-  for (int k = 0; k < 4; k++) a[k] += a[k + 4];
-  for (int k = 0; k < 2; k++) a[k] += a[k + 2];
-  return a[0] + a[1];
-}
-inline float lanes_max(float* a) {
-  for (int k = 0; k < 8; k++) a[k] = select(a[k + 8] > a[k], a[k + 8], a[k]);
-  for (int k = 0; k < 4; k++) a[k] = select(a[k + 4] > a[k], a[k + 4], a[k]);
-  for (int k = 0; k < 2; k++) a[k] = select(a[k + 2] > a[k], a[k + 2], a[k]);
-  return select(a[1] > a[0], a[1], a[0]);
-}
-
-// max of the row (NaNs are skipped: the exp pass turns them into a NaN sum).
-inline float row_max(const float* x, const RowTail& tail) {
-  float mv[kRowBlock];
-  for (int64_t k = 0; k < kRowBlock; k++) mv[k] = tail.x[k];
-  for (int64_t j = 0; j < tail.full; j += kRowBlock) {
-#pragma omp simd
-    for (int64_t k = 0; k < kRowBlock; k++) mv[k] = select(x[j + k] > mv[k], x[j + k], mv[k]);
-  }
-  return lanes_max(mv);
-}
-
-// One block of 16: e = exp(v - m) (stored when kStore), acc += e (acc = e when kFirst: no zeroing,
-// which GCC did with a slow `rep stos`), bv += v - v when kCheck, over the first `real` lanes only
-// (the padding of the tail block is -inf, not an input).
-template <bool kStore, bool kCheck, bool kFirst>
-inline void exp_block(float* out, const float* v, float m, double* acc, float* bv, int64_t real = kRowBlock) {
-#pragma omp simd
-  for (int64_t k = 0; k < kRowBlock; k++) {
-    const float e = simd_exp(v[k] - m);
-    if (kStore) out[k] = e;
-    acc[k] = kFirst ? static_cast<double>(e) : acc[k] + e;
-    if (kCheck) {
-      const float c = select(k < real, v[k] - v[k], 0.0f);
-      bv[k] = kFirst ? c : bv[k] + c;
-    }
-  }
-}
-
-// S = sum exp(x - m), in double per lane. e_tail[16] gets the tail block's exps; when kStore, the full
-// blocks' exps are stored to out[0:full) (row_scale then writes the tail). When kCheck,
-// bad = sum (x - x): 0 when every x is finite, else NaN (cross-entropy reports it).
-template <bool kStore, bool kCheck>
-inline double row_exp_sum(float* out, const float* x, const RowTail& tail, float m, float* e_tail, float* bad) {
-  double acc[kRowBlock];
-  float bv[kRowBlock];
-  // The tail block first (all -inf, so all zeros, when 16 divides C), then the full blocks.
-  exp_block<true, kCheck, true>(e_tail, tail.x, m, acc, bv, tail.n);
-  for (int64_t j = 0; j < tail.full; j += kRowBlock) exp_block<kStore, kCheck, false>(out + j, x + j, m, acc, bv);
-  if (kCheck) *bad = lanes_sum(bv);
-  return lanes_sum(acc);
-}
-
-// out[0:C) = exp(x - m) * k, from row_exp_sum's out[0:full) (scaled in place) and e_tail.
-inline void row_scale(float* out, const RowTail& tail, float* e_tail, float k) {
-  for (int64_t j = 0; j < tail.full; j += kRowBlock) {
-#pragma omp simd
-    for (int64_t i = 0; i < kRowBlock; i++) out[j + i] *= k;
-  }
-  if (tail.n) {
-#pragma omp simd
-    for (int64_t i = 0; i < kRowBlock; i++) e_tail[i] *= k;
-    store_first(out + tail.full, e_tail, tail.n);
-  }
 }
 
 }  // namespace FASTDL_ISA_NS

@@ -138,21 +138,36 @@ double bce_logits_forward_backward(float* dlogits, const float* logits, const fl
 // finite logits); dlogits = (softmax(x) - onehot(label)) [/ B], softmax(x) = exp(x - m) / S.
 // The label's entry is written as -(S - e_label)/S [/ B] so it keeps its precision when p -> 1.
 // Any Inf or NaN logit makes the result NaN (x - x is 0 only for finite x). dlogits may be logits.
-// One row: writes d (nullable) and returns (m - x[label] + bad) and S, so that
-// loss_row = m - x[label] + log S; the caller takes the logs of products of S (see below).
+// crossentropy_row does one row: writes d (nullable), sets S and returns m - x[label] (+ NaN if a
+// logit is not finite); the caller adds the logs of products of S (see below).
 static double crossentropy_row(float* d, const float* x, int64_t label, double scale, int64_t NC, double& S) {
   const float xl = x[label];  // read before d (which may be x) is written
-  RowTail tail(x, NC);
-  const float m = row_max(x, tail);
-  float bad, e_tail[kRowBlock];
+  float m = x[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < NC; i++) m = x[i] > m ? x[i] : m;
+  double s = 0.0;
+  float bad = 0.0f;
   if (d) {
-    S = row_exp_sum<true, true>(d, x, tail, m, e_tail, &bad);
-    row_scale(d, tail, e_tail, static_cast<float>(scale / S));
-    const double el = simd_exp(xl - m);  // the label's exp, as row_exp_sum computed it
-    d[label] = static_cast<float>((el - S) * (scale / S));
+#pragma omp simd reduction(+ : s, bad)
+    for (int64_t i = 0; i < NC; i++) {
+      const float e = simd_exp(x[i] - m);
+      bad += x[i] - x[i];
+      d[i] = e;
+      s += e;
+    }
+    const double el = d[label];
+    const float k = static_cast<float>(scale / s);
+#pragma omp simd
+    for (int64_t i = 0; i < NC; i++) d[i] *= k;
+    d[label] = static_cast<float>((el - s) * (scale / s));
   } else {
-    S = row_exp_sum<false, true>(nullptr, x, tail, m, e_tail, &bad);
+#pragma omp simd reduction(+ : s, bad)
+    for (int64_t i = 0; i < NC; i++) {
+      s += simd_exp(x[i] - m);
+      bad += x[i] - x[i];
+    }
   }
+  S = s;
   return static_cast<double>(m) - static_cast<double>(xl) + bad;
 }
 

@@ -1,8 +1,9 @@
 """MNIST with an MLP, written the way a PyTorch user would (about 20 lines of loop).
 
 fastdl's backprop is explicit: ``model.backward(loss_fn.backward())`` is where PyTorch writes
-``loss.backward()``. Everything else reads the same. About a minute or two on 2 cores; reaches
-about 98% test accuracy. (``python -m fastdl train`` does the same with fit, flags and a saved model.)
+``loss.backward()``. Everything else reads the same. About 1 s per epoch on 2 cores; 10 epochs
+reach about 98.2% test accuracy. (``python -m fastdl train`` does the same with fit, flags, dropout
+and a saved model.) MNIST comes from $FASTDL_DATA, the cache, or a download (see load_mnist).
 
 Run: python examples/mnist_mlp.py [epochs]
 """

@@ -10,6 +10,11 @@ import warnings as _warnings
 
 from . import _C
 from . import ops
+from . import nn, optim
+from . import datasets, models
+from .plot import plot_history
+from .nn import load, save
+from .train import EarlyStopping, History, Trainer, evaluate, fit, predict
 
 __version__ = _C.config()["version"]
 
@@ -23,6 +28,8 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads fastdl's kernels use."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= 1 << 16:
+        raise ValueError(f"set_num_threads: n must be in [1, 65536], got {n}")
     _C.set_num_threads(n)
 
 
@@ -33,6 +40,8 @@ def get_isa() -> str:
 
 def set_isa(name: str) -> None:
     """Force the kernels onto 'generic', 'avx2' or 'avx512' (at most what the CPU supports)."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_isa: name must be a str ('generic', 'avx2' or 'avx512'), got {type(name).__name__}")
     _C.set_isa(name)
 
 
@@ -59,5 +68,7 @@ def _isa_from_env() -> None:
 _isa_from_env()
 
 __all__ = [
-    "ops", "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
+    "ops", "nn", "optim", "models", "datasets", "plot_history",
+    "fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping", "save", "load",
+    "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
 ]

@@ -358,6 +358,26 @@ def _check_batch_size(batch_size, where):
     return int(batch_size)
 
 
+def _check_parts(where, model, loss_fn=None, optimizer=None):
+    """TypeError naming the argument when model / loss_fn / optimizer are not what fit expects."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be a fastdl.nn.Module, got {type(model).__name__}")
+    if loss_fn is not None and not (callable(loss_fn) and callable(getattr(loss_fn, "backward", None))):
+        raise TypeError(f"{where}: loss_fn must be a loss such as nn.CrossEntropyLoss() (callable, with a "
+                        f"backward() method), got {type(loss_fn).__name__}")
+    if optimizer is not None and not all(callable(getattr(optimizer, a, None)) for a in ("step", "zero_grad")):
+        raise TypeError(f"{where}: optimizer must be an optimizer such as optim.SGD(...) (with step() and "
+                        f"zero_grad()), got {type(optimizer).__name__}")
+
+
+def _make_rng(seed, where):
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"{where}: seed must be None, an int >= 0 or a numpy.random.Generator, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
 class _ModeRestorer:
     """Put the model in training or eval mode for a while, then back in the mode it was in."""
 
@@ -381,6 +401,7 @@ def evaluate(model, loss_fn, X, y, *, batch_size=1024, metrics=None):
     None means accuracy for CrossEntropyLoss / BCEWithLogitsLoss and nothing else otherwise.
     The model's previous mode (training or eval) is restored afterwards.
     """
+    _check_parts("evaluate", model, loss_fn)
     batch_size = _check_batch_size(batch_size, "evaluate")
     int_labels = _wants_int_labels(loss_fn)
     X = _as_X(X, "evaluate")
@@ -395,6 +416,7 @@ def predict(model, X, *, batch_size=1024):
 
     The model's previous mode is restored afterwards.
     """
+    _check_parts("predict", model)
     batch_size = _check_batch_size(batch_size, "predict")
     X = _as_X(X, "predict")
     result = None
@@ -517,6 +539,7 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
     model output that is not finite (a diverged run) raises FloatingPointError naming the epoch and
     batch, before that batch's update is applied.
     """
+    _check_parts("fit", model, loss_fn, optimizer)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
     batch_size = _check_batch_size(batch_size, "fit")
@@ -536,7 +559,7 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
     y = _as_y(y, len(X), int_labels, "fit")
     X, y, Xv, yv = _split_validation(X, y, validation_data, validation_split, int_labels)
     metric_fns = _resolve_metrics(metrics, loss_fn, "fit")
-    rng = np.random.default_rng(seed)
+    rng = _make_rng(seed, "fit")
     n = len(X)
     summed = getattr(loss_fn, "reduction", "mean") == "sum"
     plateau = isinstance(scheduler, optim.ReduceLROnPlateau)
@@ -655,6 +678,7 @@ class Trainer:
     """
 
     def __init__(self, model, loss_fn, optimizer, *, metrics=None, scheduler=None, callbacks=()):
+        _check_parts("Trainer", model, loss_fn, optimizer)
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer

@@ -1,6 +1,7 @@
 """The command line end to end (train -> predict, bench, info, bad flags) on a tiny budget."""
 import contextlib
 import gzip
+import importlib.util
 import io
 import os
 import re
@@ -44,9 +45,9 @@ def test_train_prints_accuracy_and_saves(trained):
     assert m, text
     assert 75.0 < float(m.group(1)) <= 100.0  # 1 epoch on 3000 images: well above chance (10%)
     assert int(m.group(3)) == 1 and float(m.group(4)) > 0
-    assert "Epoch 1/1" in text and "784-64-10 relu MLP" in text
+    assert "Epoch 1/1" in text and "784-64-10 relu MLP, 50890 parameters, dropout 0.1" in text
     model = nn.load(out)
-    assert [type(layer).__name__ for layer in model] == ["Linear", "ReLU", "Linear"]
+    assert [type(layer).__name__ for layer in model] == ["Linear", "ReLU", "Dropout", "Linear"]
 
 
 def test_predict_idx_matches_model_and_reports_accuracy(trained, tmp_path, capsys):
@@ -108,12 +109,9 @@ def test_train_quiet_options_and_history_png(mnist_path, tmp_path, capsys):
     png = tmp_path / "h.png"
     extra = ["--quiet", "--activation", "tanh", "--optimizer", "adam", "--schedule", "step", "--dropout", "0.1",
              "--batch-norm", "--val-split", "0.1", "--threads", "1", "--hidden", "32", "16"]
-    has_mpl = True
-    try:
-        import matplotlib  # noqa: F401
+    has_mpl = importlib.util.find_spec("matplotlib") is not None
+    if has_mpl:
         extra += ["--history-png", str(png)]
-    except ImportError:
-        has_mpl = False
     rc = main(_tiny_train(mnist_path, "", *extra))
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -141,9 +139,14 @@ def test_bad_flags_exit_2(argv, expect, capsys):
     assert expect in capsys.readouterr().err
 
 
-def test_help_exits_0(capsys):
+def test_help_exits_0_and_states_each_default_once(capsys):
     assert main(["train", "--help"]) == 0
-    assert "--weight-decay" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "--weight-decay" in out and "98% test accuracy" in out and "%%" not in out
+    assert "(default: None)" not in out and not re.search(r"\(default:[^)]*\) \(default:", out)
+    for shown in ("activation (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
+                  "training epochs (default: 20)", "hidden layer (default: 0.1)", "(default: 0)"):
+        assert shown in out
 
 
 def test_missing_data_dir_is_a_clean_error(tmp_path, capsys):
@@ -157,8 +160,8 @@ def test_defaults_are_the_measured_ones():
     args = build_parser().parse_args(["train"])
     assert vars(args) | {"func": None} == {
         "command": "train", "func": None, "data": None, "hidden": [256, 128], "activation": "relu",
-        "optimizer": "sgd", "lr": None, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "dropout": 0.0,
-        "batch_norm": False, "batch_size": 128, "epochs": 15, "schedule": "cosine", "seed": 0, "threads": None,
+        "optimizer": "sgd", "lr": None, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "dropout": 0.1,
+        "batch_norm": False, "batch_size": 128, "epochs": 20, "schedule": "cosine", "seed": 0, "threads": None,
         "val_split": 0.0, "out": "model.npz", "history_png": None, "quiet": False, "limit_train": None,
         "limit_test": None}
     assert DEFAULT_LR["sgd"] == 0.05
@@ -199,9 +202,8 @@ def test_python_dash_m_subprocess(mnist_path, tmp_path):
     assert r.returncode == 2 and "invalid choice: 'rmsprop'" in r.stderr
 
 
-@pytest.mark.skipif(not os.environ.get("FASTDL_SLOW_TESTS"), reason="the full default run takes minutes; "
-                    "set FASTDL_SLOW_TESTS=1")
 def test_default_train_reaches_98_percent(mnist_path, tmp_path, capsys):
+    """The whole default run (20 epochs, ~25 s on 2 idle cores): the issue's promise, checked in CI."""
     assert main(["train", "--data", str(mnist_path), "--out", str(tmp_path / "m.npz")]) == 0
     m = ACC.search(capsys.readouterr().out)
     assert float(m.group(1)) >= 98.0

@@ -66,3 +66,11 @@ def test_linear_regression_agrees_with_lstsq(tmp_path):
     assert diffs["GD by hand"] < 1e-6
     assert diffs["fastdl fit"] < 1e-3   # float32 gradient descent
     assert "stopped by tol" in out
+
+
+def test_mnist_example_one_epoch(mnist_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTDL_DATA", str(mnist_path))
+    out = run_example("mnist_mlp.py", "1", cwd=tmp_path)
+    acc = float(re.search(r"epoch 1/1: last batch loss [0-9.]+, test accuracy ([0-9.]+)", out).group(1))
+    assert acc > 0.94, out
+    assert (tmp_path / "mnist_mlp.npz").exists()

@@ -420,6 +420,14 @@ def test_reduce_lr_on_plateau_sequence():
         s.step(m)
         lrs.append(s.get_last_lr())
     assert lrs == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    # a flat metric: the epoch after a reduction is in cooldown and does not count as bad
+    #   10 best | bad1 | bad2 | bad3 -> 0.5, cooldown 1 | bad1 reset by cooldown | bad1 | bad2 | bad3 -> 0.25
+    s = optim.ReduceLROnPlateau(_sgd(1.0), factor=0.5, patience=2, threshold=0.0, cooldown=1)
+    lrs = []
+    for _ in range(8):
+        s.step(10.0)
+        lrs.append(s.get_last_lr())
+    assert lrs == [1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.25]
 
 
 def test_reduce_lr_on_plateau_modes_threshold_and_min_lr():
