@@ -3,7 +3,7 @@
     fastdl train                      # an MLP on MNIST with the defaults below (>= 98% test accuracy)
     fastdl train --hidden 512 --optimizer adam --lr 1e-3 --epochs 10 --out mlp.npz
     fastdl predict model.npz t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz
-    fastdl bench                      # the GEMM benchmark (from a source checkout)
+    fastdl bench --quick              # the benchmark suite, bench/run_all.py (from a source checkout)
     fastdl info                       # version, compiler, OpenMP, ISA, threads, where MNIST is
 
 ``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (message on
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -222,37 +222,24 @@ def _find_bench(script):
         return Path(script) if Path(script).is_file() else None
     here = Path.cwd().resolve()
     for d in (here, *here.parents):
-        candidate = d / "bench" / "bench_gemm.py"
+        candidate = d / "bench" / "run_all.py"
         if candidate.is_file():
             return candidate
     return None
 
 
 def _cmd_bench(args) -> int:
+    """Run the benchmark suite in a child process: it sets its thread counts before NumPy is imported."""
     path = _find_bench(args.script)
     if path is None:
-        where = args.script or "bench/bench_gemm.py in this directory or above it"
+        where = args.script or "bench/run_all.py in this directory or above it"
         raise CLIError(f"bench: no benchmark script found ({where}); the benchmarks ship with the source "
                        "checkout, not the installed package: run `fastdl bench` from the repository")
-    spec = importlib.util.spec_from_file_location("fastdl_bench_gemm", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # the script may import its siblings
     try:
-        spec.loader.exec_module(module)
-        run = getattr(module, "main", None)
-        if not callable(run):
-            raise CLIError(f"bench: {path} has no main() function")
-        if inspect.signature(run).parameters:
-            rc = run(list(args.bench_args))
-        else:  # main() reads sys.argv
-            saved, sys.argv = sys.argv, [str(path), *args.bench_args]
-            try:
-                rc = run()
-            finally:
-                sys.argv = saved
-    finally:
-        sys.path.remove(str(path.parent))
-    return rc if isinstance(rc, int) else 0
+        return subprocess.call([sys.executable, str(path), *args.bench_args])
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
 
 
 def _cmd_info(args) -> int:
@@ -375,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=_positive_int, default=1024, help="images per forward pass")
     q.set_defaults(func=_cmd_predict)
 
-    b = sub.add_parser("bench", help="run the GEMM benchmark (bench/bench_gemm.py of a source checkout)")
+    b = sub.add_parser("bench", help="run the benchmark suite (bench/run_all.py of a source checkout)")
     b.add_argument("--script", metavar="PATH", default=None, help="the benchmark script (default: search "
-                   "bench/bench_gemm.py from the current directory up)")
+                   "bench/run_all.py from the current directory up)")
     b.add_argument("bench_args", nargs="*", metavar="ARG",
                    help="arguments passed on to the benchmark, options included")
     b.set_defaults(func=_cmd_bench)

@@ -168,21 +168,22 @@ def test_defaults_are_the_measured_ones():
     assert {k: getattr(args, k) for k in TRAIN_DEFAULTS} == TRAIN_DEFAULTS
 
 
-def test_bench_runs_the_checkout_script(tmp_path, monkeypatch, capsys):
+def test_bench_runs_the_checkout_script(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     assert main(["bench"]) == 1
-    assert "bench/bench_gemm.py" in capsys.readouterr().err
+    assert "bench/run_all.py" in capfd.readouterr().err
     (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "bench_gemm.py").write_text(
-        "def main(argv):\n    print('BENCH', argv)\n    return 0\n")
+    (tmp_path / "bench" / "run_all.py").write_text(
+        "import sys\nprint('BENCH', sys.argv[1:])\nsys.exit(3 if '--fail' in sys.argv else 0)\n")
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")  # found from a subdirectory too
-    assert main(["bench", "--sizes", "64"]) == 0
-    assert "BENCH ['--sizes', '64']" in capsys.readouterr().out
-    script = tmp_path / "bench" / "bench_gemm.py"
+    assert main(["bench", "--quick", "--only", "gemm"]) == 0
+    assert "BENCH ['--quick', '--only', 'gemm']" in capfd.readouterr().out
+    assert main(["bench", "--fail"]) == 3  # the suite's exit status is the command's
+    script = tmp_path / "bench" / "run_all.py"
     monkeypatch.chdir(tmp_path.parent)
     assert main(["bench", "--script", str(script), "--", "-n", "3"]) == 0
-    assert "BENCH ['-n', '3']" in capsys.readouterr().out
+    assert "BENCH ['-n', '3']" in capfd.readouterr().out
 
 
 def test_info(capsys):
