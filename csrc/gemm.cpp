@@ -14,7 +14,8 @@
 //
 // One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
 // and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
-// extensions), so the AVX2 tests run the logic the AVX-512 build runs. The packers' 8x8 transposes
+// extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
+// 12 x 4), so the AVX2 tests run the logic the AVX-512 build runs. The packers' 8x8 transposes
 // use AVX2, which the AVX-512 build has too. gemm_naive at the end is the plain reference.
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
@@ -71,6 +72,7 @@ struct Vec {
   }
 };
 constexpr int kMR = 12, kNV = 2;  // 12 x 32 tile: 24 accumulators of 32
+constexpr int kSmallMR = 16;       // N <= 16 (a 10-class head): 16 x 16 tile, 16 accumulators
 #elif defined(__AVX2__)
 struct Vec {
   using reg = __m256;
@@ -102,6 +104,7 @@ struct Vec {
   }
 };
 constexpr int kMR = 6, kNV = 2;  // 6 x 16 tile: 12 accumulators of 16 ymm registers
+constexpr int kSmallMR = 12;      // N <= 8: 12 x 8 tile, 12 accumulators
 #else
 // Portable: GCC/Clang vector extensions (SSE2 on x86-64, NEON on ARM, scalar code elsewhere).
 typedef float v4sf __attribute__((vector_size(16)));
@@ -142,11 +145,18 @@ struct Vec {
   }
 };
 constexpr int kMR = 6, kNV = 2;  // 6 x 8 tile
+constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 #endif
 
 using reg = Vec::reg;
 constexpr int kW = Vec::W;
-constexpr int kNR = kNV * kW;  // columns per B strip and per tile
+// The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
+// gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector: a 10-column product in a
+// 32-wide tile would spend two thirds of its multiply-adds on padding.
+template <int MR_, int NV_>
+struct Tile {
+  static constexpr int MR = MR_, NV = NV_, NR = NV_ * Vec::W;
+};
 
 // Cache blocking: the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB) in L2, the A
 // block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
@@ -160,9 +170,10 @@ constexpr int64_t kKC = 320;
 constexpr int64_t kNB = 256;
 #endif
 constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of 6 and 12)
-// 2*M*N*K below this runs on the calling thread, with no parallel region (which costs 1-2 us warm,
-// tens of us after an idle spell): 3 MFLOP is ~30 us on one Zen 3 core.
-constexpr double kParallelFlops = 3.0e6;
+// 2*M*N*K (N rounded up to the tile) below this runs on the calling thread, with no parallel region
+// (which costs 1-2 us warm, tens of us after an idle spell): 1 MFLOP is ~10 us on one Zen 4 core.
+// 512x128x10 (2 MFLOP padded): 26 us on one thread, 14 us on two.
+constexpr double kParallelFlops = 1.0e6;
 
 // ------------------------------------------------------------------ activation on a vector
 // exp(x) for x <= 0 (Cephes expf: relative error ~2 ulp). Below -87.34 the result would be under
@@ -360,65 +371,69 @@ struct Operands {
 };
 
 // A panels [p_lo, p_hi) of the M-block starting at row mb (mc rows): panel p holds rows
-// mb + p*kMR ... (zero-padded to kMR) of op(a) at depths [k0, k0+kc), stored from dst + (p-p_lo)*kMR*kc
-// as [k*kMR + i].
+// mb + p*MR ... (zero-padded to MR) of op(a) at depths [k0, k0+kc), stored from dst + (p-p_lo)*MR*kc
+// as [k*MR + i].
+template <class Tl>
 void pack_a(float* dst, const Operands& g, int64_t mb, int64_t mc, int64_t p_lo, int64_t p_hi, int64_t k0,
             int64_t kc) {
-  if (g.trans_a) {  // a stored (K,M): walk it row by row (one run of kMR floats per panel and k)
+  constexpr int MR = Tl::MR;
+  if (g.trans_a) {  // a stored (K,M): walk it row by row (one run of MR floats per panel and k)
     for (int64_t k = 0; k < kc; ++k) {
       const float* src = g.a + (k0 + k) * g.lda + mb;
       for (int64_t p = p_lo; p < p_hi; ++p) {
-        float* d = dst + (p - p_lo) * kMR * kc + k * kMR;
-        const int64_t i0 = p * kMR;
-        if (i0 + kMR <= mc) {
-          std::memcpy(d, src + i0, sizeof(float) * kMR);
+        float* d = dst + (p - p_lo) * MR * kc + k * MR;
+        const int64_t i0 = p * MR;
+        if (i0 + MR <= mc) {
+          std::memcpy(d, src + i0, sizeof(float) * MR);
         } else {
           const int64_t mr = mc - i0;
-          for (int i = 0; i < kMR; ++i) d[i] = i < mr ? src[i0 + i] : 0.0f;
+          for (int i = 0; i < MR; ++i) d[i] = i < mr ? src[i0 + i] : 0.0f;
         }
       }
     }
     return;
   }
   for (int64_t p = p_lo; p < p_hi; ++p) {  // a stored (M,K): transpose 8 rows at a time
-    const int64_t i0 = p * kMR;
-    const int mr = static_cast<int>(mc - i0 < kMR ? mc - i0 : kMR);
+    const int64_t i0 = p * MR;
+    const int mr = static_cast<int>(mc - i0 < MR ? mc - i0 : MR);
     const float* src = g.a + (mb + i0) * g.lda + k0;
-    for (int r0 = 0; r0 < kMR; r0 += 8) {
-      int width = kMR - r0 < 8 ? kMR - r0 : 8;
+    for (int r0 = 0; r0 < MR; r0 += 8) {
+      int width = MR - r0 < 8 ? MR - r0 : 8;
       int rows = mr - r0 < 0 ? 0 : (mr - r0 < width ? mr - r0 : width);
-      pack_transposed(dst + (p - p_lo) * kMR * kc + r0, kMR, src + r0 * g.lda, g.lda, rows, width, kc);
+      pack_transposed(dst + (p - p_lo) * MR * kc + r0, MR, src + r0 * g.lda, g.lda, rows, width, kc);
     }
   }
 }
 
-// The B block of columns [nb, nb+nc) of op(b) at depths [k0, k0+kc), as strips of kNR columns
-// (the last zero-padded): strip s stored dst[s*kNR*kc + k*kNR + j].
+// The B block of columns [nb, nb+nc) of op(b) at depths [k0, k0+kc), as strips of NR columns
+// (the last zero-padded): strip s stored dst[s*NR*kc + k*NR + j].
+template <class Tl>
 void pack_b(float* dst, const Operands& g, int64_t nb, int64_t nc, int64_t k0, int64_t kc) {
-  const int64_t strips = (nc + kNR - 1) / kNR;
+  constexpr int NR = Tl::NR, NV = Tl::NV;
+  const int64_t strips = (nc + NR - 1) / NR;
   if (g.trans_b) {  // b stored (N,K): transpose 8 columns of op(b) at a time
     for (int64_t s = 0; s < strips; ++s) {
-      const int64_t j0 = s * kNR;
-      const int nr = static_cast<int>(nc - j0 < kNR ? nc - j0 : kNR);
+      const int64_t j0 = s * NR;
+      const int nr = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
       const float* src = g.b + (nb + j0) * g.ldb + k0;
-      for (int c0 = 0; c0 < kNR; c0 += 8) {
-        int width = kNR - c0 < 8 ? kNR - c0 : 8;
+      for (int c0 = 0; c0 < NR; c0 += 8) {
+        int width = NR - c0 < 8 ? NR - c0 : 8;
         int cols = nr - c0 < 0 ? 0 : (nr - c0 < width ? nr - c0 : width);
-        pack_transposed(dst + s * kNR * kc + c0, kNR, src + c0 * g.ldb, g.ldb, cols, width, kc);
+        pack_transposed(dst + s * NR * kc + c0, NR, src + c0 * g.ldb, g.ldb, cols, width, kc);
       }
     }
     return;
   }
-  const int64_t full = nc / kNR;  // b stored (K,N): walk it row by row
+  const int64_t full = nc / NR;  // b stored (K,N): walk it row by row
   for (int64_t k = 0; k < kc; ++k) {
     const float* src = g.b + (k0 + k) * g.ldb + nb;
-    float* d = dst + k * kNR;
+    float* d = dst + k * NR;
     for (int64_t s = 0; s < full; ++s)
 #pragma GCC unroll 4
-      for (int j = 0; j < kNV; ++j) Vec::store(d + s * kNR * kc + j * kW, Vec::loadu(src + s * kNR + j * kW));
+      for (int j = 0; j < NV; ++j) Vec::store(d + s * NR * kc + j * kW, Vec::loadu(src + s * NR + j * kW));
     if (full < strips) {
-      const int64_t nr = nc - full * kNR;
-      for (int j = 0; j < kNR; ++j) d[full * kNR * kc + j] = j < nr ? src[full * kNR + j] : 0.0f;
+      const int64_t nr = nc - full * NR;
+      for (int j = 0; j < NR; ++j) d[full * NR * kc + j] = j < nr ? src[full * NR + j] : 0.0f;
     }
   }
 }
@@ -440,49 +455,51 @@ enum APanels {
 };
 
 // The work of one thread: rows [m_lo, m_hi) x columns [n_lo, n_hi) of c, in M-blocks of mb_rows
-// rows (a multiple of kMR: the most an A buffer holds). b_buf: this thread's B block.
+// rows (a multiple of MR: the most an A buffer holds). b_buf: this thread's B block.
+template <class Tl>
 void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, int64_t n_hi, int64_t mb_rows,
                  APanels mode, float* a_buf, int64_t a_half, float* b_buf, int t, int nt) {
+  constexpr int MR = Tl::MR, NV = Tl::NV, NR = Tl::NR;
   const int64_t kcb = k_block(g.K);
-  const int64_t nb_cols = kNB / kNR * kNR;
+  const int64_t nb_cols = kNB / NR * NR;
   int64_t round = 0;  // which half of the double buffer
   for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
     const int64_t mc = m_hi - mb < mb_rows ? m_hi - mb : mb_rows;
-    const int64_t panels = ceil_div(mc, kMR);
+    const int64_t panels = ceil_div(mc, MR);
     for (int64_t k0 = 0; k0 < g.K; k0 += kcb, ++round) {
       const int64_t kc = g.K - k0 < kcb ? g.K - k0 : kcb;
       const bool first = k0 == 0, last = k0 + kc >= g.K;
       float* ab = mode == A_SHARED ? a_buf + (round & 1) * a_half : a_buf;
       if (mode == A_SHARED) {
         const int64_t p_lo = panels * t / nt, p_hi = panels * (t + 1) / nt;
-        pack_a(ab + p_lo * kMR * kc, g, mb, mc, p_lo, p_hi, k0, kc);
+        pack_a<Tl>(ab + p_lo * MR * kc, g, mb, mc, p_lo, p_hi, k0, kc);
 #pragma omp barrier
       } else if (mode == A_PRIVATE) {
-        pack_a(ab, g, mb, mc, 0, panels, k0, kc);
-      } else if (mc % kMR) {
-        pack_a(ab, g, mb, mc, panels - 1, panels, k0, kc);
+        pack_a<Tl>(ab, g, mb, mc, 0, panels, k0, kc);
+      } else if (mc % MR) {
+        pack_a<Tl>(ab, g, mb, mc, panels - 1, panels, k0, kc);
       }
       Epilogue e{first ? g.accumulate : 1, nullptr, last ? g.act : ACT_NONE};
       for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
         const int64_t nc = n_hi - nb < nb_cols ? n_hi - nb : nb_cols;
-        const int64_t strips = ceil_div(nc, kNR);
-        pack_b(b_buf, g, nb, nc, k0, kc);
+        const int64_t strips = ceil_div(nc, NR);
+        pack_b<Tl>(b_buf, g, nb, nc, k0, kc);
         for (int64_t p = 0; p < panels; ++p) {
-          const int64_t m0 = mb + p * kMR;
-          const int mr = static_cast<int>(mb + mc - m0 < kMR ? mb + mc - m0 : kMR);
-          const bool in_place = mode == A_IN_PLACE && mr == kMR;
-          const float* ap = in_place ? g.a + m0 * g.lda + k0 : mode == A_IN_PLACE ? ab : ab + p * kMR * kc;
+          const int64_t m0 = mb + p * MR;
+          const int mr = static_cast<int>(mb + mc - m0 < MR ? mb + mc - m0 : MR);
+          const bool in_place = mode == A_IN_PLACE && mr == MR;
+          const float* ap = in_place ? g.a + m0 * g.lda + k0 : mode == A_IN_PLACE ? ab : ab + p * MR * kc;
           for (int64_t s = 0; s < strips; ++s) {
-            const int64_t n0 = nb + s * kNR;
-            const int nr = static_cast<int>(nc - s * kNR < kNR ? nc - s * kNR : kNR);
-            const float* bp = b_buf + s * kNR * kc;
+            const int64_t n0 = nb + s * NR;
+            const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
+            const float* bp = b_buf + s * NR * kc;
             float* cp = g.c + m0 * g.N + n0;
             e.bias = last && g.bias ? g.bias + n0 : nullptr;
             if (in_place) {
-              micro_kernel<kMR, kNV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e, nullptr);
+              micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e, nullptr);
             } else {
               const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
-              micro_kernel<kMR, kNV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e, prefetch ? ap + kMR * kc : nullptr);
+              micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e, prefetch ? ap + MR * kc : nullptr);
             }
           }
         }
@@ -509,9 +526,11 @@ struct Arena {
 thread_local Arena t_arena;
 
 // Returns false (having written nothing) when the packing space cannot be allocated.
+template <class Tl>
 bool gemm_blocked(const Operands& g) {
-  const int64_t strips = ceil_div(g.N, kNR), panels = ceil_div(g.M, kMR);
-  const double flops = 2.0 * double(g.M) * double(g.N) * double(g.K);
+  constexpr int MR = Tl::MR, NR = Tl::NR;
+  const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
+  const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
   int nt = flops < kParallelFlops ? 1 : get_num_threads();
   // Split the columns when every thread gets at least 2 strips of them, else the rows.
   const bool split_n = nt > 1 && strips >= 2 * nt;
@@ -520,25 +539,29 @@ bool gemm_blocked(const Operands& g) {
   // When a thread's columns fit one B block, each A panel meets each B strip once per K-block:
   // reading a in place then beats packing it (measured +2-4% at 128x784x256 on one Zen 3 core;
   // -6% at 1024^3, where a's rows are read again for every B block). It also spares the barriers.
-  const int64_t cols = split_n ? ceil_div(strips, nt) * kNR : g.N;
-  const APanels mode = !g.trans_a && cols <= kNB ? A_IN_PLACE : split_n ? A_SHARED : A_PRIVATE;
+  // Not when a's rows lie a multiple of 4 KiB apart: the MR rows read at once then fall in one L1
+  // set, more than its 8 ways hold (1024^3: 120 GF/s in place, 161 packed on Zen 4; 512^3, rows 2 KiB
+  // apart, is 5-10% faster in place).
+  const int64_t cols = split_n ? ceil_div(strips, nt) * NR : g.N;
+  const bool a_aliases = g.lda % 1024 == 0;
+  const APanels mode = !g.trans_a && !a_aliases && cols <= kNB ? A_IN_PLACE : split_n ? A_SHARED : A_PRIVATE;
 
   // Packing space, in 4 KiB multiples: [a B block per thread][A: a shared double buffer, or one
   // block per thread]. A B block is k_block x (at most kNB columns); an A block is k_block x (at
   // most kMB rows: all of M when shared, the thread's share of it when private, one panel in place).
   const int64_t kcb = k_block(g.K);
-  const int64_t b_cols = round_up(cols, kNR) < kNB ? round_up(cols, kNR) : kNB;
+  const int64_t b_cols = round_up(cols, NR) < kNB ? round_up(cols, NR) : kNB;
   const int64_t b_floats = round_up(kcb * b_cols, 1024);
-  const int64_t rows = mode == A_PRIVATE ? ceil_div(panels, nt) * kMR : g.M;
-  const int64_t mb_rows = mode == A_IN_PLACE ? round_up(g.M, kMR) : round_up(rows < kMB ? rows : kMB, kMR);
-  const int64_t a_floats = round_up(kcb * (mode == A_IN_PLACE ? kMR : mb_rows), 1024);
+  const int64_t rows = mode == A_PRIVATE ? ceil_div(panels, nt) * MR : g.M;
+  const int64_t mb_rows = mode == A_IN_PLACE ? round_up(g.M, MR) : round_up(rows < kMB ? rows : kMB, MR);
+  const int64_t a_floats = round_up(kcb * (mode == A_IN_PLACE ? MR : mb_rows), 1024);
   const int64_t a_count = mode == A_SHARED ? 2 : nt;
   float* ws = t_arena.get(size_t(nt * b_floats + a_count * a_floats));
   if (!ws) return false;
 
   if (nt == 1) {
     DenormalsOff ftz;
-    gemm_thread(g, 0, g.M, 0, g.N, mb_rows, mode, ws + b_floats, 0, ws, 0, 1);
+    gemm_thread<Tl>(g, 0, g.M, 0, g.N, mb_rows, mode, ws + b_floats, 0, ws, 0, 1);
     return true;
   }
 #pragma omp parallel num_threads(nt)
@@ -549,12 +572,12 @@ bool gemm_blocked(const Operands& g) {
     float* a_buf = ws + nt * b_floats + (mode == A_SHARED ? 0 : t * a_floats);
     if (split_n) {
       const int64_t s_lo = strips * t / T, s_hi = strips * (t + 1) / T;
-      const int64_t n_lo = s_lo * kNR, n_hi = s_hi * kNR < g.N ? s_hi * kNR : g.N;
-      gemm_thread(g, 0, g.M, n_lo, n_hi, mb_rows, mode, a_buf, a_floats, b_buf, t, T);
+      const int64_t n_lo = s_lo * NR, n_hi = s_hi * NR < g.N ? s_hi * NR : g.N;
+      gemm_thread<Tl>(g, 0, g.M, n_lo, n_hi, mb_rows, mode, a_buf, a_floats, b_buf, t, T);
     } else {
       const int64_t p_lo = panels * t / T, p_hi = panels * (t + 1) / T;
-      const int64_t m_lo = p_lo * kMR, m_hi = p_hi * kMR < g.M ? p_hi * kMR : g.M;
-      if (m_lo < m_hi) gemm_thread(g, m_lo, m_hi, 0, g.N, mb_rows, mode, a_buf, 0, b_buf, t, T);
+      const int64_t m_lo = p_lo * MR, m_hi = p_hi * MR < g.M ? p_hi * MR : g.M;
+      if (m_lo < m_hi) gemm_thread<Tl>(g, m_lo, m_hi, 0, g.N, mb_rows, mode, a_buf, 0, b_buf, t, T);
     }
   }
   return true;
@@ -568,7 +591,8 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int act, 
           int trans_a, int trans_b, int accumulate) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
-  if (K <= 0 || !gemm_blocked(g)) gemm_naive(c, a, b, bias, act, M, N, K, trans_a, trans_b, accumulate);
+  const bool ok = K > 0 && (N <= kW ? gemm_blocked<Tile<kSmallMR, 1>>(g) : gemm_blocked<Tile<kMR, kNV>>(g));
+  if (!ok) gemm_naive(c, a, b, bias, act, M, N, K, trans_a, trans_b, accumulate);
 }
 
 // Same contract as gemm: the plain triple loop, in double. The oracle for the tests.

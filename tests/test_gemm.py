@@ -87,6 +87,10 @@ SIZES = [
     (37, 50, 129),
     (64, 800, 1000),  # several K-blocks and N-blocks, runs on 2 threads (split by columns)
     (300, 10, 700),  # few columns: split by rows, a read in place
+    (35, 4, 70),  # N fits one vector: the small tile (generic 12 x 4)
+    (29, 8, 33),  # the AVX2 small tile, 12 x 8
+    (50, 16, 400),  # the AVX-512 small tile, 16 x 16, two K-blocks
+    (40, 70, 1024),  # a's rows 4 KiB apart: packed instead of read in place
 ]
 
 
@@ -242,7 +246,7 @@ def test_matmul_fuzz_parallel_sizes(M, N, K, trans_b):
 
 
 @pytest.mark.parametrize("M,N,K,trans_a,trans_b", [(300, 500, 700, False, True), (700, 12, 300, True, False),
-                                                    (64, 784, 256, False, False)])
+                                                    (64, 784, 256, False, False), (512, 10, 128, False, True)])
 def test_matmul_one_and_two_threads_agree(isa, rng, M, N, K, trans_a, trans_b):
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     bias = rng.standard_normal(N).astype(np.float32)
