@@ -3,6 +3,7 @@
 // AVX-512, AVX2 or SSE2 code; parallel_chunks splits work above kParallelGrain elements.
 // exp, sigmoid and tanh are the vectorisable versions in kernel_common.h (never libm's).
 #include "kernel_common.h"
+#include "vec.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
@@ -88,13 +89,56 @@ void tanh_backward(float* dinp, const float* dout, const float* out, int64_t n) 
   });
 }
 
+// Rows [lo, hi) of softmax_forward when C <= NV*W: one row in NV registers (`omp simd` would leave
+// a row of 10 scalar under AVX-512, whose vectors are 16 wide). Lanes past C hold -inf, so their
+// exp is 0. The sum is a float one (of at most 32 terms in [0, 1]).
+template <int NV>
+void softmax_short_rows(float* out, const float* inp, int64_t lo, int64_t hi, int64_t C) {
+  const Vec::mask tail = Vec::first(static_cast<int>(C - (NV - 1) * kW));
+  for (int64_t b = lo; b < hi; b++) {
+    reg v[NV];
+    load_row<NV>(v, inp + b * C, tail);
+    v[NV - 1] = Vec::fill_beyond(v[NV - 1], tail, -__builtin_inff());
+    reg m = v[0];
+    for (int j = 1; j < NV; ++j) m = Vec::max(v[j], m);
+    const reg mv = Vec::set1(Vec::hmax(m));
+    reg s = Vec::zero();
+    for (int j = 0; j < NV; ++j) {
+      v[j] = exp_nonpos(Vec::sub(v[j], mv));
+      s = Vec::add(s, v[j]);
+    }
+    const reg inv = Vec::set1(1.0f / Vec::hsum(s));
+    for (int j = 0; j < NV; ++j) v[j] = Vec::mul(v[j], inv);
+    store_row<NV>(out + b * C, v, tail);
+  }
+}
+
+// Rows [lo, hi) of softmax_backward when C <= NV*W (lanes past C are 0 in both rows).
+template <int NV>
+void softmax_backward_short_rows(float* dinp, const float* dout, const float* out, int64_t lo, int64_t hi,
+                                 int64_t C) {
+  const Vec::mask tail = Vec::first(static_cast<int>(C - (NV - 1) * kW));
+  for (int64_t b = lo; b < hi; b++) {
+    reg d[NV], y[NV];
+    load_row<NV>(d, dout + b * C, tail);
+    load_row<NV>(y, out + b * C, tail);
+    reg dot = Vec::zero();
+    for (int j = 0; j < NV; ++j) dot = Vec::fmadd(d[j], y[j], dot);
+    const reg dv = Vec::set1(Vec::hsum(dot));
+    for (int j = 0; j < NV; ++j) d[j] = Vec::mul(y[j], Vec::sub(d[j], dv));
+    store_row<NV>(dinp + b * C, d, tail);
+  }
+}
+
 // inp, out, dinp, dout: (B, C), softmax over each row
 // out[b, i] = exp(inp[b, i] - m) / sum_j exp(inp[b, j] - m), m = max_j inp[b, j] (so every exp <= 1);
-// the sum is kept in double. out may be inp itself.
+// the sum is kept in double (in float for rows of at most 2 vectors). out may be inp itself.
 void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
   parallel_chunks(
       B,
       [&](int64_t lo, int64_t hi) {
+        if (short_row_vectors(C) == 1) return softmax_short_rows<1>(out, inp, lo, hi, C);
+        if (short_row_vectors(C) == 2) return softmax_short_rows<2>(out, inp, lo, hi, C);
         for (int64_t b = lo; b < hi; b++) {
           const float* x = inp + b * C;
           float* y = out + b * C;
@@ -117,11 +161,13 @@ void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
 }
 
 // From the output y = softmax(x) (rows): dinp[b, i] = y[b, i] * (dout[b, i] - sum_j dout[b, j] * y[b, j]),
-// the dot product in double. dinp may be dout itself.
+// the dot product in double (in float for rows of at most 2 vectors). dinp may be dout itself.
 void softmax_backward(float* dinp, const float* dout, const float* out, int64_t B, int64_t C) {
   parallel_chunks(
       B,
       [&](int64_t lo, int64_t hi) {
+        if (short_row_vectors(C) == 1) return softmax_backward_short_rows<1>(dinp, dout, out, lo, hi, C);
+        if (short_row_vectors(C) == 2) return softmax_backward_short_rows<2>(dinp, dout, out, lo, hi, C);
         for (int64_t b = lo; b < hi; b++) {
           const float* d = dout + b * C;
           const float* y = out + b * C;

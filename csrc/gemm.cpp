@@ -31,125 +31,24 @@
 #include <cstring>
 
 #include "kernel_common.h"
+#include "vec.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
 namespace {
 
-#define GEMM_INLINE inline __attribute__((always_inline))
-
-// ------------------------------------------------------------------ vector traits and tile sizes
+// ------------------------------------------------------------------ tile sizes
 #if defined(__AVX512F__)
-struct Vec {
-  using reg = __m512;
-  static constexpr int W = 16;
-  static GEMM_INLINE reg zero() { return _mm512_setzero_ps(); }
-  static GEMM_INLINE reg set1(float x) { return _mm512_set1_ps(x); }
-  static GEMM_INLINE reg load(const float* p) { return _mm512_load_ps(p); }  // 64-B aligned
-  static GEMM_INLINE reg loadu(const float* p) { return _mm512_loadu_ps(p); }
-  static GEMM_INLINE void store(float* p, reg v) { _mm512_store_ps(p, v); }
-  static GEMM_INLINE void storeu(float* p, reg v) { _mm512_storeu_ps(p, v); }
-  using mask = __mmask16;  // the first n lanes
-  static GEMM_INLINE mask first(int n) { return static_cast<mask>((1u << n) - 1u); }
-  static GEMM_INLINE reg loadu_n(const float* p, mask m) { return _mm512_maskz_loadu_ps(m, p); }
-  static GEMM_INLINE void storeu_n(float* p, reg v, mask m) { _mm512_mask_storeu_ps(p, m, v); }
-  static GEMM_INLINE reg bcast(const float* p) { return _mm512_set1_ps(*p); }
-  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
-  static GEMM_INLINE reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
-  static GEMM_INLINE reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
-  static GEMM_INLINE reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static GEMM_INLINE reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
-  static GEMM_INLINE reg max(reg a, reg b) { return _mm512_max_ps(a, b); }  // b when either is NaN
-  static GEMM_INLINE reg abs(reg a) { return _mm512_abs_ps(a); }
-  // s's sign bit set ? a : b
-  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) {
-    return _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(s)), b, a);
-  }
-  // 2^n for integral n in [-127, 127] (2^-127 comes out as 0)
-  static GEMM_INLINE reg pow2i(reg n) {
-    __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-  }
-};
 constexpr int kMR = 12, kNV = 2;  // 12 x 32 tile: 24 accumulators of 32
 constexpr int kSmallMR = 16;       // N <= 16 (a 10-class head): 16 x 16 tile, 16 accumulators
 #elif defined(__AVX2__)
-struct Vec {
-  using reg = __m256;
-  static constexpr int W = 8;
-  static GEMM_INLINE reg zero() { return _mm256_setzero_ps(); }
-  static GEMM_INLINE reg set1(float x) { return _mm256_set1_ps(x); }
-  static GEMM_INLINE reg load(const float* p) { return _mm256_load_ps(p); }  // 32-B aligned
-  static GEMM_INLINE reg loadu(const float* p) { return _mm256_loadu_ps(p); }
-  static GEMM_INLINE void store(float* p, reg v) { _mm256_store_ps(p, v); }
-  static GEMM_INLINE void storeu(float* p, reg v) { _mm256_storeu_ps(p, v); }
-  using mask = __m256i;  // the first n lanes
-  static GEMM_INLINE mask first(int n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  }
-  static GEMM_INLINE reg loadu_n(const float* p, mask m) { return _mm256_maskload_ps(p, m); }
-  static GEMM_INLINE void storeu_n(float* p, reg v, mask m) { _mm256_maskstore_ps(p, m, v); }
-  static GEMM_INLINE reg bcast(const float* p) { return _mm256_broadcast_ss(p); }
-  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
-  static GEMM_INLINE reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
-  static GEMM_INLINE reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
-  static GEMM_INLINE reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
-  static GEMM_INLINE reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
-  static GEMM_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }  // b when either is NaN
-  static GEMM_INLINE reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
-  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) { return _mm256_blendv_ps(b, a, s); }
-  static GEMM_INLINE reg pow2i(reg n) {
-    __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-  }
-};
 constexpr int kMR = 6, kNV = 2;  // 6 x 16 tile: 12 accumulators of 16 ymm registers
 constexpr int kSmallMR = 12;      // N <= 8: 12 x 8 tile, 12 accumulators
 #else
-// Portable: GCC/Clang vector extensions (SSE2 on x86-64, NEON on ARM, scalar code elsewhere).
-typedef float v4sf __attribute__((vector_size(16)));
-typedef int32_t v4si __attribute__((vector_size(16)));
-struct Vec {
-  using reg = v4sf;
-  static constexpr int W = 4;
-  static GEMM_INLINE reg zero() { return reg{0.0f, 0.0f, 0.0f, 0.0f}; }
-  static GEMM_INLINE reg set1(float x) { return reg{x, x, x, x}; }
-  static GEMM_INLINE reg load(const float* p) { return *reinterpret_cast<const reg*>(p); }  // 16-B aligned
-  static GEMM_INLINE reg loadu(const float* p) {
-    reg v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static GEMM_INLINE void store(float* p, reg v) { *reinterpret_cast<reg*>(p) = v; }
-  static GEMM_INLINE void storeu(float* p, reg v) { std::memcpy(p, &v, sizeof v); }
-  using mask = int;  // the first n lanes
-  static GEMM_INLINE mask first(int n) { return n; }
-  static GEMM_INLINE reg loadu_n(const float* p, mask n) {
-    reg v = zero();
-    std::memcpy(&v, p, sizeof(float) * n);
-    return v;
-  }
-  static GEMM_INLINE void storeu_n(float* p, reg v, mask n) { std::memcpy(p, &v, sizeof(float) * n); }
-  static GEMM_INLINE reg bcast(const float* p) { return set1(*p); }
-  static GEMM_INLINE reg fmadd(reg a, reg b, reg c) { return a * b + c; }
-  static GEMM_INLINE reg add(reg a, reg b) { return a + b; }
-  static GEMM_INLINE reg sub(reg a, reg b) { return a - b; }
-  static GEMM_INLINE reg mul(reg a, reg b) { return a * b; }
-  static GEMM_INLINE reg div(reg a, reg b) { return a / b; }
-  static GEMM_INLINE reg max(reg a, reg b) { return a > b ? a : b; }  // b when either is NaN
-  static GEMM_INLINE reg abs(reg a) { return (reg)((v4si)a & v4si{0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff}); }
-  static GEMM_INLINE reg select_neg(reg s, reg a, reg b) { return (v4si)s < v4si{0, 0, 0, 0} ? a : b; }
-  static GEMM_INLINE reg pow2i(reg n) {
-    v4si e = __builtin_convertvector(n, v4si) + v4si{127, 127, 127, 127};
-    return (reg)(e << 23);
-  }
-};
 constexpr int kMR = 6, kNV = 2;  // 6 x 8 tile
 constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 #endif
 
-using reg = Vec::reg;
-constexpr int kW = Vec::W;
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
 // gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector: a 10-column product in a
 // 32-wide tile would spend two thirds of its multiply-adds on padding.
@@ -176,32 +75,14 @@ constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of 6 and 12)
 constexpr double kParallelFlops = 1.0e6;
 
 // ------------------------------------------------------------------ activation on a vector
-// exp(x) for x <= 0 (Cephes expf: relative error ~2 ulp). Below -87.34 the result would be under
-// float's normal range: it is then 0 (2^-127 is built as 0), as with flush-to-zero.
-GEMM_INLINE reg exp_nonpos(reg x) {
-  x = Vec::max(Vec::set1(-88.0f), x);  // x second, so a NaN stays NaN
-  reg n = Vec::mul(x, Vec::set1(1.44269504088896341f));
-  n = Vec::sub(Vec::add(n, Vec::set1(12582912.0f)), Vec::set1(12582912.0f));  // round to nearest
-  reg r = Vec::fmadd(n, Vec::set1(-0.693359375f), x);
-  r = Vec::fmadd(n, Vec::set1(2.12194440e-4f), r);
-  reg p = Vec::set1(1.9875691500e-4f);
-  p = Vec::fmadd(p, r, Vec::set1(1.3981999507e-3f));
-  p = Vec::fmadd(p, r, Vec::set1(8.3334519073e-3f));
-  p = Vec::fmadd(p, r, Vec::set1(4.1665795894e-2f));
-  p = Vec::fmadd(p, r, Vec::set1(1.6666665459e-1f));
-  p = Vec::fmadd(p, r, Vec::set1(5.0000001201e-1f));
-  p = Vec::fmadd(p, Vec::mul(r, r), Vec::add(r, Vec::set1(1.0f)));
-  return Vec::mul(p, Vec::pow2i(n));
-}
-
 // sigmoid(x) = 1/(1+e^-x) = e^x/(1+e^x): with e = exp(-|x|) <= 1, (x < 0 ? e : 1) / (1 + e).
-GEMM_INLINE reg sigmoid_v(reg x) {
+FASTDL_INLINE reg sigmoid_v(reg x) {
   reg e = exp_nonpos(Vec::sub(Vec::zero(), Vec::abs(x)));
   return Vec::div(Vec::select_neg(x, e, Vec::set1(1.0f)), Vec::add(Vec::set1(1.0f), e));
 }
 
 // tanh(|x|) = (1-t)/(1+t) with t = exp(-2|x|); below 0.625 Cephes' odd polynomial (no cancellation).
-GEMM_INLINE reg tanh_v(reg x) {
+FASTDL_INLINE reg tanh_v(reg x) {
   reg ax = Vec::abs(x);
   reg one = Vec::set1(1.0f);
   reg t = exp_nonpos(Vec::mul(ax, Vec::set1(-2.0f)));
@@ -217,7 +98,7 @@ GEMM_INLINE reg tanh_v(reg x) {
   return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
 }
 
-GEMM_INLINE reg activate(reg v, int act) {
+FASTDL_INLINE reg activate(reg v, int act) {
   switch (act) {
     case ACT_RELU: return Vec::max(v, Vec::zero());  // NaN -> 0, like relu_forward
     case ACT_SIGMOID: return sigmoid_v(v);
@@ -298,7 +179,7 @@ void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
 // ------------------------------------------------------------------ packing
 #if defined(__AVX2__)
 // In-register transpose of 8 rows of 8 floats: r[i][j] -> r[j][i].
-GEMM_INLINE void transpose8(__m256 r[8]) {
+FASTDL_INLINE void transpose8(__m256 r[8]) {
   __m256 t[8], u[8];
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -318,7 +199,7 @@ GEMM_INLINE void transpose8(__m256 r[8]) {
 }
 
 // Store the first n (1..8) floats of v at p.
-GEMM_INLINE void store_first(float* p, __m256 v, int n) {
+FASTDL_INLINE void store_first(float* p, __m256 v, int n) {
   if (n == 8) {
     _mm256_storeu_ps(p, v);
     return;

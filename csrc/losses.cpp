@@ -3,6 +3,7 @@
 // per chunk, added in chunk order, so a result depends only on the inputs and the thread count.
 // exp/log1p/sigmoid are the vectorisable versions in kernel_common.h.
 #include "kernel_common.h"
+#include "vec.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
@@ -171,6 +172,66 @@ static double crossentropy_row(float* d, const float* x, int64_t label, double s
   return static_cast<double>(m) - static_cast<double>(xl) + bad;
 }
 
+// crossentropy_row for NC <= NV*W: the row in NV registers, lanes past NC -inf for the max and the
+// exps. The label's entry is -(sum of the other exps)/S [/ B]: that sum is taken over the row with
+// the label's lane zeroed, so it keeps its precision when p -> 1, and S = e_label + others in double.
+template <int NV>
+static double crossentropy_short_row(float* d, const float* x, int64_t label, double scale, int64_t NC,
+                                     double& S) {
+  const Vec::mask tail = Vec::first(static_cast<int>(NC - (NV - 1) * kW));
+  const float xl = x[label];  // read before d (which may be x) is written
+  reg v[NV];
+  load_row<NV>(v, x, tail);
+  reg bad = Vec::zero();  // x - x: 0 for a finite logit, NaN otherwise
+  for (int j = 0; j < NV; ++j) bad = Vec::add(bad, Vec::sub(v[j], v[j]));
+  v[NV - 1] = Vec::fill_beyond(v[NV - 1], tail, -__builtin_inff());
+  reg m = v[0];
+  for (int j = 1; j < NV; ++j) m = Vec::max(v[j], m);
+  const float mf = Vec::hmax(m);
+  const int jl = static_cast<int>(label / kW), il = static_cast<int>(label % kW);
+  alignas(64) float e[NV * kW];
+  reg others = Vec::zero();
+  for (int j = 0; j < NV; ++j) {
+    v[j] = exp_nonpos(Vec::sub(v[j], Vec::set1(mf)));
+    Vec::store(e + j * kW, v[j]);
+    // lanes below il, plus lanes above il (v minus lanes up to il): the label's lane is exactly 0
+    const reg o = j != jl ? v[j]
+                          : Vec::add(Vec::fill_beyond(v[j], Vec::first(il), 0.0f),
+                                     Vec::sub(v[j], Vec::fill_beyond(v[j], Vec::first(il + 1), 0.0f)));
+    others = Vec::add(others, o);
+  }
+  const double el = e[label], rest = Vec::hsum(others);
+  S = el + rest;
+  if (d) {
+    const reg k = Vec::set1(static_cast<float>(scale / S));
+    for (int j = 0; j < NV; ++j) v[j] = Vec::mul(v[j], k);
+    store_row<NV>(d, v, tail);
+    d[label] = static_cast<float>(-rest * (scale / S));
+  }
+  return static_cast<double>(mf) - static_cast<double>(xl) + Vec::hsum(bad);
+}
+
+// Rows [lo, hi) of softmax_crossentropy_forward_backward, one row at a time by Row (crossentropy_row or
+// crossentropy_short_row<NV>). Each S is in [1, NC] (the max term is exp(0) = 1), so sum log S = log of
+// their product, taken once the product passes 1e200 instead of once per row (a log costs as much as a
+// row of 10).
+using CrossentropyRow = double (*)(float*, const float*, int64_t, double, int64_t, double&);
+template <CrossentropyRow row>
+static double crossentropy_chunk(float* dlogits, const float* logits, const int64_t* labels,
+                                 double scale, int64_t NC, int64_t lo, int64_t hi) {
+  double acc = 0.0, prod = 1.0;
+  for (int64_t b = lo; b < hi; b++) {
+    double S;
+    acc += row(dlogits ? dlogits + b * NC : nullptr, logits + b * NC, labels[b], scale, NC, S);
+    prod *= S;
+    if (!(prod < 1e200)) {  // also flushes a NaN at once
+      acc += std::log(prod);
+      prod = 1.0;
+    }
+  }
+  return acc + std::log(prod);
+}
+
 double softmax_crossentropy_forward_backward(float* dlogits, const float* logits, const int64_t* labels,
                                              int reduction, int64_t B, int64_t NC) {
   const double scale = reduction == RED_MEAN ? 1.0 / static_cast<double>(B) : 1.0;
@@ -178,19 +239,11 @@ double softmax_crossentropy_forward_backward(float* dlogits, const float* logits
   double s = parallel_sum(
       B,
       [=](int64_t lo, int64_t hi) {
-        // Each S is in [1, NC] (the max term is exp(0) = 1), so sum log S = log of their product,
-        // taken once the product passes 1e200 instead of once per row (a log costs as much as a row of 10).
-        double acc = 0.0, prod = 1.0;
-        for (int64_t b = lo; b < hi; b++) {
-          double S;
-          acc += crossentropy_row(dlogits ? dlogits + b * NC : nullptr, logits + b * NC, labels[b], scale, NC, S);
-          prod *= S;
-          if (!(prod < 1e200)) {  // also flushes a NaN at once
-            acc += std::log(prod);
-            prod = 1.0;
-          }
-        }
-        return acc + std::log(prod);
+        if (short_row_vectors(NC) == 1)
+          return crossentropy_chunk<crossentropy_short_row<1>>(dlogits, logits, labels, scale, NC, lo, hi);
+        if (short_row_vectors(NC) == 2)
+          return crossentropy_chunk<crossentropy_short_row<2>>(dlogits, logits, labels, scale, NC, lo, hi);
+        return crossentropy_chunk<crossentropy_row>(dlogits, logits, labels, scale, NC, lo, hi);
       },
       grain);
   return reduction == RED_MEAN ? s / static_cast<double>(B) : s;
