@@ -548,6 +548,16 @@ py::tuple pair_loss(const char* fn, PairLossKernel kernel, const char* a_name, c
 
 void bind_losses(py::module_& m) {
   m.def(
+      "all_finite",
+      [](py::handle x) {
+        py::array xa = in_f32(x, "all_finite", "x");
+        const float* p = static_cast<const float*>(xa.data());
+        const int64_t n = static_cast<int64_t>(xa.size());
+        py::gil_scoped_release nogil;
+        return FASTDL_KERNEL(all_finite)(p, n);
+      },
+      py::arg("x"));
+  m.def(
       "mse_forward_backward",
       [](py::handle pred, py::handle target, py::handle reduction, bool grad, py::handle out) {
         return pair_loss("mse_forward_backward", FASTDL_KERNEL(mse_forward_backward), "pred", "target", pred,

@@ -39,6 +39,20 @@ double parallel_sum(int64_t n, F&& body, int64_t grain) {
   return s;
 }
 
+// x (n): x - x is 0 for a finite x and NaN for NaN or ±Inf, and a sum with a NaN term is NaN.
+static double nonfinite_chunk(const float* x, int64_t lo, int64_t hi) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = lo; i < hi; i++) acc += x[i] - x[i];
+  return acc;
+}
+
+bool all_finite(const float* x, int64_t n) {
+  const double s = parallel_sum(n, [=](int64_t lo, int64_t hi) { return nonfinite_chunk(x, lo, hi); },
+                                4 * kParallelGrain);
+  return s == 0.0;
+}
+
 // Each loss below is a chunk function over [lo, hi) -> partial loss sum, called by parallel_sum.
 // (Plain functions, not lambda bodies: GCC leaves loops with simd reductions that read their
 // pointers through a lambda's closure unvectorised.)

@@ -119,12 +119,17 @@ def step(x, out=None):
 
 
 # ---------------------------------------------------------------- losses
-__all__ += ["mse_loss", "l1_loss", "bce_with_logits", "softmax_cross_entropy"]
+__all__ += ["all_finite", "mse_loss", "l1_loss", "bce_with_logits", "softmax_cross_entropy"]
 # Each loss returns (loss, grad): loss a Python float (the sum is kept in double), grad the gradient
 # of that loss with respect to the first argument (None when grad=False), written into out if given.
 # reduction="mean" divides by the element count (by the batch size for softmax_cross_entropy), "sum"
 # does not. A NaN or Inf input raises ValueError naming the argument; it is found from the loss
 # itself, so checking costs nothing when the inputs are finite (out may have been written by then).
+
+
+def all_finite(x):
+    """True when no element of ``x`` (float32, C-contiguous, any shape) is NaN or ±Inf: one native pass."""
+    return _C.all_finite(x)
 
 
 def mse_loss(pred, target, reduction="mean", grad=True, out=None):

@@ -467,3 +467,25 @@ def test_losses_bit_identical_on_repeat(isa, rng, threads, nt):
             l2, g2 = call()
             assert l2 == l1  # exactly: fixed chunks, partials added in order
             np.testing.assert_array_equal(g1, g2)
+
+
+# ---------------------------------------------------------------- all_finite (the input check of fastdl.nn)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 300_001])  # 300,001: several chunks, two threads
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_element_anywhere(isa, rng, n, bad):
+    x = (rng.standard_normal(n) * 1e30).astype(np.float32)  # large finite values must not overflow the check
+    assert ops.all_finite(x) is True
+    for i in sorted({0, n // 2, n - 1}):
+        y = x.copy()
+        y[i] = bad
+        assert ops.all_finite(y) is False, i
+    assert ops.all_finite(np.full((3, 4), np.finfo(np.float32).max, np.float32)) is True
+
+
+def test_all_finite_refuses_other_arrays():
+    with pytest.raises(TypeError, match="all_finite: x must have dtype float32"):
+        ops.all_finite(np.zeros(4))
+    with pytest.raises(TypeError, match="all_finite: x must be C-contiguous"):
+        ops.all_finite(np.zeros((4, 4), np.float32)[:, ::2])

@@ -186,6 +186,34 @@ def test_grads_accumulate_until_zero_grad():
     assert not any(p.grad.any() for p in m.parameters())
 
 
+def test_backward_after_zero_grad_writes_the_gradient_afresh():
+    # zero_grad is lazy (the next backward overwrites instead of adding): the result must be exactly
+    # what adding into real zeros gives, also when only one of weight and bias was zeroed.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    d = rng.standard_normal((6, 3)).astype(np.float32)
+    lin = nn.Linear(5, 3, rng=0)
+    lin(x)
+    lin.backward(d)
+    g_w, g_b = lin.weight.grad.copy(), lin.bias.grad.copy()
+    for _ in range(2):  # stale sums in .grad must not leak into the fresh gradient
+        lin(x)
+        lin.backward(d)
+    lin.zero_grad()
+    lin(x)
+    lin.backward(d)
+    np.testing.assert_array_equal(lin.weight.grad, g_w)
+    np.testing.assert_array_equal(lin.bias.grad, g_b)
+    lin.weight.zero_grad()  # weight only: the bias keeps adding
+    lin(x)
+    lin.backward(d)
+    np.testing.assert_array_equal(lin.weight.grad, g_w)
+    np.testing.assert_allclose(lin.bias.grad, 2 * g_b, rtol=1e-6)
+    held = lin.bias.grad
+    lin.bias.grad = None  # PyTorch's idiom: reads back as zeros, in the same array
+    assert lin.bias.grad is held and not held.any()
+
+
 def test_backward_errors():
     lin = nn.Linear(3, 2)
     with pytest.raises(RuntimeError, match="forward first"):

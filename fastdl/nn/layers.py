@@ -121,10 +121,16 @@ class Linear(_Layer):
 
     def _backward(self, dout, need_dinp, reuse):
         dx = self._buf("dinp", self._x.shape, reuse) if need_dinp else None
-        has_bias = self.bias is not None
-        dinp, _, _ = ops.linear_backward(dout, self._x, self.weight.data, bias=has_bias, need_dx=need_dinp,
-                                         accumulate=True, dx=dx, dweight=self.weight.grad,
-                                         dbias=self.bias.grad if has_bias else None)
+        dweight, accumulate = self.weight._grad_for_backward()
+        dbias = None
+        if self.bias is not None:
+            dbias, acc_b = self.bias._grad_for_backward()
+            if acc_b != accumulate:  # one of the two was zeroed on its own: zero it now, add to both
+                (dbias if accumulate else dweight).fill(0.0)
+                accumulate = True
+        dinp, _, _ = ops.linear_backward(dout, self._x, self.weight.data, bias=dbias is not None,
+                                         need_dx=need_dinp, accumulate=accumulate, dx=dx, dweight=dweight,
+                                         dbias=dbias)
         return dinp
 
     def _config(self):

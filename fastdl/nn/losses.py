@@ -31,7 +31,7 @@ class _Loss(Module):
         """The loss (a Python float) of ``output`` against ``target``; keeps d loss/d output."""
         who = type(self).__name__
         output = as_float32(output, who, "output", check_finite=False)
-        if not np.isfinite(output.sum(dtype=np.float64)):
+        if not ops.all_finite(output):
             raise ValueError(f"{who}: output contains NaN or Inf (has training diverged? try a lower learning rate)")
         target = self._target(target, output, who)
         loss, grad = self._kernel(output, target)

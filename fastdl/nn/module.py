@@ -19,6 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import ops
+
 __all__ = ["Parameter", "Module", "register_module", "module_from_config", "num_parameters"]
 
 
@@ -47,9 +49,7 @@ def as_float32(x, who: str, what: str = "input", *, check_finite: bool = True) -
             arr = np.ascontiguousarray(a, dtype=np.float32)
     if arr.size == 0:
         raise ValueError(f"{who}: {what} is empty (shape {arr.shape})")
-    # A float64 sum is non-finite exactly when some element is (float32 values cannot overflow it),
-    # and it needs no temporary the size of the array.
-    if check_finite and not np.isfinite(arr.sum(dtype=np.float64)):
+    if check_finite and not ops.all_finite(arr):
         raise ValueError(f"{who}: {what} contains NaN or Inf")
     return arr
 
@@ -90,7 +90,7 @@ class Parameter:
     hold a reference never see a stale array.
     """
 
-    __slots__ = ("_data", "_grad", "__weakref__")
+    __slots__ = ("_data", "_grad", "_grad_stale", "__weakref__")
 
     def __init__(self, data):
         arr = np.array(data, dtype=np.float32, order="C", copy=True)
@@ -98,6 +98,10 @@ class Parameter:
             raise ValueError(f"Parameter: data is empty (shape {arr.shape})")
         self._data = arr
         self._grad = np.zeros_like(arr)
+        # zero_grad() only sets this flag: the next read of .grad fills the array with zeros, and a
+        # layer's backward that meets it writes the gradient instead of adding it to zeros (one pass
+        # over the gradient saved, and one read of it inside the kernel).
+        self._grad_stale = False
 
     @property
     def data(self) -> np.ndarray:
@@ -109,14 +113,25 @@ class Parameter:
 
     @property
     def grad(self) -> np.ndarray:
+        if self._grad_stale:
+            self._grad.fill(0.0)
+            self._grad_stale = False
         return self._grad
 
     @grad.setter
     def grad(self, value):
         if value is None:  # PyTorch's `p.grad = None` idiom: back to zeros
-            self._grad.fill(0.0)
+            self.zero_grad()
             return
         self._grad[...] = self._checked(value, "grad")
+        self._grad_stale = False
+
+    def _grad_for_backward(self):
+        """(the gradient array, accumulate): what a layer's backward writes its gradient into, and
+        whether it must add to what is there (False right after zero_grad: it may overwrite)."""
+        accumulate = not self._grad_stale
+        self._grad_stale = False
+        return self._grad, accumulate
 
     def _checked(self, value, name):
         arr = np.asarray(value)
@@ -147,7 +162,9 @@ class Parameter:
         return self._data.size
 
     def zero_grad(self) -> None:
-        self._grad.fill(0.0)
+        """Set ``.grad`` to 0. Lazily: the array is filled when ``.grad`` is next read, and a backward
+        pass that comes first writes its gradient over it instead of adding to zeros."""
+        self._grad_stale = True
 
     def __array__(self, dtype=None, copy=None):
         if copy:
