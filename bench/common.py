@@ -153,6 +153,25 @@ def interleaved(fns: dict, rounds: int = 5, phase_seconds: float = 0.2, sleep: f
     return times
 
 
+def paired_ratios(fa, fb, rounds: int = 15, seconds: float = 0.02) -> list:
+    """time(fa) / time(fb) for two functions of the same library (one thread pool, nothing to keep
+    apart): each round times a batch of fa calls and then, at once, an equal batch of fb calls, so the
+    clock drift of this machine over seconds (the phases of ``interleaved``) cannot enter the ratio."""
+    time.sleep(0.2)  # let another library's spinning pool (the phase before) go to sleep first
+    n = max(1, min(calls_for(fa, seconds), calls_for(fb, seconds)))
+    ratios = []
+    for _ in range(rounds):
+        ts = []
+        for fn in (fa, fb):
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            ts.append(time.perf_counter() - t0)
+        ratios.append(ts[0] / ts[1])
+    return ratios
+
+
 def median(xs):
     return statistics.median(xs)
 

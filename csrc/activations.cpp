@@ -157,7 +157,7 @@ void softmax_forward(float* out, const float* inp, int64_t B, int64_t C) {
           for (int64_t i = 0; i < C; i++) y[i] *= inv;
         }
       },
-      row_grain(C, kExpGrain));
+      row_grain(C, short_row_vectors(C) ? kExpGrain / 4 : kExpGrain));  // a short row: ~25 ns
 }
 
 // From the output y = softmax(x) (rows): dinp[b, i] = y[b, i] * (dout[b, i] - sum_j dout[b, j] * y[b, j]),

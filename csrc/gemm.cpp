@@ -60,7 +60,9 @@ struct Tile {
 // Cache blocking: the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB) in L2, the A
 // block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
 // flat within 2% for kKC 256-320 and kNB 128-384); AVX-512 sizes follow kernels.md for Intel
-// Sapphire Rapids (48 KiB L1d, 2 MiB L2), untuned since no AVX-512 machine was at hand.
+// Sapphire Rapids (48 KiB L1d, 2 MiB L2). They also fit AMD Zen 4 (32 KiB L1d, 1 MiB L2: the
+// 18 KiB A panel and the 768 KiB B block), where they run 2048^3 at 84-86% of the FMA peak; no
+// sweep of them has been made there.
 #if defined(__AVX512F__)
 constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
@@ -68,7 +70,7 @@ constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per t
 constexpr int64_t kKC = 320;
 constexpr int64_t kNB = 256;
 #endif
-constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of 6 and 12)
+constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 6, 12, 16)
 // 2*M*N*K (N rounded up to the tile) below this runs on the calling thread, with no parallel region
 // (which costs 1-2 us warm, tens of us after an idle spell): 1 MFLOP is ~10 us on one Zen 4 core.
 // 512x128x10 (2 MFLOP padded): 26 us on one thread, 14 us on two.
@@ -119,9 +121,11 @@ struct Epilogue {
 // is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
 // Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it. a_next (nullable):
 // the next packed A panel, fetched into cache while this one is used (+1-2% at 1024^3-2048^3).
-template <int MR, int NV, bool kPackedA>
+// B is a packed strip when kPackedB (b[k*NR + j], 64-B aligned), else read where it is stored, rows
+// of op(b) ldb apart (a product with one A panel uses each strip once: packing it would be wasted).
+template <int MR, int NV, bool kPackedA, bool kPackedB = true>
 void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
-                  float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e, const float* a_next) {
+                  int64_t ldb, float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e, const float* a_next) {
   constexpr int NR = NV * kW;
   reg acc[MR][NV];
 #pragma GCC unroll 16
@@ -135,7 +139,7 @@ void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
   for (int64_t k = 0; k < kc; ++k) {
     reg bv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = Vec::load(b + j * kW);
+    for (int j = 0; j < NV; ++j) bv[j] = kPackedB ? Vec::load(b + j * kW) : Vec::loadu(b + j * kW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       reg av = Vec::bcast(kPackedA ? a + i : a + i * rs);
@@ -143,7 +147,7 @@ void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
       for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fmadd(av, bv[j], acc[i][j]);
     }
     a += kPackedA ? MR : cs;
-    b += NR;
+    b += kPackedB ? NR : ldb;
     if (a_next) {
       __builtin_prefetch(a_next);
       a_next += MR;
@@ -364,7 +368,14 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
       for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
         const int64_t nc = n_hi - nb < nb_cols ? n_hi - nb : nb_cols;
         const int64_t strips = ceil_div(nc, NR);
-        pack_b<Tl>(b_buf, g, nb, nc, k0, kc);
+        // One A panel meets each B strip once: full strips of b (stored (K,N)) are then read in place,
+        // and only a last, partial one is packed (reading it in place would run past b's last row).
+        const bool b_in_place = panels == 1 && !g.trans_b;
+        const int64_t full_strips = nc / NR;
+        if (!b_in_place)
+          pack_b<Tl>(b_buf, g, nb, nc, k0, kc);
+        else if (full_strips < strips)
+          pack_b<Tl>(b_buf, g, nb + full_strips * NR, nc - full_strips * NR, k0, kc);
         for (int64_t p = 0; p < panels; ++p) {
           const int64_t m0 = mb + p * MR;
           const int mr = static_cast<int>(mb + mc - m0 < MR ? mb + mc - m0 : MR);
@@ -373,14 +384,23 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
           for (int64_t s = 0; s < strips; ++s) {
             const int64_t n0 = nb + s * NR;
             const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
-            const float* bp = b_buf + s * NR * kc;
             float* cp = g.c + m0 * g.N + n0;
             e.bias = last && g.bias ? g.bias + n0 : nullptr;
+            if (b_in_place && s < full_strips) {
+              const float* bp = g.b + k0 * g.ldb + n0;
+              if (in_place)
+                micro_kernel<MR, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
+              else
+                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
+              continue;
+            }
+            const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
             if (in_place) {
-              micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, cp, g.N, mr, nr, e, nullptr);
+              micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
             } else {
               const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
-              micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, cp, g.N, mr, nr, e, prefetch ? ap + MR * kc : nullptr);
+              micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e,
+                                         prefetch ? ap + MR * kc : nullptr);
             }
           }
         }
@@ -413,8 +433,12 @@ bool gemm_blocked(const Operands& g) {
   const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
   const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
   int nt = flops < kParallelFlops ? 1 : get_num_threads();
-  // Split the columns when every thread gets at least 2 strips of them, else the rows.
-  const bool split_n = nt > 1 && strips >= 2 * nt;
+  // Split the columns when every thread gets at least 2 strips of them, else the rows. Also the
+  // rows when op(b) is small (each thread then packs all of it) and there are rows enough: the
+  // product is then mostly the writing of c, and two threads writing halves of each row of c share
+  // a cache line per row (dX = dY·W of the 10-class head, 512x128x10: 31 us on 2 threads, 26 on 1).
+  const bool small_b = g.K * g.N <= 8192 && panels >= 4 * nt;
+  const bool split_n = nt > 1 && strips >= 2 * nt && !small_b;
   if (!split_n && nt > panels) nt = static_cast<int>(panels);
   if (nt < 1) nt = 1;
   // When a thread's columns fit one B block, each A panel meets each B strip once per K-block:

@@ -91,6 +91,8 @@ SIZES = [
     (29, 8, 33),  # the AVX2 small tile, 12 x 8
     (50, 16, 400),  # the AVX-512 small tile, 16 x 16, two K-blocks
     (40, 70, 1024),  # a's rows 4 KiB apart: packed instead of read in place
+    (10, 100, 300),  # one A panel (AVX-512): full B strips read in place, the last one packed
+    (5, 70, 40),  # one A panel on every path
 ]
 
 
@@ -246,7 +248,8 @@ def test_matmul_fuzz_parallel_sizes(M, N, K, trans_b):
 
 
 @pytest.mark.parametrize("M,N,K,trans_a,trans_b", [(300, 500, 700, False, True), (700, 12, 300, True, False),
-                                                    (64, 784, 256, False, False), (512, 10, 128, False, True)])
+                                                    (64, 784, 256, False, False), (512, 10, 128, False, True),
+                                                    (10, 784, 256, True, False), (512, 128, 10, False, False)])
 def test_matmul_one_and_two_threads_agree(isa, rng, M, N, K, trans_a, trans_b):
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     bias = rng.standard_normal(N).astype(np.float32)
