@@ -50,8 +50,9 @@ constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 #endif
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
-// gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector: a 10-column product in a
-// 32-wide tile would spend two thirds of its multiply-adds on padding.
+// gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector (a 10-column product in a
+// 32-wide tile would spend two thirds of its multiply-adds on padding), or Tile<4, kNV> when M <= 4
+// (one sample at a time: a 12-row tile would compute 12 rows for 1).
 template <int MR_, int NV_>
 struct Tile {
   static constexpr int MR = MR_, NV = NV_, NR = NV_ * Vec::W;
@@ -488,6 +489,56 @@ bool gemm_blocked(const Operands& g) {
   return true;
 }
 
+// ------------------------------------------------------------------ a few rows times bᵀ
+// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= 4 (one sample's forward): each
+// c[m][n] is a dot product of two contiguous rows, taken along K four columns of c at a time, so b
+// is read once and never packed (packing it costs what the product does when M is 1).
+template <int M>
+void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
+  const int64_t K = g.K, kv = K / kW * kW;
+  const Vec::mask tail = Vec::first(static_cast<int>(K - kv));
+  for (int64_t n0 = n_lo; n0 < n_hi; n0 += 4) {
+    const int cols = n_hi - n0 < 4 ? static_cast<int>(n_hi - n0) : 4;
+    reg acc[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = Vec::zero();
+    const float* bj[4];
+    for (int j = 0; j < 4; ++j) bj[j] = g.b + (n0 + (j < cols ? j : 0)) * K;
+    for (int64_t k = 0; k <= kv; k += kW) {
+      const bool partial = k == kv;
+      if (partial && kv == K) break;
+      reg av[M], bv[4];
+      for (int m = 0; m < M; ++m) av[m] = partial ? Vec::loadu_n(g.a + m * K + k, tail) : Vec::loadu(g.a + m * K + k);
+      for (int j = 0; j < 4; ++j) bv[j] = partial ? Vec::loadu_n(bj[j] + k, tail) : Vec::loadu(bj[j] + k);
+      for (int m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = Vec::fmadd(av[m], bv[j], acc[m][j]);
+    }
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < cols; ++j) {
+        float* p = g.c + m * g.N + n0 + j;
+        float v = Vec::hsum(acc[m][j]) + (g.accumulate ? *p : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
+        if (g.act == ACT_RELU) v = v > 0.0f ? v : 0.0f;  // NaN -> 0, like the vector epilogue
+        if (g.act == ACT_SIGMOID) v = simd_sigmoid(v);
+        if (g.act == ACT_TANH) v = simd_tanh(v);
+        *p = v;
+      }
+  }
+}
+
+void gemm_dots(const Operands& g) {
+  auto rows = [&](int64_t lo, int64_t hi) {
+    switch (g.M) {
+      case 1: return gemm_dots_rows<1>(g, lo, hi);
+      case 2: return gemm_dots_rows<2>(g, lo, hi);
+      case 3: return gemm_dots_rows<3>(g, lo, hi);
+      default: return gemm_dots_rows<4>(g, lo, hi);
+    }
+  };
+  // columns in chunks of 4 (parallel_chunks splits at multiples of 16); from 64K multiply-adds on,
+  // two threads
+  parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
+}
+
 }  // namespace
 
 // c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
@@ -496,7 +547,10 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int act, 
           int trans_a, int trans_b, int accumulate) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
-  const bool ok = K > 0 && (N <= kW ? gemm_blocked<Tile<kSmallMR, 1>>(g) : gemm_blocked<Tile<kMR, kNV>>(g));
+  if (K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
+  const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)
+                            : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
+                                     : gemm_blocked<Tile<kMR, kNV>>(g));
   if (!ok) gemm_naive(c, a, b, bias, act, M, N, K, trans_a, trans_b, accumulate);
 }
 

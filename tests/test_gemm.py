@@ -93,6 +93,8 @@ SIZES = [
     (40, 70, 1024),  # a's rows 4 KiB apart: packed instead of read in place
     (10, 100, 300),  # one A panel (AVX-512): full B strips read in place, the last one packed
     (5, 70, 40),  # one A panel on every path
+    (1, 300, 200),  # one row (batch 1): the 4-row tile
+    (3, 33, 50),  # three rows, a partial B strip
 ]
 
 
@@ -104,7 +106,8 @@ def test_matmul_sizes(isa, rng, M, N, K, trans_a, trans_b):
     assert_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), want, scale)
 
 
-@pytest.mark.parametrize("M,N,K", [(37, 50, 129), (70, 200, 400)])  # the 2nd: 2 K-blocks, 2 threads
+# the 2nd: 2 K-blocks, 2 threads; the 3rd: a few rows (with trans_b: dot products, no packing)
+@pytest.mark.parametrize("M,N,K", [(37, 50, 129), (70, 200, 400), (3, 50, 129)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -249,7 +252,8 @@ def test_matmul_fuzz_parallel_sizes(M, N, K, trans_b):
 
 @pytest.mark.parametrize("M,N,K,trans_a,trans_b", [(300, 500, 700, False, True), (700, 12, 300, True, False),
                                                     (64, 784, 256, False, False), (512, 10, 128, False, True),
-                                                    (10, 784, 256, True, False), (512, 128, 10, False, False)])
+                                                    (10, 784, 256, True, False), (512, 128, 10, False, False),
+                                                    (1, 784, 256, False, True)])
 def test_matmul_one_and_two_threads_agree(isa, rng, M, N, K, trans_a, trans_b):
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     bias = rng.standard_normal(N).astype(np.float32)
