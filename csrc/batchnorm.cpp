@@ -15,7 +15,7 @@ namespace FASTDL_ISA_NS {
 
 namespace {
 
-constexpr int64_t kTile = 64;  // columns per tile: 64 doubles x 2 accumulators stay in L1
+constexpr int64_t kTile = 512;  // columns per tile: 512 doubles x 2 accumulators stay in L1
 
 // Columns per thread at least: enough that a thread's share is kParallelGrain elements, and a
 // whole number of cache lines.

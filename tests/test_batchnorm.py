@@ -65,7 +65,7 @@ def make(rng, B, C, offset=0.0, scale=1.0):
 # ---------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("B, C", [(2, 1), (5, 3), (32, 100), (7, 129)])
+@pytest.mark.parametrize("B, C", [(2, 1), (5, 3), (32, 100), (7, 129), (3, 1100)])  # 1100: 3 column tiles
 def test_forward_train_matches_reference(isa, rng, B, C):
     x, g, b, rm, rv = make(rng, B, C)
     want_y, want_mean, want_invstd, want_rm, want_rv = ref_forward_train(x, g, b, rm, rv, momentum=0.2, eps=1e-3)
@@ -166,7 +166,7 @@ def test_parallel_path_same_at_1_and_2_threads(rng):
 # ---------------------------------------------------------------- backward
 
 
-@pytest.mark.parametrize("B, C", [(2, 3), (6, 5), (33, 70)])
+@pytest.mark.parametrize("B, C", [(2, 3), (6, 5), (33, 70), (3, 1100)])
 def test_backward_matches_reference(isa, rng, B, C):
     x, g, b, rm, rv = make(rng, B, C)
     d = rng.standard_normal((B, C)).astype(np.float32)
