@@ -257,9 +257,8 @@ def optimizer_cases(np, ops, rng):
             np.multiply(buf, lr, out=t)
             p -= t
 
-    def fd_sgd(ps, bufs):
-        for p, g, buf in zip(ps, grads, bufs):
-            ops.sgd_step(p, g, buf, lr=lr, momentum=mu)
+    def fd_sgd(ps, bufs):  # one call for the whole model, as optim.SGD.step makes it
+        ops.sgd_step_many(ps, grads, bufs, lr=lr, momentum=mu)
 
     def sgd_check():
         (pa, ba, _), (pb, bb, _) = sgd_state(), sgd_state()
@@ -329,7 +328,7 @@ def optimizer_cases(np, ops, rng):
 
     model = "784-256-128-10 MLP, 6 arrays"
     return [
-        ({"sgd_step"}, lambda: {"name": f"SGD momentum step, {model}, {n:,} floats", "group": "bandwidth", "n": n,
+        ({"sgd_step_many"}, lambda: {"name": f"SGD momentum step, {model}, {n:,} floats", "group": "bandwidth", "n": n,
                                 "bytes": 20 * n, "bytes_note": "20 B/elt: param, grad, buf read; param, buf written",
                                 "contenders": {"numpy": lambda: np_sgd(p_np, buf_np),
                                                "fastdl": lambda: fd_sgd(p_fd, buf_fd)}, "check": sgd_check}),

@@ -823,6 +823,21 @@ py::array inplace_f32(py::handle h, const char* fn, const char* arg, const py::a
   return a;
 }
 
+// SGD's hyper-parameters, checked once for sgd_update and sgd_update_many.
+struct SgdArgs {
+  float lr, momentum, dampening, weight_decay;
+};
+SgdArgs sgd_args(const char* fn, double lr, double momentum, double dampening, double weight_decay, bool nesterov) {
+  SgdArgs a;
+  a.lr = require_scalar(fn, "lr", lr, 0.0, HUGE_VAL, true, "finite and >= 0");
+  a.momentum = require_scalar(fn, "momentum", momentum, 0.0, HUGE_VAL, true, "finite and >= 0");
+  a.dampening = require_scalar(fn, "dampening", dampening, -HUGE_VAL, HUGE_VAL, true, "finite");
+  a.weight_decay = require_scalar(fn, "weight_decay", weight_decay, 0.0, HUGE_VAL, true, "finite and >= 0");
+  if (nesterov && (a.momentum <= 0.0f || a.dampening != 0.0f))
+    value_error(std::string(fn) + ": nesterov momentum requires a momentum > 0 and zero dampening");
+  return a;
+}
+
 void bind_optim(py::module_& m) {
   m.def(
       "sgd_update",
@@ -833,19 +848,14 @@ void bind_optim(py::module_& m) {
         require_nonempty(fn, "param", pa);
         py::array ga = in_f32(grad, fn, "grad");
         require_shape(fn, "grad", ga, shape_of(pa), "param.shape");
-        float lr_f = require_scalar(fn, "lr", lr, 0.0, HUGE_VAL, true, "finite and >= 0");
-        float mom = require_scalar(fn, "momentum", momentum, 0.0, HUGE_VAL, true, "finite and >= 0");
-        float damp = require_scalar(fn, "dampening", dampening, -HUGE_VAL, HUGE_VAL, true, "finite");
-        float wd = require_scalar(fn, "weight_decay", weight_decay, 0.0, HUGE_VAL, true, "finite and >= 0");
-        if (nesterov && (mom <= 0.0f || damp != 0.0f))
-          value_error(std::string(fn) + ": nesterov momentum requires a momentum > 0 and zero dampening");
-        if (mom != 0.0f && momentum_buf.is_none())
+        const SgdArgs h = sgd_args(fn, lr, momentum, dampening, weight_decay, nesterov);
+        if (h.momentum != 0.0f && momentum_buf.is_none())
           value_error(std::string(fn) + ": momentum_buf is required when momentum != 0");
         float* bp = nullptr;
         if (!momentum_buf.is_none()) {  // checked whenever given; used only when momentum != 0
           py::array ba = inplace_f32(momentum_buf, fn, "momentum_buf", &pa);
           require_all_disjoint(fn, {{"param", &pa}, {"grad", &ga}, {"momentum_buf", &ba}});
-          if (mom != 0.0f) bp = mf(ba);  // ba's memory is owned by the caller's array, alive during the call
+          if (h.momentum != 0.0f) bp = mf(ba);  // ba's memory is owned by the caller's array, alive during the call
         } else {
           require_all_disjoint(fn, {{"param", &pa}, {"grad", &ga}});
         }
@@ -854,12 +864,76 @@ void bind_optim(py::module_& m) {
         int64_t n = pa.size();
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(sgd_update)(pp, bp, gp, lr_f, mom, damp, wd, nesterov ? 1 : 0, first_step ? 1 : 0, n);
+          FASTDL_KERNEL(sgd_update)(pp, bp, gp, h.lr, h.momentum, h.dampening, h.weight_decay, nesterov ? 1 : 0,
+                                    first_step ? 1 : 0, n);
         }
       },
       py::arg("param"), py::arg("grad"), py::arg("momentum_buf"), py::arg("lr"), py::arg("momentum"),
       py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
       "PyTorch's SGD step, in place on param (and momentum_buf when momentum != 0).");
+
+  m.def(
+      "sgd_update_many",
+      [](py::handle params, py::handle grads, py::handle momentum_bufs, double lr, double momentum, double dampening,
+         double weight_decay, bool nesterov, bool first_step) {
+        const char* fn = "sgd_step_many";
+        auto as_list = [&](py::handle h, const char* arg) {
+          if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h))
+            type_error(std::string(fn) + ": " + arg + " must be a list or tuple of arrays, got " +
+                       std::string(py::str(py::type::of(h).attr("__name__"))));
+          return py::reinterpret_borrow<py::sequence>(h);
+        };
+        py::sequence ps = as_list(params, "params"), gs = as_list(grads, "grads");
+        const SgdArgs h = sgd_args(fn, lr, momentum, dampening, weight_decay, nesterov);
+        const bool with_bufs = h.momentum != 0.0f;
+        if (with_bufs && momentum_bufs.is_none())
+          value_error(std::string(fn) + ": momentum_bufs is required when momentum != 0");
+        py::sequence bs = momentum_bufs.is_none() ? py::sequence(py::list()) : as_list(momentum_bufs, "momentum_bufs");
+        const size_t count = ps.size();
+        if (count == 0) value_error(std::string(fn) + ": params is empty");
+        if (gs.size() != count || (!momentum_bufs.is_none() && bs.size() != count))
+          value_error(std::string(fn) + ": params, grads and momentum_bufs must have the same length, got " +
+                      std::to_string(count) + ", " + std::to_string(gs.size()) + " and " +
+                      (momentum_bufs.is_none() ? std::string("None") : std::to_string(bs.size())));
+        std::vector<py::array> keep;  // every array, in the order named below, alive during the call
+        std::vector<std::string> names;
+        std::vector<float*> pp(count), bp(count);
+        std::vector<const float*> gp(count);
+        std::vector<int64_t> n(count);
+        for (size_t i = 0; i < count; i++) {
+          const std::string k = "[" + std::to_string(i) + "]";
+          py::array pa = inplace_f32(ps[i], fn, ("params" + k).c_str(), nullptr);
+          require_nonempty(fn, ("params" + k).c_str(), pa);
+          py::array ga = in_f32(gs[i], fn, ("grads" + k).c_str());
+          require_shape(fn, ("grads" + k).c_str(), ga, shape_of(pa), ("params" + k + ".shape").c_str());
+          pp[i] = mf(pa);
+          gp[i] = cf(ga);
+          n[i] = pa.size();
+          keep.push_back(pa);
+          names.push_back("params" + k);
+          keep.push_back(ga);
+          names.push_back("grads" + k);
+          if (!momentum_bufs.is_none()) {  // checked whenever given; used only when momentum != 0
+            py::array ba = inplace_f32(bs[i], fn, ("momentum_bufs" + k).c_str(), &pa);
+            bp[i] = mf(ba);
+            keep.push_back(ba);
+            names.push_back("momentum_bufs" + k);
+          }
+        }
+        for (size_t i = 0; i < keep.size(); i++)  // one array updated twice at once would race
+          for (size_t j = i + 1; j < keep.size(); j++)
+            if (overlaps(keep[i], keep[j]))
+              value_error(std::string(fn) + ": " + names[i] + " and " + names[j] + " must not share memory");
+        {
+          py::gil_scoped_release nogil;
+          FASTDL_KERNEL(sgd_update_many)(pp.data(), with_bufs ? bp.data() : nullptr, gp.data(), n.data(),
+                                         static_cast<int64_t>(count), h.lr, h.momentum, h.dampening, h.weight_decay,
+                                         nesterov ? 1 : 0, first_step ? 1 : 0);
+        }
+      },
+      py::arg("params"), py::arg("grads"), py::arg("momentum_bufs"), py::arg("lr"), py::arg("momentum"),
+      py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
+      "sgd_update on several arrays at once, in one parallel region (PyTorch's foreach SGD).");
 
   m.def(
       "adam_update",

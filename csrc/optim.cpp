@@ -15,35 +15,55 @@ namespace FASTDL_ISA_NS {
 //   if momentum != 0:  buf = first_step ? g : momentum·buf + (1 - dampening)·g
 //                      g   = nesterov ? g + momentum·buf : buf
 //   param -= lr·g
-void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
-                float weight_decay, int nesterov, int first_step, int64_t n) {
+// sgd_range does elements [lo, hi) of one array; sgd_update and sgd_update_many split the work.
+static void sgd_range(float* param, float* momentum_buf, const float* grad, float lr, float momentum,
+                      float dampening, float weight_decay, int nesterov, int first_step, int64_t lo, int64_t hi) {
   const float wd = weight_decay, mom = momentum, damp1 = 1.0f - dampening;
   if (momentum == 0.0f || momentum_buf == nullptr) {
-    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) param[i] -= lr * (grad[i] + wd * param[i]);
-    });
+    for (int64_t i = lo; i < hi; i++) param[i] -= lr * (grad[i] + wd * param[i]);
   } else if (first_step) {
     const float nest = nesterov ? mom : 0.0f;
-    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        float g = grad[i] + wd * param[i];
-        momentum_buf[i] = g;
-        param[i] -= lr * (g + nest * g);  // buf = g
-      }
-    });
+    for (int64_t i = lo; i < hi; i++) {
+      float g = grad[i] + wd * param[i];
+      momentum_buf[i] = g;
+      param[i] -= lr * (g + nest * g);  // buf = g
+    }
   } else {
-    parallel_chunks(n, [&](int64_t lo, int64_t hi) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; i++) {
-        float g = grad[i] + wd * param[i];
-        float buf = mom * momentum_buf[i] + damp1 * g;
-        momentum_buf[i] = buf;
-        param[i] -= lr * (nesterov ? g + mom * buf : buf);
-      }
-    });
+    for (int64_t i = lo; i < hi; i++) {
+      float g = grad[i] + wd * param[i];
+      float buf = mom * momentum_buf[i] + damp1 * g;
+      momentum_buf[i] = buf;
+      param[i] -= lr * (nesterov ? g + mom * buf : buf);
+    }
   }
+}
+
+void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
+                float weight_decay, int nesterov, int first_step, int64_t n) {
+  parallel_chunks(n, [=](int64_t lo, int64_t hi) {
+    sgd_range(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, lo, hi);
+  });
+}
+
+// The count arrays as one: threads split their concatenation (one parallel region for a whole
+// model, PyTorch's foreach), and each thread walks the arrays its range covers.
+void sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
+                     int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
+                     int first_step) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < count; t++) total += n[t];
+  parallel_chunks(total, [=](int64_t lo, int64_t hi) {
+    int64_t off = 0;  // where array t starts in the concatenation
+    for (int64_t t = 0; t < count && off < hi; off += n[t], t++) {
+      const int64_t a = lo > off ? lo - off : 0, b = hi - off < n[t] ? hi - off : n[t];
+      if (a < b)
+        sgd_range(param[t], momentum_buf ? momentum_buf[t] : nullptr, grad[t], lr, momentum, dampening,
+                  weight_decay, nesterov, first_step, a, b);
+    }
+  });
 }
 
 // param, m, v, grad: (n); step >= 1 counts this update (the first update has step 1).

@@ -211,7 +211,7 @@ def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, db
 
 
 # ---------------------------------------------------------------- optimizer updates
-__all__ += ["sgd_step", "adam_step"]
+__all__ += ["sgd_step", "sgd_step_many", "adam_step"]
 
 
 def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -229,6 +229,17 @@ def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0,
     """
     _C.sgd_update(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
     return param
+
+
+def sgd_step_many(params, grads, momentum_bufs=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                  nesterov=False, first_step=False):
+    """``sgd_step`` on every array of ``params`` (a list) with the same hyper-parameters, in one native
+    call whose threads split all the arrays together (PyTorch's foreach SGD): for a whole model this
+    costs one parallel region instead of one per array. ``grads`` and ``momentum_bufs`` are lists
+    of the same length; nothing may share memory. Returns ``params``.
+    """
+    _C.sgd_update_many(params, grads, momentum_bufs, lr, momentum, dampening, weight_decay, nesterov, first_step)
+    return params
 
 
 def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,

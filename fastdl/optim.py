@@ -107,9 +107,13 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__}.step: closure must be callable")
             loss = closure()
         for g in self.param_groups:
-            for p in g["params"]:
-                self._update(p, g)
+            self._update_group(g)
         return loss
+
+    def _update_group(self, g) -> None:
+        """Update every parameter of group ``g`` (one ``_update`` each, unless a subclass does better)."""
+        for p in g["params"]:
+            self._update(p, g)
 
     # -------- state
     def state_dict(self) -> dict:
@@ -208,16 +212,36 @@ class SGD(Optimizer):
                              f"momentum={out['momentum']}, dampening={out['dampening']}")
         return out
 
+    def _buffer(self, p, g):
+        """(momentum buffer or None, whether it is new: this is the parameter's first step)."""
+        if g["momentum"] == 0.0:
+            return None, False
+        st = self.state.setdefault(p, {})
+        buf = st.get("momentum_buffer")
+        if buf is None:
+            buf = st["momentum_buffer"] = np.zeros_like(p.data)
+            return buf, True
+        return buf, False
+
     def _update(self, p, g):
-        buf, first = None, False
-        if g["momentum"] != 0.0:
-            st = self.state.setdefault(p, {})
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = np.zeros_like(p.data)
-                first = True
+        buf, first = self._buffer(p, g)
         ops.sgd_step(p.data, p.grad, buf, lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
                      weight_decay=g["weight_decay"], nesterov=g["nesterov"], first_step=first)
+
+    def _update_group(self, g):
+        # One native call for the group's parameters (two on the step where some buffers are new).
+        todo = {False: ([], [], []), True: ([], [], [])}
+        for p in g["params"]:
+            buf, first = self._buffer(p, g)
+            ps, gs, bs = todo[first]
+            ps.append(p.data)
+            gs.append(p.grad)
+            bs.append(buf)
+        for first, (ps, gs, bs) in todo.items():
+            if ps:
+                ops.sgd_step_many(ps, gs, bs if g["momentum"] != 0.0 else None, lr=g["lr"], momentum=g["momentum"],
+                                  dampening=g["dampening"], weight_decay=g["weight_decay"], nesterov=g["nesterov"],
+                                  first_step=first)
 
 
 class Adam(Optimizer):

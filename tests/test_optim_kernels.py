@@ -386,3 +386,51 @@ def test_empty_is_refused():
         ops.sgd_step(e, e.copy(), lr=0.1)
     with pytest.raises(ValueError, match="adam_step: param is empty"):
         ops.adam_step(e, e.copy(), e.copy(), e.copy(), lr=0.1, step=1)
+
+
+# ---------------------------------------------------------------- sgd_step_many (one call for many arrays)
+
+
+@pytest.mark.parametrize("kw", SGD_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sgd_step_many_is_sgd_step_on_each_array(isa, rng, kw, threads):
+    # sizes that put array boundaries inside a thread's range and a range inside one array
+    sizes = [1, 17, 40_000, 3, 200_003, 256]
+    ps = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    one = [p.copy() for p in ps]
+    bufs = [np.zeros(n, np.float32) for n in sizes] if kw.get("momentum") else None
+    bufs_one = None if bufs is None else [b.copy() for b in bufs]
+    prev = _C.get_num_threads()
+    try:
+        _C.set_num_threads(threads)
+        for step in range(3):
+            gs = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+            assert ops.sgd_step_many(ps, gs, bufs, first_step=step == 0, **kw) is ps
+            for i, (p, g) in enumerate(zip(one, gs)):
+                ops.sgd_step(p, g, None if bufs_one is None else bufs_one[i], first_step=step == 0, **kw)
+    finally:
+        _C.set_num_threads(prev)
+    for a, b in zip(ps, one):
+        assert a.tobytes() == b.tobytes()
+    for a, b in zip(bufs or [], bufs_one or []):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_sgd_step_many_errors():
+    a, b, g = np.zeros(4, np.float32), np.zeros(3, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"sgd_step_many: params, grads and momentum_bufs must have the same length"):
+        ops.sgd_step_many([a, b], [g], lr=0.1)
+    with pytest.raises(ValueError, match=r"sgd_step_many: grads\[1\] has shape \(4,\), expected params\[1\]\.shape"):
+        ops.sgd_step_many([a, b], [g, g], lr=0.1)
+    with pytest.raises(ValueError, match=r"sgd_step_many: params\[0\] and params\[1\] must not share memory"):
+        ops.sgd_step_many([a, a], [g, g.copy()], lr=0.1)
+    with pytest.raises(ValueError, match=r"sgd_step_many: momentum_bufs is required when momentum != 0"):
+        ops.sgd_step_many([a], [g], lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match=r"sgd_step_many: params\[0\] must have dtype float32"):
+        ops.sgd_step_many([np.zeros(4)], [g], lr=0.1)
+    with pytest.raises(TypeError, match=r"sgd_step_many: params must be a list or tuple of arrays, got ndarray"):
+        ops.sgd_step_many(a, [g], lr=0.1)
+    with pytest.raises(ValueError, match=r"sgd_step_many: params is empty"):
+        ops.sgd_step_many([], [], lr=0.1)
+    with pytest.raises(ValueError, match=r"sgd_step_many: lr must be finite and >= 0"):
+        ops.sgd_step_many([a], [g], lr=-1.0)
