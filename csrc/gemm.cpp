@@ -15,12 +15,16 @@
 // One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
 // and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
 // extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
-// 12 x 4), so the AVX2 tests run the logic the AVX-512 build runs. The packers' 8x8 transposes
-// use AVX2, which the AVX-512 build has too. gemm_naive at the end is the plain reference.
+// 12 x 4; one with M <= 4 a 4-row tile), so the AVX2 tests run the logic the AVX-512 build runs.
+// The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
+// packing of b: with a single A panel, full B strips are read where they are; a · bᵀ with M <= 4
+// (one sample's forward) is a set of dot products along K (gemm_dots). gemm_naive at the end is
+// the plain reference.
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
 // on the calling thread). With enough columns each thread owns a range of B strips and packs its
-// own B; otherwise (a 10-class head) each thread owns a range of A panels and packs all of B. The
+// own B; otherwise (a 10-class head, or a small op(b)) each thread owns a range of A panels and
+// packs all of B. The
 // A panels are read in place when a thread's columns fit one B block (the usual MLP layer); else
 // they are packed - jointly into a shared double buffer with one barrier per K-block when the
 // columns are split, privately when the rows are. Packing space comes from a thread_local arena of
