@@ -1,7 +1,8 @@
 // activations.cpp - elementwise activations and their derivatives, and row-wise softmax.
 // Plain loops under `omp simd`: this file is compiled once per ISA, so each loop becomes
 // AVX-512, AVX2 or SSE2 code; parallel_chunks splits work above kParallelGrain elements.
-// exp, sigmoid and tanh are the vectorisable versions in kernel_common.h (never libm's).
+// sigmoid and tanh run on whole vectors (sigmoid_v, tanh_v in vec.h, the GEMM epilogue's own), the
+// tail of an array under a mask; exp is simd_exp (kernel_common.h) or exp_nonpos (vec.h), never libm's.
 #include "kernel_common.h"
 #include "vec.h"
 
@@ -50,13 +51,17 @@ void leaky_relu_backward(float* dinp, const float* dout, const float* inp, float
 }
 
 // inp, out, dinp, dout: (n)
-// out = 1 / (1 + exp(-inp)), from exp(-|inp|) so it never overflows (simd_sigmoid)
+// out = 1 / (1 + exp(-inp)), from exp(-|inp|) so it never overflows (sigmoid_v)
 void sigmoid_forward(float* out, const float* inp, int64_t n) {
   parallel_chunks(
       n,
       [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; i++) out[i] = simd_sigmoid(inp[i]);
+        int64_t i = lo;
+        for (; i + kW <= hi; i += kW) Vec::storeu(out + i, sigmoid_v(Vec::loadu(inp + i)));
+        if (i < hi) {
+          const Vec::mask m = Vec::first(static_cast<int>(hi - i));
+          Vec::storeu_n(out + i, sigmoid_v(Vec::loadu_n(inp + i, m)), m);
+        }
       },
       kExpGrain);
 }
@@ -70,13 +75,17 @@ void sigmoid_backward(float* dinp, const float* dout, const float* out, int64_t 
 }
 
 // inp, out, dinp, dout: (n)
-// out = tanh(inp), from exp(-2|inp|) so it never overflows (simd_tanh)
+// out = tanh(inp), from exp(-2|inp|) so it never overflows (tanh_v)
 void tanh_forward(float* out, const float* inp, int64_t n) {
   parallel_chunks(
       n,
       [&](int64_t lo, int64_t hi) {
-#pragma omp simd
-        for (int64_t i = lo; i < hi; i++) out[i] = simd_tanh(inp[i]);
+        int64_t i = lo;
+        for (; i + kW <= hi; i += kW) Vec::storeu(out + i, tanh_v(Vec::loadu(inp + i)));
+        if (i < hi) {
+          const Vec::mask m = Vec::first(static_cast<int>(hi - i));
+          Vec::storeu_n(out + i, tanh_v(Vec::loadu_n(inp + i, m)), m);
+        }
       },
       kExpGrain);
 }

@@ -82,29 +82,6 @@ constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's
 constexpr double kParallelFlops = 1.0e6;
 
 // ------------------------------------------------------------------ activation on a vector
-// sigmoid(x) = 1/(1+e^-x) = e^x/(1+e^x): with e = exp(-|x|) <= 1, (x < 0 ? e : 1) / (1 + e).
-FASTDL_INLINE reg sigmoid_v(reg x) {
-  reg e = exp_nonpos(Vec::sub(Vec::zero(), Vec::abs(x)));
-  return Vec::div(Vec::select_neg(x, e, Vec::set1(1.0f)), Vec::add(Vec::set1(1.0f), e));
-}
-
-// tanh(|x|) = (1-t)/(1+t) with t = exp(-2|x|); below 0.625 Cephes' odd polynomial (no cancellation).
-FASTDL_INLINE reg tanh_v(reg x) {
-  reg ax = Vec::abs(x);
-  reg one = Vec::set1(1.0f);
-  reg t = exp_nonpos(Vec::mul(ax, Vec::set1(-2.0f)));
-  reg big = Vec::div(Vec::sub(one, t), Vec::add(one, t));
-  reg s = Vec::mul(x, x);
-  reg p = Vec::set1(-5.70498872745e-3f);
-  p = Vec::fmadd(p, s, Vec::set1(2.06390887954e-2f));
-  p = Vec::fmadd(p, s, Vec::set1(-5.37397155531e-2f));
-  p = Vec::fmadd(p, s, Vec::set1(1.33314422036e-1f));
-  p = Vec::fmadd(p, s, Vec::set1(-3.33332819422e-1f));
-  reg small = Vec::fmadd(Vec::mul(p, s), ax, ax);
-  reg r = Vec::select_neg(Vec::sub(ax, Vec::set1(0.625f)), small, big);
-  return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
-}
-
 FASTDL_INLINE reg activate(reg v, int act) {
   switch (act) {
     case ACT_RELU: return Vec::max(v, Vec::zero());  // NaN -> 0, like relu_forward
@@ -517,15 +494,15 @@ void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
       for (int m = 0; m < M; ++m)
         for (int j = 0; j < 4; ++j) acc[m][j] = Vec::fmadd(av[m], bv[j], acc[m][j]);
     }
-    for (int m = 0; m < M; ++m)
-      for (int j = 0; j < cols; ++j) {
-        float* p = g.c + m * g.N + n0 + j;
-        float v = Vec::hsum(acc[m][j]) + (g.accumulate ? *p : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
-        if (g.act == ACT_RELU) v = v > 0.0f ? v : 0.0f;  // NaN -> 0, like the vector epilogue
-        if (g.act == ACT_SIGMOID) v = simd_sigmoid(v);
-        if (g.act == ACT_TANH) v = simd_tanh(v);
-        *p = v;
-      }
+    for (int m = 0; m < M; ++m) {
+      float* p = g.c + m * g.N + n0;
+      alignas(64) float v[kW > 4 ? kW : 4] = {};
+      for (int j = 0; j < cols; ++j)
+        v[j] = Vec::hsum(acc[m][j]) + (g.accumulate ? p[j] : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
+      if (g.act != ACT_NONE)  // the activation of the blocked path's epilogue, on one vector
+        for (int j = 0; j < 4; j += kW) Vec::store(v + j, activate(Vec::load(v + j), g.act));
+      for (int j = 0; j < cols; ++j) p[j] = v[j];
+    }
   }
 }
 

@@ -153,31 +153,5 @@ inline float simd_log1p(float z) {
   return select(d == 0.0f, z, simd_log(u) * ratio);
 }
 
-// sigmoid(x) = 1/(1 + exp(-x)), from z = exp(-|x|) in (0, 1], which never overflows:
-// x >= 0: 1/(1 + z); x < 0: z/(1 + z). Max relative error 2.0e-7 on [-87, 20] (measured).
-inline float simd_sigmoid(float x) {
-  float z = simd_exp(-std::fabs(x));
-  float r = 1.0f / (1.0f + z);
-  return select(x >= 0.0f, r, z * r);
-}
-
-// tanh(x), odd. |x| >= 0.3: (1 - t)/(1 + t) with t = exp(-2|x|) in (0, 0.55], so 1 - t loses at most
-// a bit and nothing overflows (|x| > 44 gives exactly ±1). |x| < 0.3: Taylor series through x^11
-// (truncation < 2e-9 relative). Max relative error 1.7e-7 on [-10, 10] (measured).
-inline float simd_tanh(float x) {
-  float a = std::fabs(x);
-  float t = simd_exp(-2.0f * a);
-  float big = (1.0f - t) / (1.0f + t);
-  big = select(x < 0.0f, -big, big);
-  float x2 = x * x;
-  float p = -1382.0f / 155925.0f;
-  p = p * x2 + 62.0f / 2835.0f;
-  p = p * x2 - 17.0f / 315.0f;
-  p = p * x2 + 2.0f / 15.0f;
-  p = p * x2 - 1.0f / 3.0f;
-  float small = x + x * x2 * p;
-  return select(a < 0.3f, small, big);
-}
-
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl

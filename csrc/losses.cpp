@@ -131,7 +131,7 @@ static double bce_chunk(float* dlogits, const float* logits, const float* target
       const float z = simd_exp(-std::fabs(x));  // in [0, 1]
       acc += bce_term(x, t, z);
       const float r = 1.0f / (1.0f + z);
-      dlogits[i] = (select(x >= 0.0f, r, z * r) - t) * g;  // σ(x) as in simd_sigmoid
+      dlogits[i] = (select(x >= 0.0f, r, z * r) - t) * g;  // σ(x), from z = exp(-|x|)
     }
   } else {
 #pragma omp simd reduction(+ : acc)

@@ -1,8 +1,9 @@
 // vec.h - one SIMD vector of floats for the instruction set this file is compiled for, as a traits
 // type `Vec` (AVX-512: 16 lanes, AVX2: 8, otherwise 4 in GCC vector extensions), and the vector math
 // built on it. Used by the kernels written with intrinsics: the GEMM micro-kernel and its epilogues
-// (gemm.cpp) and the short-row softmax / cross-entropy kernels (activations.cpp, losses.cpp), whose
-// rows are shorter than `omp simd` can vectorise well (GCC leaves the tail of a row scalar).
+// (gemm.cpp), sigmoid and tanh (the GEMM epilogue's and activations.cpp's), and the short-row
+// softmax / cross-entropy kernels (activations.cpp, losses.cpp), whose rows are shorter than
+// `omp simd` can vectorise well (GCC leaves the tail of a row scalar).
 // Included only by csrc/*.cpp kernel files, after kernel_common.h.
 #pragma once
 #include <cstring>
@@ -161,6 +162,29 @@ FASTDL_INLINE reg exp_nonpos(reg x) {
   p = Vec::fmadd(p, r, Vec::set1(5.0000001201e-1f));
   p = Vec::fmadd(p, Vec::mul(r, r), Vec::add(r, Vec::set1(1.0f)));
   return Vec::mul(p, Vec::pow2i(n));
+}
+
+// sigmoid(x) = 1/(1+e^-x) = e^x/(1+e^x): with e = exp(-|x|) <= 1, (x < 0 ? e : 1) / (1 + e).
+FASTDL_INLINE reg sigmoid_v(reg x) {
+  reg e = exp_nonpos(Vec::sub(Vec::zero(), Vec::abs(x)));
+  return Vec::div(Vec::select_neg(x, e, Vec::set1(1.0f)), Vec::add(Vec::set1(1.0f), e));
+}
+
+// tanh(|x|) = (1-t)/(1+t) with t = exp(-2|x|); below 0.625 Cephes' odd polynomial (no cancellation).
+FASTDL_INLINE reg tanh_v(reg x) {
+  reg ax = Vec::abs(x);
+  reg one = Vec::set1(1.0f);
+  reg t = exp_nonpos(Vec::mul(ax, Vec::set1(-2.0f)));
+  reg big = Vec::div(Vec::sub(one, t), Vec::add(one, t));
+  reg s = Vec::mul(x, x);
+  reg p = Vec::set1(-5.70498872745e-3f);
+  p = Vec::fmadd(p, s, Vec::set1(2.06390887954e-2f));
+  p = Vec::fmadd(p, s, Vec::set1(-5.37397155531e-2f));
+  p = Vec::fmadd(p, s, Vec::set1(1.33314422036e-1f));
+  p = Vec::fmadd(p, s, Vec::set1(-3.33332819422e-1f));
+  reg small = Vec::fmadd(Vec::mul(p, s), ax, ax);
+  reg r = Vec::select_neg(Vec::sub(ax, Vec::set1(0.625f)), small, big);
+  return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
 }
 
 // ---- a short row in registers (softmax and cross-entropy over 10 classes)
