@@ -56,12 +56,7 @@ void sigmoid_forward(float* out, const float* inp, int64_t n) {
   parallel_chunks(
       n,
       [&](int64_t lo, int64_t hi) {
-        int64_t i = lo;
-        for (; i + kW <= hi; i += kW) Vec::storeu(out + i, sigmoid_v(Vec::loadu(inp + i)));
-        if (i < hi) {
-          const Vec::mask m = Vec::first(static_cast<int>(hi - i));
-          Vec::storeu_n(out + i, sigmoid_v(Vec::loadu_n(inp + i, m)), m);
-        }
+        map_vectors(out, inp, lo, hi, [](reg x) { return sigmoid_v(x); });
       },
       kExpGrain);
 }
@@ -80,12 +75,7 @@ void tanh_forward(float* out, const float* inp, int64_t n) {
   parallel_chunks(
       n,
       [&](int64_t lo, int64_t hi) {
-        int64_t i = lo;
-        for (; i + kW <= hi; i += kW) Vec::storeu(out + i, tanh_v(Vec::loadu(inp + i)));
-        if (i < hi) {
-          const Vec::mask m = Vec::first(static_cast<int>(hi - i));
-          Vec::storeu_n(out + i, tanh_v(Vec::loadu_n(inp + i, m)), m);
-        }
+        map_vectors(out, inp, lo, hi, [](reg x) { return tanh_v(x); });
       },
       kExpGrain);
 }

@@ -75,7 +75,7 @@ constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per t
 constexpr int64_t kKC = 320;
 constexpr int64_t kNB = 256;
 #endif
-constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 6, 12, 16)
+constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 4, 6, 12, 16)
 // 2*M*N*K (N rounded up to the tile) below this runs on the calling thread, with no parallel region
 // (which costs 1-2 us warm, tens of us after an idle spell): 1 MFLOP is ~10 us on one Zen 4 core.
 // 512x128x10 (2 MFLOP padded): 26 us on one thread, 14 us on two.
@@ -496,11 +496,11 @@ void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
     }
     for (int m = 0; m < M; ++m) {
       float* p = g.c + m * g.N + n0;
-      alignas(64) float v[kW > 4 ? kW : 4] = {};
+      static_assert(kW >= 4, "the 4 columns fit one vector");
+      alignas(64) float v[kW] = {};
       for (int j = 0; j < cols; ++j)
         v[j] = Vec::hsum(acc[m][j]) + (g.accumulate ? p[j] : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
-      if (g.act != ACT_NONE)  // the activation of the blocked path's epilogue, on one vector
-        for (int j = 0; j < 4; j += kW) Vec::store(v + j, activate(Vec::load(v + j), g.act));
+      if (g.act != ACT_NONE) Vec::store(v, activate(Vec::load(v), g.act));  // the blocked path's epilogue
       for (int j = 0; j < cols; ++j) p[j] = v[j];
     }
   }

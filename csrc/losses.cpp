@@ -1,7 +1,7 @@
 // losses.cpp - loss value and gradient in one pass; see csrc/kernels.inc for the contract.
 // Sums are kept in double. Parallel sums go through parallel_sum: fixed chunks, one double partial
 // per chunk, added in chunk order, so a result depends only on the inputs and the thread count.
-// exp/log1p/sigmoid are the vectorisable versions in kernel_common.h.
+// exp/log1p are the vectorisable versions in kernel_common.h; rows of <= 2 vectors use vec.h.
 #include "kernel_common.h"
 #include "vec.h"
 

@@ -187,6 +187,17 @@ FASTDL_INLINE reg tanh_v(reg x) {
   return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
 }
 
+// out[i] = f(inp[i]) for i in [lo, hi), a vector at a time, the tail under a mask.
+template <class F>
+FASTDL_INLINE void map_vectors(float* out, const float* inp, int64_t lo, int64_t hi, F f) {
+  int64_t i = lo;
+  for (; i + kW <= hi; i += kW) Vec::storeu(out + i, f(Vec::loadu(inp + i)));
+  if (i < hi) {
+    const Vec::mask m = Vec::first(static_cast<int>(hi - i));
+    Vec::storeu_n(out + i, f(Vec::loadu_n(inp + i, m)), m);
+  }
+}
+
 // ---- a short row in registers (softmax and cross-entropy over 10 classes)
 // A row of n floats, (NV-1)*W < n <= NV*W, as NV vectors: all full but the last, which holds
 // n - (NV-1)*W lanes under `tail` (Vec::first of that count) and zeros beyond.

@@ -223,11 +223,6 @@ class SGD(Optimizer):
             return buf, True
         return buf, False
 
-    def _update(self, p, g):
-        buf, first = self._buffer(p, g)
-        ops.sgd_step(p.data, p.grad, buf, lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
-                     weight_decay=g["weight_decay"], nesterov=g["nesterov"], first_step=first)
-
     def _update_group(self, g):
         # One native call for the group's parameters (two on the step where some buffers are new).
         todo = {False: ([], [], []), True: ([], [], [])}
