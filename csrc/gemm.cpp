@@ -22,10 +22,9 @@
 // the plain reference.
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
-// on the calling thread). With enough columns each thread owns a range of B strips and packs its
-// own B; otherwise (a 10-class head, or a small op(b)) each thread owns a range of A panels and
-// packs all of B. The
-// A panels are read in place when a thread's columns fit one B block (the usual MLP layer); else
+// on the calling thread). With 8 A panels or more per thread, or a small op(b), each thread owns a
+// range of A panels and packs all of B; otherwise, with enough columns, each thread owns a range of
+// B strips and packs its own B. The A panels are read in place when a thread's columns fit one B block (the usual MLP layer); else
 // they are packed - jointly into a shared double buffer with one barrier per K-block when the
 // columns are split, privately when the rows are. Packing space comes from a thread_local arena of
 // the calling thread, grown on demand and reused: the GIL is released, so two Python threads may
@@ -415,12 +414,17 @@ bool gemm_blocked(const Operands& g) {
   const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
   const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
   int nt = flops < kParallelFlops ? 1 : get_num_threads();
-  // Split the columns when every thread gets at least 2 strips of them, else the rows. Also the
-  // rows when op(b) is small (each thread then packs all of it) and there are rows enough: the
-  // product is then mostly the writing of c, and two threads writing halves of each row of c share
-  // a cache line per row (dX = dY·W of the 10-class head, 512x128x10: 31 us on 2 threads, 26 on 1).
+  // Split the rows when every thread gets 8 A panels or more (M >= 192 on two threads): each thread
+  // then packs all of B but reads only its own rows of a (Zen 4, 2 threads, interleaved A/B: 512^3
+  // 131 -> 174 GF/s and 512x256x784 179 -> 186 while the machine was loaded, 0-5% better idle).
+  // Else split the columns when every thread gets at least 2 strips of them (M = 32-128: rows were
+  // 2-30% slower), else the rows. Also the rows when op(b) is small (each thread then packs all of
+  // it) and there are rows enough: the product is then mostly the writing of c, and two threads
+  // writing halves of each row of c share a cache line per row (dX = dY·W of the 10-class head,
+  // 512x128x10: 31 us on 2 threads, 26 on 1).
   const bool small_b = g.K * g.N <= 8192 && panels >= 4 * nt;
-  const bool split_n = nt > 1 && strips >= 2 * nt && !small_b;
+  const bool many_rows = panels >= 8 * nt;
+  const bool split_n = nt > 1 && strips >= 2 * nt && !small_b && !many_rows;
   if (!split_n && nt > panels) nt = static_cast<int>(panels);
   if (nt < 1) nt = 1;
   // When a thread's columns fit one B block, each A panel meets each B strip once per K-block:
