@@ -739,11 +739,12 @@ void bind_regularization(py::module_& m) {
                                 {"running_mean", &rm}, {"running_var", &rv}})
           require_no_overlap(fn, "out", oa, name, *a);
         py::array mean = py::array_t<float>(C), invstd = py::array_t<float>(C);
-        float *op = mf(oa), *mp = mf(mean), *ip = mf(invstd), *rmp = mf(rm), *rvp = mf(rv);
+        py::array scratch = py::array_t<float>(batchnorm_scratch_floats(B, C));
+        float *op = mf(oa), *mp = mf(mean), *ip = mf(invstd), *sp = mf(scratch), *rmp = mf(rm), *rvp = mf(rv);
         const float *xp = cf(xa), *gp = cf(g), *bp = cf(b);
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(batchnorm_forward_train)(op, mp, ip, rmp, rvp, xp, gp, bp, mom, ep, B, C);
+          FASTDL_KERNEL(batchnorm_forward_train)(op, mp, ip, sp, rmp, rvp, xp, gp, bp, mom, ep, B, C);
         }
         return py::make_tuple(oa, mean, invstd);
       },
@@ -802,11 +803,12 @@ void bind_regularization(py::module_& m) {
           require_no_overlap(fn, "dx", dxa, name, *a);
         require_all_disjoint(fn, {{"dgamma", &dga}, {"dbeta", &dba}, {"dout", &d}, {"x", &xa}, {"gamma", &g},
                                   {"mean", &mu}, {"invstd", &is}});
-        float *dxp = mf(dxa), *dgp = mf(dga), *dbp = mf(dba);
+        py::array scratch = py::array_t<float>(batchnorm_scratch_floats(B, C));
+        float *dxp = mf(dxa), *dgp = mf(dga), *dbp = mf(dba), *sp = mf(scratch);
         const float *dp = cf(d), *xp = cf(xa), *gp = cf(g), *mp = cf(mu), *ip = cf(is);
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(batchnorm_backward)(dxp, dgp, dbp, dp, xp, gp, mp, ip, B, C);
+          FASTDL_KERNEL(batchnorm_backward)(dxp, dgp, dbp, sp, dp, xp, gp, mp, ip, B, C);
         }
         return py::make_tuple(dxa, dga, dba);
       },

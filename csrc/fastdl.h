@@ -25,6 +25,14 @@ enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_SIGMOID = 2, ACT_TANH = 3 };
 // Loss reductions.
 enum Reduction : int { RED_MEAN = 0, RED_SUM = 1 };
 
+// BatchNorm's training forward and backward sum each column over blocks of kBatchNormRows rows
+// into a scratch buffer that the caller allocates: two block sums per column and block, and two
+// per-column vectors.
+constexpr int64_t kBatchNormRows = 64;
+inline int64_t batchnorm_scratch_floats(int64_t B, int64_t C) {
+  return (2 * ((B + kBatchNormRows - 1) / kBatchNormRows) + 2) * C;
+}
+
 // ---- run-time configuration (csrc/cpu.cpp, compiled once) ----
 int best_isa();             // best instruction set this CPU and OS support
 int active_isa();           // the one kernels dispatch to
