@@ -17,6 +17,8 @@ Bandwidth: GB/s count each array the kernel must touch once (inputs read, output
 write-allocate read of an output is not counted, as in STREAM), stated per case in bytes per
 element; "% triad" compares that with the STREAM triad measured in the same run on an array of the
 same length (so an L2-resident case is compared with L2 bandwidth, a DRAM one with DRAM bandwidth).
+The triad stores as fastdl's elementwise maps do (streaming stores past 48 MiB of arrays, which also
+skip the write-allocate read), so at DRAM size both sides move only the bytes they count.
 Kernels missing from fastdl.ops (a branch not merged yet) are reported as skipped.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 // activations.cpp - elementwise activations and their derivatives, and row-wise softmax.
 // Plain loops under `omp simd`: this file is compiled once per ISA, so each loop becomes
-// AVX-512, AVX2 or SSE2 code; parallel_chunks splits work above kParallelGrain elements.
+// AVX-512, AVX2 or SSE2 code; map_chunks splits the elementwise ones above kParallelGrain elements
+// (aligned to out's cache lines, streaming stores beyond the caches), parallel_chunks the rows.
 // sigmoid and tanh run on whole vectors (sigmoid_v, tanh_v in vec.h, the GEMM epilogue's own), the
 // tail of an array under a mask; exp is simd_exp (kernel_common.h) or exp_nonpos (vec.h), never libm's.
 #include "kernel_common.h"
@@ -19,72 +20,70 @@ inline int64_t row_grain(int64_t C, int64_t grain) { return C >= grain ? 1 : gra
 
 // out = max(inp, 0)
 void relu_forward(float* out, const float* inp, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
+    const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) out[i] = inp[i] > 0.0f ? inp[i] : 0.0f;
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
   });
 }
 
 // dinp = dout * [inp > 0]
 void relu_backward(float* dinp, const float* dout, const float* inp, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(3, dinp, n, [&](int64_t lo, int64_t hi, float* g) {
+    const float *d = dout + lo, *x = inp + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) dinp[i] = select(inp[i] > 0.0f, dout[i], 0.0f);
+    for (int64_t i = 0; i < hi - lo; i++) g[i] = select(x[i] > 0.0f, d[i], 0.0f);
   });
 }
 
 // inp, out, dinp, dout: (n)
 // out = inp > 0 ? inp : slope * inp
 void leaky_relu_forward(float* out, const float* inp, float slope, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
+    const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) out[i] = select(inp[i] > 0.0f, inp[i], slope * inp[i]);
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = select(x[i] > 0.0f, x[i], slope * x[i]);
   });
 }
 
 // dinp = dout * (inp > 0 ? 1 : slope)   (slope at 0, as PyTorch)
 void leaky_relu_backward(float* dinp, const float* dout, const float* inp, float slope, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(3, dinp, n, [&](int64_t lo, int64_t hi, float* g) {
+    const float *d = dout + lo, *x = inp + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) dinp[i] = select(inp[i] > 0.0f, dout[i], slope * dout[i]);
+    for (int64_t i = 0; i < hi - lo; i++) g[i] = select(x[i] > 0.0f, d[i], slope * d[i]);
   });
 }
 
 // inp, out, dinp, dout: (n)
 // out = 1 / (1 + exp(-inp)), from exp(-|inp|) so it never overflows (sigmoid_v)
 void sigmoid_forward(float* out, const float* inp, int64_t n) {
-  parallel_chunks(
-      n,
-      [&](int64_t lo, int64_t hi) {
-        map_vectors(out, inp, lo, hi, [](reg x) { return sigmoid_v(x); });
-      },
-      kExpGrain);
+  map_chunks(
+      2, out, n, [&](int64_t lo, int64_t hi, float* y) { map_vectors(y, inp + lo, hi - lo, [](reg v) { return sigmoid_v(v); }); }, kExpGrain);
 }
 
 // From the output y = sigmoid(x): dinp = dout * y * (1 - y)
 void sigmoid_backward(float* dinp, const float* dout, const float* out, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(3, dinp, n, [&](int64_t lo, int64_t hi, float* g) {
+    const float *d = dout + lo, *y = out + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) dinp[i] = dout[i] * out[i] * (1.0f - out[i]);
+    for (int64_t i = 0; i < hi - lo; i++) g[i] = d[i] * y[i] * (1.0f - y[i]);
   });
 }
 
 // inp, out, dinp, dout: (n)
 // out = tanh(inp), from exp(-2|inp|) so it never overflows (tanh_v)
 void tanh_forward(float* out, const float* inp, int64_t n) {
-  parallel_chunks(
-      n,
-      [&](int64_t lo, int64_t hi) {
-        map_vectors(out, inp, lo, hi, [](reg x) { return tanh_v(x); });
-      },
-      kExpGrain);
+  map_chunks(
+      2, out, n, [&](int64_t lo, int64_t hi, float* y) { map_vectors(y, inp + lo, hi - lo, [](reg v) { return tanh_v(v); }); }, kExpGrain);
 }
 
 // From the output y = tanh(x): dinp = dout * (1 - y²)
 void tanh_backward(float* dinp, const float* dout, const float* out, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(3, dinp, n, [&](int64_t lo, int64_t hi, float* g) {
+    const float *d = dout + lo, *y = out + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) dinp[i] = dout[i] * (1.0f - out[i] * out[i]);
+    for (int64_t i = 0; i < hi - lo; i++) g[i] = d[i] * (1.0f - y[i] * y[i]);
   });
 }
 
@@ -185,9 +184,10 @@ void softmax_backward(float* dinp, const float* dout, const float* out, int64_t 
 // inp, out: (n)
 // out = inp >= 0 ? 1 : 0   (the Heaviside step; forward only, it has no useful gradient)
 void step_forward(float* out, const float* inp, int64_t n) {
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) {
+  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
+    const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = lo; i < hi; i++) out[i] = inp[i] >= 0.0f ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = x[i] >= 0.0f ? 1.0f : 0.0f;
   });
 }
 

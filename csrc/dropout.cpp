@@ -38,8 +38,8 @@ inline uint32_t fmix32(uint32_t h) {
 // and the index within it fits a uint32 loop counter.
 constexpr int64_t kRun = int64_t(1) << 31;
 
-// out = inp * (keep ? scale : 0) over [lo, hi), keep = bits(seed, i) >= threshold.
-void dropout_range(float* out, const float* inp, uint32_t threshold, float scale, uint32_t k0, uint32_t k1,
+// y[i - lo] = inp[i] * (keep ? scale : 0) for i in [lo, hi), keep = bits(seed, i) >= threshold.
+void dropout_range(float* y0, const float* inp, uint32_t threshold, float scale, uint32_t k0, uint32_t k1,
                    int64_t lo, int64_t hi) {
   for (int64_t b = lo; b < hi;) {
     int64_t end = (b | int64_t(0xFFFFFFFF)) + 1;  // next multiple of 2^32
@@ -49,7 +49,7 @@ void dropout_range(float* out, const float* inp, uint32_t threshold, float scale
     const uint32_t base = static_cast<uint32_t>(b);
     const uint32_t key = k1 ^ (static_cast<uint32_t>(b >> 32) * 0x9E3779B9u);
     const float* x = inp + b;
-    float* y = out + b;
+    float* y = y0 + (b - lo);
     // x86 has no unsigned 32-bit compare before AVX-512: flip the sign bits and compare signed
     // (same order). A select between two constants keeps the loop branch-free, so GCC vectorises it.
     const int32_t t = static_cast<int32_t>(threshold ^ 0x80000000u);
@@ -74,7 +74,7 @@ void dropout_apply(float* out, const float* inp, float p, uint64_t seed, int64_t
   const float scale = static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
   const uint64_t key = splitmix64(seed);
   const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) { dropout_range(out, inp, threshold, scale, k0, k1, lo, hi); });
+  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) { dropout_range(y, inp, threshold, scale, k0, k1, lo, hi); });
 }
 
 }  // namespace

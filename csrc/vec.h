@@ -187,13 +187,13 @@ FASTDL_INLINE reg tanh_v(reg x) {
   return Vec::select_neg(x, Vec::sub(Vec::zero(), r), r);
 }
 
-// out[i] = f(inp[i]) for i in [lo, hi), a vector at a time, the tail under a mask.
+// out[i] = f(inp[i]) for i in [0, n), a vector at a time, the tail under a mask.
 template <class F>
-FASTDL_INLINE void map_vectors(float* out, const float* inp, int64_t lo, int64_t hi, F f) {
-  int64_t i = lo;
-  for (; i + kW <= hi; i += kW) Vec::storeu(out + i, f(Vec::loadu(inp + i)));
-  if (i < hi) {
-    const Vec::mask m = Vec::first(static_cast<int>(hi - i));
+FASTDL_INLINE void map_vectors(float* out, const float* inp, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) Vec::storeu(out + i, f(Vec::loadu(inp + i)));
+  if (i < n) {
+    const Vec::mask m = Vec::first(static_cast<int>(n - i));
     Vec::storeu_n(out + i, f(Vec::loadu_n(inp + i, m)), m);
   }
 }

@@ -466,3 +466,51 @@ def test_two_python_threads_at_once(rng):
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+# ================================================================ large and misaligned arrays
+# Elementwise maps split at out's 64-byte lines (thread 0 first does the floats before the first
+# line) and, past 48 MiB of arrays, write through an L1 buffer with streaming stores. Each element
+# depends on its own inputs only, so any such path must give exactly what small calls give.
+STREAMED = 6_500_003  # 26 MB a float array: 2 arrays pass the streaming threshold
+
+
+def offset_view(n, offset, rng, scale=3.0):
+    """n float32 from a buffer `offset` floats in: not 64-B aligned (NumPy's own are 16 mod 64)."""
+    buf = np.empty(n + 16, np.float32)
+    v = buf[offset:offset + n]
+    v[...] = rng.standard_normal(n) * scale
+    return v
+
+
+def piecewise(f, *args, piece=4099):
+    """f applied to pieces far below every threshold, one thread, concatenated."""
+    return np.concatenate([f(*(a[i:i + piece] for a in args)) for i in range(0, args[0].shape[0], piece)])
+
+
+@pytest.mark.parametrize("n", [100_003, STREAMED])
+@pytest.mark.parametrize("name", list(UNARY))
+def test_forward_large_misaligned(isa, rng, n, name):
+    f = UNARY[name][0]
+    x = offset_view(n, 3, rng)
+    out = offset_view(n, 5, rng)
+    assert f(x, out=out) is out
+    np.testing.assert_array_equal(out, piecewise(f, x))
+
+
+@pytest.mark.parametrize("n", [100_003, STREAMED])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
+def test_backward_large_misaligned(isa, rng, n, name):
+    bw = getattr(ops, name + "_backward")
+    d, x, out = offset_view(n, 1, rng), offset_view(n, 7, rng), offset_view(n, 2, rng)
+    assert bw(d, x, out=out) is out
+    np.testing.assert_array_equal(out, piecewise(bw, d, x))
+    assert bw(d, x, out=d) is d  # in place over dout, streamed too
+    np.testing.assert_array_equal(d, out)
+
+
+def test_leaky_relu_large_misaligned(rng):
+    x, d = offset_view(STREAMED, 9, rng), offset_view(STREAMED, 4, rng)
+    np.testing.assert_array_equal(ops.leaky_relu(x, 0.2), piecewise(lambda v: ops.leaky_relu(v, 0.2), x))
+    np.testing.assert_array_equal(ops.leaky_relu_backward(d, x, 0.2),
+                                  piecewise(lambda a, b: ops.leaky_relu_backward(a, b, 0.2), d, x))

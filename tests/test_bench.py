@@ -147,3 +147,12 @@ def test_scaling_runs_a_one_thread_child(tmp_path):
     assert scaling["gemm"][0]["fastdl_1t"] > 0
     assert (tmp_path / "threads-1" / "gemm.json").exists()
     assert "Thread scaling" in (tmp_path / "SUMMARY.md").read_text()
+
+
+@pytest.mark.parametrize("n", [1000, 100_003, 6_500_003])  # the last one streams its stores
+def test_stream_triad_computes_the_triad(n):
+    rng = np.random.default_rng(5)
+    b, c = rng.standard_normal(n + 16).astype(np.float32)[1:n + 1], rng.standard_normal(n).astype(np.float32)
+    a = np.empty(n + 16, np.float32)[3:n + 3]
+    fastdl._C.stream_triad(a, b, c, np.float32(3.0), 2)
+    np.testing.assert_allclose(a, b + np.float32(3.0) * c, rtol=1e-6, atol=1e-6)

@@ -63,6 +63,15 @@ def test_dropout_matches_reference(isa, rng, p):
     np.testing.assert_allclose(y, reference_dropout(x, p, seed), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("n", [100_003, 6_500_003])  # the second passes the streaming-store threshold
+def test_dropout_large_misaligned_matches_reference(isa, rng, n):
+    buf = rng.standard_normal(n + 16).astype(np.float32)
+    x, out = buf[3:3 + n], np.empty(n + 16, np.float32)[5:5 + n]  # 12 and 20 bytes past 64-B lines
+    assert ops.dropout(x, 0.3, 99, out=out) is out
+    np.testing.assert_array_equal(out != 0, reference_keep(n, 0.3, 99))
+    np.testing.assert_allclose(out, reference_dropout(x, 0.3, 99), rtol=1e-6, atol=0)
+
+
 def test_dropout_mask_matches_reference(isa):
     mask = ops.dropout_mask((7, 9, 11), 0.3, 42)
     assert mask.dtype == np.float32 and mask.shape == (7, 9, 11)
