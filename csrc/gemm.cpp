@@ -413,7 +413,7 @@ bool gemm_blocked(const Operands& g) {
   constexpr int MR = Tl::MR, NR = Tl::NR;
   const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
   const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
-  int nt = flops < kParallelFlops ? 1 : get_num_threads();
+  int nt = flops < kParallelFlops || omp_in_parallel() ? 1 : get_num_threads();
   // Split the rows when every thread gets 8 A panels or more (M >= 192 on two threads): each thread
   // then packs all of B but reads only its own rows of a (Zen 4, 2 threads, interleaved A/B: 512^3
   // 131 -> 174 GF/s and 512x256x784 179 -> 186 while the machine was loaded, 0-5% better idle).

@@ -21,7 +21,10 @@ namespace FASTDL_ISA_NS {
 // Work below this many elements runs on one thread: a parallel region costs 1-2 us warm.
 constexpr int64_t kParallelGrain = 32768;
 
+// Inside a parallel region (two kernels run side by side, as linear_backward's products) a kernel
+// runs on its caller's thread alone.
 inline int threads_for(int64_t work, int64_t grain = kParallelGrain) {
+  if (omp_in_parallel()) return 1;
   int t = get_num_threads();
   int64_t by_work = work / grain;
   if (by_work < 1) return 1;
