@@ -195,9 +195,12 @@ def test_linear_gradients_finite_differences(isa, rng, with_bias, B, C, OC):
 # ---------------------------------------------------------------- threads
 
 
-def test_linear_one_and_two_threads_agree(isa, rng):
-    x, w, b = layer(rng, 512, 300, 200)  # big enough for both GEMMs and the bias sum to use 2 threads
-    dout = rng.standard_normal((512, 200)).astype(F32)
+# On 2 threads the backward products run side by side (one thread each) up to 64 MFLOP each, and
+# one after the other, each split, above: 128x128->10 and 512x300->200 pair, 600x784->256 splits.
+@pytest.mark.parametrize("B,C,OC", [(128, 128, 10), (512, 300, 200), (600, 784, 256)])
+def test_linear_one_and_two_threads_agree(isa, rng, B, C, OC):
+    x, w, b = layer(rng, B, C, OC)
+    dout = rng.standard_normal((B, OC)).astype(F32)
     prev = fastdl.get_num_threads()
     res = []
     try:
