@@ -65,8 +65,8 @@ struct Tile {
 // block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
 // flat within 2% for kKC 256-320 and kNB 128-384); AVX-512 sizes follow kernels.md for Intel
 // Sapphire Rapids (48 KiB L1d, 2 MiB L2). They also fit AMD Zen 4 (32 KiB L1d, 1 MiB L2: the
-// 18 KiB A panel and the 768 KiB B block), where they run 2048^3 at 84-86% of the FMA peak; no
-// sweep of them has been made there.
+// 18 KiB A panel and the 768 KiB B block), where they run 2048^3 at 78-87% of the FMA peak; a sweep
+// of kKC and kNB there at 2048^3 found every pair tried within the noise (170-177 GF/s).
 #if defined(__AVX512F__)
 constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
@@ -76,9 +76,10 @@ constexpr int64_t kNB = 256;
 #endif
 constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 4, 6, 12, 16)
 // 2*M*N*K (N rounded up to the tile) below this runs on the calling thread, with no parallel region
-// (which costs 1-2 us warm, tens of us after an idle spell): 1 MFLOP is ~10 us on one Zen 4 core.
-// 512x128x10 (2 MFLOP padded): 26 us on one thread, 14 us on two.
-constexpr double kParallelFlops = 1.0e6;
+// (which costs 1-2 us warm, tens of us after an idle spell). Zen 4, same-run medians, one thread
+// against two: 512x128x10 (2 MFLOP padded) 26 -> 14 us; 128x128->10 forward (0.5 MFLOP) 6.2 -> 4.6,
+// 128x128 from K = 10 (0.33) 6.9 -> 5.1, 10x128 from K = 128 (0.33) 5.6 -> 5.8, 64x128->10 even.
+constexpr double kParallelFlops = 0.25e6;
 
 // ------------------------------------------------------------------ activation on a vector
 FASTDL_INLINE reg activate(reg v, int act) {
