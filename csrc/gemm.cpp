@@ -61,14 +61,16 @@ struct Tile {
   static constexpr int MR = MR_, NV = NV_, NR = NV_ * Vec::W;
 };
 
-// Cache blocking: the A panel (kKC x MR floats) stays in L1, the B block (kKC x kNB) in L2, the A
-// block (kMB x kKC) in L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d, 512 KiB L2 per core:
-// flat within 2% for kKC 256-320 and kNB 128-384); AVX-512 sizes follow kernels.md for Intel
-// Sapphire Rapids (48 KiB L1d, 2 MiB L2). They also fit AMD Zen 4 (32 KiB L1d, 1 MiB L2: the
-// 18 KiB A panel and the 768 KiB B block), where they run 2048^3 at 78-87% of the FMA peak; a sweep
-// of kKC and kNB there at 2048^3 found every pair tried within the noise (170-177 GF/s).
+// Cache blocking: the A panel (kKC x MR floats) is reused from L1 or L2, the B block (kKC x kNB)
+// from L2 (or L3: 688 x 512 at 2048^3 is 1.4 MB), the A block (kMB x kKC) from L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d,
+// 512 KiB L2 per core: flat within 2% for kKC 256-320 and kNB 128-384). AVX-512 sizes are measured
+// on AMD Zen 4 (32 KiB L1d, 1 MiB L2), 2 threads, same-run medians against kKC 384 (kernels.md's
+// Sapphire Rapids size): deep K-blocks pay, as c is then read and written fewer times. K = 784 in
+// one block instead of 3 x 264: the MLP forward 128x784->256 6-7% faster, 32x784->256 5%; 2048^3
+// (3 x 688 instead of 6 x 344) 0-5%, median +3%; products with K <= 384 are unchanged. kKC 512 gave
+// 2048^3 +3%, 1024 +2-5%; kNB 256 with kKC 784 +0-4%.
 #if defined(__AVX512F__)
-constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
+constexpr int64_t kKC = 784;  // depth of a K-block (balanced: K = 2048 runs as 3 x 688)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
 #else
 constexpr int64_t kKC = 320;

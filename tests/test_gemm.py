@@ -89,7 +89,7 @@ SIZES = [
     (300, 10, 700),  # few columns: split by rows, a read in place
     (35, 4, 70),  # N fits one vector: the small tile (generic 12 x 4)
     (29, 8, 33),  # the AVX2 small tile, 12 x 8
-    (50, 16, 400),  # the AVX-512 small tile, 16 x 16, two K-blocks
+    (50, 16, 900),  # the AVX-512 small tile, 16 x 16, two K-blocks (three on AVX2)
     (40, 70, 1024),  # a's rows 4 KiB apart: packed instead of read in place
     (10, 100, 300),  # one A panel (AVX-512): full B strips read in place, the last one packed
     (5, 70, 40),  # one A panel on every path
@@ -106,8 +106,8 @@ def test_matmul_sizes(isa, rng, M, N, K, trans_a, trans_b):
     assert_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), want, scale)
 
 
-# the 2nd: 2 K-blocks, 2 threads; the 3rd: a few rows (with trans_b: dot products, no packing)
-@pytest.mark.parametrize("M,N,K", [(37, 50, 129), (70, 200, 400), (3, 50, 129)])
+# the 2nd: 2 K-blocks (AVX-512; 3 on AVX2), 2 threads; the 3rd: a few rows (with trans_b: dot products, no packing)
+@pytest.mark.parametrize("M,N,K", [(37, 50, 129), (70, 200, 900), (3, 50, 129)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
