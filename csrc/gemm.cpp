@@ -62,15 +62,15 @@ struct Tile {
 };
 
 // Cache blocking: the A panel (kKC x MR floats) is reused from L1 or L2, the B block (kKC x kNB)
-// from L2 (or L3: 688 x 512 at 2048^3 is 1.4 MB), the A block (kMB x kKC) from L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d,
+// from L2, the A block (kMB x kKC) from L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d,
 // 512 KiB L2 per core: flat within 2% for kKC 256-320 and kNB 128-384). AVX-512 sizes are measured
-// on AMD Zen 4 (32 KiB L1d, 1 MiB L2), 2 threads, same-run medians against kKC 384 (kernels.md's
-// Sapphire Rapids size): deep K-blocks pay, as c is then read and written fewer times. K = 784 in
-// one block instead of 3 x 264: the MLP forward 128x784->256 6-7% faster, 32x784->256 5%; 2048^3
-// (3 x 688 instead of 6 x 344) 0-5%, median +3%; products with K <= 384 are unchanged. kKC 512 gave
-// 2048^3 +3%, 1024 +2-5%; kNB 256 with kKC 784 +0-4%.
+// on AMD Zen 4 (32 KiB L1d, 1 MiB L2) only as far as this: kKC 784 (K = 784 in one block) ran the
+// 128x784->256 forward 6-7% faster and 2048^3 ~3% faster, but doubled the error against float64
+// (2.4e-7 vs OpenBLAS's 1.2e-7 at 64x784->256, over issue 4's 2x bar): one float accumulator
+// chain per K-block 784 long. Kept at 384 (error 1.00x OpenBLAS's) until the deep block can carry
+// its partial sums in shorter runs. kKC 512 gave 2048^3 +3%, 1024 +2-5%, with the same risk.
 #if defined(__AVX512F__)
-constexpr int64_t kKC = 784;  // depth of a K-block (balanced: K = 2048 runs as 3 x 688)
+constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
 #else
 constexpr int64_t kKC = 320;

@@ -89,7 +89,7 @@ SIZES = [
     (300, 10, 700),  # few columns: split by rows, a read in place
     (35, 4, 70),  # N fits one vector: the small tile (generic 12 x 4)
     (29, 8, 33),  # the AVX2 small tile, 12 x 8
-    (50, 16, 900),  # the AVX-512 small tile, 16 x 16, two K-blocks (three on AVX2)
+    (50, 16, 900),  # the AVX-512 small tile, 16 x 16, three K-blocks
     (40, 70, 1024),  # a's rows 4 KiB apart: packed instead of read in place
     (10, 100, 300),  # one A panel (AVX-512): full B strips read in place, the last one packed
     (5, 70, 40),  # one A panel on every path
