@@ -300,10 +300,9 @@ def optimizer_cases(np, ops, rng):
             t2 *= lr / bc1
             p -= t2
 
-    def fd_adam(state, t):
+    def fd_adam(state, t):  # one call for the whole model, as optim.Adam.step makes it
         ps, ms, vs = state
-        for p, g, m, v in zip(ps, grads, ms, vs):
-            ops.adam_step(p, g, m, v, lr=lr, step=t, beta1=b1, beta2=b2, eps=eps)
+        ops.adam_step_many(ps, grads, ms, vs, lr=lr, steps=[t] * len(ps), beta1=b1, beta2=b2, eps=eps)
 
     def adam_check():
         sa, sb = adam_state(), adam_state()
@@ -334,7 +333,7 @@ def optimizer_cases(np, ops, rng):
                                 "bytes": 20 * n, "bytes_note": "20 B/elt: param, grad, buf read; param, buf written",
                                 "contenders": {"numpy": lambda: np_sgd(p_np, buf_np),
                                                "fastdl": lambda: fd_sgd(p_fd, buf_fd)}, "check": sgd_check}),
-        ({"adam_step"}, lambda: {"name": f"Adam step, {model}, {n:,} floats", "group": "bandwidth", "n": n,
+        ({"adam_step_many"}, lambda: {"name": f"Adam step, {model}, {n:,} floats", "group": "bandwidth", "n": n,
                                  "bytes": 28 * n, "bytes_note": "28 B/elt: param, grad, m, v read; param, m, v written",
                                  "contenders": {"numpy": stepper(np_adam, a_np, "numpy"),
                                                 "fastdl": stepper(fd_adam, a_fd, "fastdl")}, "check": adam_check}),

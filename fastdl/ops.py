@@ -211,7 +211,7 @@ def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, db
 
 
 # ---------------------------------------------------------------- optimizer updates
-__all__ += ["sgd_step", "sgd_step_many", "adam_step"]
+__all__ += ["sgd_step", "sgd_step_many", "adam_step", "adam_step_many"]
 
 
 def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -257,3 +257,14 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
         raise TypeError(f"adam_step: step must be an int, got {type(step).__name__}")
     _C.adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled)
     return param
+
+
+def adam_step_many(params, grads, ms, vs, *, lr, steps, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                   decoupled=False):
+    """``adam_step`` on every array of ``params`` (a list) with the same hyper-parameters, in one native
+    call whose threads split all the arrays together (PyTorch's foreach Adam). ``grads``, ``ms``,
+    ``vs`` and ``steps`` (each array's step count, from 1) are lists of the same length; nothing may
+    share memory. Returns ``params``.
+    """
+    _C.adam_update_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled)
+    return params

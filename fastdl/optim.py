@@ -1,7 +1,7 @@
 """fastdl.optim: SGD, Adam, AdamW and learning-rate schedules, with PyTorch's names and semantics.
 
 Optimizers update each parameter's ``.data`` in place from its ``.grad`` through one native
-kernel call per parameter (``ops.sgd_step`` / ``ops.adam_step``). Their state (momentum buffers,
+kernel call per parameter group (``ops.sgd_step_many`` / ``ops.adam_step_many``). Their state (momentum buffers,
 Adam's moments and step counts) is kept per parameter in ``optimizer.state``.
 
 Schedules change ``optimizer.lr``; call their ``step()`` once per epoch (``ReduceLROnPlateau``:
@@ -267,14 +267,24 @@ class Adam(Optimizer):
                         check_float(betas[1], who, "betas[1]", low=0.0, high=1.0, high_open=True))
         return out
 
-    def _update(self, p, g):
-        st = self.state.get(p)
-        if st is None:
-            st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data), "exp_avg_sq": np.zeros_like(p.data)}
-        st["step"] += 1
+    def _update_group(self, g):
+        # One native call for the group's parameters; step counts move only once it has succeeded.
+        states = []
+        for p in g["params"]:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data),
+                                      "exp_avg_sq": np.zeros_like(p.data)}
+            states.append(st)
+        if not states:
+            return
         b1, b2 = g["betas"]
-        ops.adam_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], lr=g["lr"], step=st["step"], beta1=b1,
-                      beta2=b2, eps=g["eps"], weight_decay=g["weight_decay"], decoupled=self._decoupled)
+        ops.adam_step_many([p.data for p in g["params"]], [p.grad for p in g["params"]],
+                           [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
+                           lr=g["lr"], steps=[st["step"] + 1 for st in states], beta1=b1, beta2=b2, eps=g["eps"],
+                           weight_decay=g["weight_decay"], decoupled=self._decoupled)
+        for st in states:
+            st["step"] += 1
 
 
 class AdamW(Adam):

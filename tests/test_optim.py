@@ -507,3 +507,22 @@ def test_reduce_lr_on_plateau_rejects_non_numeric_metric():
 def test_optimizer_repr():
     r = repr(optim.SGD(_p(), lr=0.1, momentum=0.9))
     assert r.startswith("SGD (") and "momentum: 0.9" in r and "lr: 0.1" in r
+
+
+def test_adam_refused_step_changes_nothing():
+    # one native call per group: a bad array of one parameter leaves every parameter, moment and
+    # step count as it was
+    a, b = Parameter(np.ones(3, np.float32)), Parameter(np.ones(2, np.float32))
+    opt = optim.Adam([a, b], lr=0.1)
+    a.grad, b.grad = np.full(3, 0.5, np.float32), np.full(2, 0.5, np.float32)
+    opt.step()
+    before = a.data.copy(), b.data.copy()
+    opt.state[b]["exp_avg"].flags.writeable = False  # b's first moment: refused by the kernel's checks
+    with pytest.raises(ValueError, match=r"adam_step_many: m\[1\] is read-only"):
+        opt.step()
+    opt.state[b]["exp_avg"].flags.writeable = True
+    np.testing.assert_array_equal(a.data, before[0])
+    np.testing.assert_array_equal(b.data, before[1])
+    assert [opt.state[p]["step"] for p in (a, b)] == [1, 1]
+    opt.step()
+    assert [opt.state[p]["step"] for p in (a, b)] == [2, 2]

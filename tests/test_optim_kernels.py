@@ -434,3 +434,93 @@ def test_sgd_step_many_errors():
         ops.sgd_step_many([], [], lr=0.1)
     with pytest.raises(ValueError, match=r"sgd_step_many: lr must be finite and >= 0"):
         ops.sgd_step_many([a], [g], lr=-1.0)
+
+
+# ---------------------------------------------------------------- adam_step_many (one call for many arrays)
+
+
+@pytest.mark.parametrize("kw", ADAM_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adam_step_many_is_adam_step_on_each_array(isa, rng, kw, threads):
+    # sizes that put array boundaries inside a thread's range and a range inside one array; each
+    # array at its own step count (a parameter that joined later)
+    sizes = [1, 17, 40_000, 3, 200_003, 256]
+    first = [1, 1, 4, 1, 2, 7]
+    ps = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    ms = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    vs = [rng.random(n).astype(np.float32) for n in sizes]
+    one = [[a.copy() for a in arrays] for arrays in (ps, ms, vs)]
+    prev = _C.get_num_threads()
+    try:
+        _C.set_num_threads(threads)
+        for step in range(3):
+            gs = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+            steps = [s + step for s in first]
+            assert ops.adam_step_many(ps, gs, ms, vs, steps=steps, **kw) is ps
+            for p, m, v, g, s in zip(*one, gs, steps):
+                ops.adam_step(p, g, m, v, step=s, **kw)
+    finally:
+        _C.set_num_threads(prev)
+    for got, want in zip((ps, ms, vs), one):
+        for a, b in zip(got, want):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_adam_step_many_against_the_reference(rng):
+    sizes = [(37, 29), (29,), (5,)]
+    ps = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+    ms = [np.zeros(s, np.float32) for s in sizes]
+    vs = [np.zeros(s, np.float32) for s in sizes]
+    ref = [(p.copy(), m.copy(), v.copy()) for p, m, v in zip(ps, ms, vs)]
+    for step in range(1, 5):
+        gs = [rng.standard_normal(s).astype(np.float32) for s in sizes]
+        ops.adam_step_many(ps, gs, ms, vs, lr=1e-2, steps=(step,) * 3, weight_decay=0.1)
+        ref = [ref_adam(p, g, m, v, lr=1e-2, step=step, weight_decay=0.1) for (p, m, v), g in zip(ref, gs)]
+    for (p_ref, m_ref, v_ref), p, m, v in zip(ref, ps, ms, vs):
+        np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_step_many_errors():
+    a, b, g = np.zeros(4, np.float32), np.zeros(3, np.float32), np.zeros(4, np.float32)
+    z = lambda: [np.zeros(4, np.float32), np.zeros(3, np.float32)]  # noqa: E731
+    with pytest.raises(ValueError, match=r"adam_step_many: params, grads, m, v and steps must have the same length"):
+        ops.adam_step_many([a, b], [g], z(), z(), lr=0.1, steps=[1, 1])
+    with pytest.raises(ValueError, match=r"adam_step_many: params, grads, m, v and steps must have the same length"):
+        ops.adam_step_many([a, b], [g, np.zeros(3, np.float32)], z(), z(), lr=0.1, steps=[1])
+    with pytest.raises(ValueError, match=r"adam_step_many: grads\[1\] has shape \(4,\), expected params\[1\]\.shape"):
+        ops.adam_step_many([a, b], [g, g], z(), z(), lr=0.1, steps=[1, 1])
+    with pytest.raises(ValueError, match=r"adam_step_many: params\[0\] and m\[1\] must not share memory"):
+        ops.adam_step_many([a, b], [g, g[:3].copy()], [np.zeros(4, np.float32), a[:3]], z(), lr=0.1, steps=[1, 1])
+    with pytest.raises(ValueError, match=r"adam_step_many: steps\[1\] must be >= 1"):
+        ops.adam_step_many([a, b], [g, g[:3].copy()], z(), z(), lr=0.1, steps=[1, 0])
+    with pytest.raises(TypeError, match=r"adam_step_many: steps\[0\] must be an int, got bool"):
+        ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=[True])
+    with pytest.raises(TypeError, match=r"adam_step_many: steps must be a list or tuple of ints, got int"):
+        ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=1)
+    with pytest.raises(TypeError, match=r"adam_step_many: m\[0\] must have dtype float32"):
+        ops.adam_step_many([a], [g], [np.zeros(4)], [g.copy()], lr=0.1, steps=[1])
+    with pytest.raises(TypeError, match=r"adam_step_many: params must be a list or tuple of arrays, got ndarray"):
+        ops.adam_step_many(a, [g], [g.copy()], [g.copy()], lr=0.1, steps=[1])
+    with pytest.raises(ValueError, match=r"adam_step_many: params is empty"):
+        ops.adam_step_many([], [], [], [], lr=0.1, steps=[])
+    with pytest.raises(ValueError, match=r"adam_step_many: beta2 must be in \[0, 1\)"):
+        ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=[1], beta2=1.0)
+    np.testing.assert_array_equal(a, 0)  # nothing was written by a refused call
+
+
+def test_step_many_finds_any_overlapping_pair():
+    # the overlap check sorts the arrays by address: a pair far apart in the list, or one array
+    # inside another with disjoint ones between, is still found and named
+    flat = np.zeros(1000, np.float32)
+    ps = [flat[:100], np.zeros(5, np.float32), flat[200:300], flat[50:60]]
+    gs = [np.zeros(p.shape, np.float32) for p in ps]
+    with pytest.raises(ValueError, match=r"sgd_step_many: params\[0\] and params\[3\] must not share memory"):
+        ops.sgd_step_many(ps, gs, lr=0.1)
+    ms, vs = [np.zeros(p.shape, np.float32) for p in ps], [np.zeros(p.shape, np.float32) for p in ps]
+    vs[2] = gs[2]
+    with pytest.raises(ValueError, match=r"adam_step_many: grads\[2\] and v\[2\] must not share memory"):
+        ops.adam_step_many(ps[:3], gs[:3], ms[:3], vs[:3], lr=0.1, steps=[1, 1, 1])
+    ops.adam_step_many(ps[:3], gs[:3], ms[:3], [np.zeros(p.shape, np.float32) for p in ps[:3]], lr=0.1,
+                       steps=[1, 1, 1])  # disjoint: accepted
