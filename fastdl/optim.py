@@ -212,31 +212,33 @@ class SGD(Optimizer):
                              f"momentum={out['momentum']}, dampening={out['dampening']}")
         return out
 
-    def _buffer(self, p, g):
-        """(momentum buffer or None, whether it is new: this is the parameter's first step)."""
-        if g["momentum"] == 0.0:
-            return None, False
-        st = self.state.setdefault(p, {})
-        buf = st.get("momentum_buffer")
-        if buf is None:
-            buf = st["momentum_buffer"] = np.zeros_like(p.data)
-            return buf, True
-        return buf, False
-
     def _update_group(self, g):
-        # One native call for the group's parameters (two on the step where some buffers are new).
-        todo = {False: ([], [], []), True: ([], [], [])}
-        for p in g["params"]:
-            buf, first = self._buffer(p, g)
-            ps, gs, bs = todo[first]
-            ps.append(p.data)
-            gs.append(p.grad)
-            bs.append(buf)
-        for first, (ps, gs, bs) in todo.items():
-            if ps:
-                ops.sgd_step_many(ps, gs, bs if g["momentum"] != 0.0 else None, lr=g["lr"], momentum=g["momentum"],
-                                  dampening=g["dampening"], weight_decay=g["weight_decay"], nesterov=g["nesterov"],
-                                  first_step=first)
+        # One native call for the group's parameters (two on the step where some buffers are new:
+        # a new buffer starts as the gradient itself, PyTorch's first step).
+        params = g["params"]
+        kw = {"lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+              "weight_decay": g["weight_decay"], "nesterov": g["nesterov"]}
+        if not params:
+            return
+        data, grads = [p.data for p in params], [p.grad for p in params]
+        if g["momentum"] == 0.0:
+            ops.sgd_step_many(data, grads, None, **kw)
+            return
+        bufs, new = [], []
+        for p in params:
+            st = self.state.setdefault(p, {})
+            buf = st.get("momentum_buffer")
+            new.append(buf is None)
+            if buf is None:
+                buf = st["momentum_buffer"] = np.zeros_like(p.data)
+            bufs.append(buf)
+        if not any(new) or all(new):  # every step but a group's first: one call
+            ops.sgd_step_many(data, grads, bufs, first_step=new[0], **kw)
+            return
+        for first in (False, True):
+            pick = [i for i, n in enumerate(new) if n == first]
+            ops.sgd_step_many([data[i] for i in pick], [grads[i] for i in pick], [bufs[i] for i in pick],
+                              first_step=first, **kw)
 
 
 class Adam(Optimizer):

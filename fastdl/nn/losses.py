@@ -35,7 +35,7 @@ class _Loss(Module):
             raise ValueError(f"{who}: output contains NaN or Inf (has training diverged? try a lower learning rate)")
         target = self._target(target, output, who)
         loss, grad = self._kernel(output, target)
-        self._grad = grad
+        object.__setattr__(self, "_grad", grad)  # not a parameter: no registry bookkeeping
         return float(loss)
 
     def backward(self) -> np.ndarray:
@@ -108,13 +108,16 @@ class CrossEntropyLoss(_Loss):
         if labels.shape != (output.shape[0],):
             raise ValueError(f"{who}: target has shape {labels.shape}, expected ({output.shape[0]},): one label per "
                              f"row of the output {output.shape}")
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-        nc = output.shape[1]
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= nc:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{who}: labels must lie in [0, {nc}) for an output with {nc} classes, got {bad}")
-        return labels
+        return np.ascontiguousarray(labels, dtype=np.int64)  # their range is checked by the kernel
 
     def _kernel(self, output, labels):
-        return ops.softmax_cross_entropy(output, labels, reduction=self.reduction, grad=True)
+        try:
+            return ops.softmax_cross_entropy(output, labels, reduction=self.reduction, grad=True)
+        except ValueError:  # the kernel refused a label (before writing anything): say it as the loss
+            nc = output.shape[1]
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= nc:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"{type(self).__name__}: labels must lie in [0, {nc}) for an output with {nc} "
+                                 f"classes, got {bad}") from None
+            raise
