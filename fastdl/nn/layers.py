@@ -22,7 +22,7 @@ from .module import Module, Parameter, as_float32, check_float, check_int, regis
 # What forward keeps for backward (the input, the output, its shape) is never a Parameter or a
 # Module, so it skips Module.__setattr__'s registry bookkeeping (a Python call per attribute, ~6
 # per layer and step).
-_cache = object.__setattr__
+_keep = object.__setattr__
 
 __all__ = ["Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step", "Dropout",
            "BatchNorm1d", "Flatten"]
@@ -120,8 +120,8 @@ class Linear(_Layer):
         out = self._buf("out", (x.shape[0], self.out_features), reuse)
         b = None if self.bias is None else self.bias.data
         y = ops.linear_forward(x, self.weight.data, b, activation=act, out=out)
-        _cache(self, "_x", x)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_x", x)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -161,13 +161,13 @@ class _Activation(_Layer):
 
     def _fused_output(self, y):
         """Called by Sequential after Linear computed y = act(x·Wᵀ + b) in one kernel."""
-        _cache(self, "_y", y)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_y", y)
+        _keep(self, "_out_shape", y.shape)
 
     def _forward(self, x, reuse):
         y = self._fwd(x, self._buf("out", x.shape, reuse))
-        _cache(self, "_y", y)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_y", y)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -243,8 +243,8 @@ class LeakyReLU(_Layer):
 
     def _forward(self, x, reuse):
         y = ops.leaky_relu(x, self.negative_slope, out=self._buf("out", x.shape, reuse))
-        _cache(self, "_x", x)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_x", x)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -266,7 +266,7 @@ class Step(_Layer):
 
     def _forward(self, x, reuse):
         y = ops.step(x, out=self._buf("out", x.shape, reuse))
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -303,7 +303,7 @@ class Dropout(_Layer):
         return self
 
     def _forward(self, x, reuse):
-        _cache(self, "_out_shape", x.shape)
+        _keep(self, "_out_shape", x.shape)
         if not self.training or self.p == 0.0:
             self._mask_seed = None
             return x
@@ -370,7 +370,7 @@ class BatchNorm1d(_Layer):
                                             self.running_var, training=False, momentum=self.momentum,
                                             eps=self.eps, out=out)
             self._cache = (x, None, None)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -426,7 +426,7 @@ class Flatten(_Layer):
         shape = x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:]
         self._in_shape = x.shape
         y = x.reshape(shape)
-        _cache(self, "_out_shape", y.shape)
+        _keep(self, "_out_shape", y.shape)
         return y
 
     def _backward(self, dout, need_dinp, reuse):
@@ -512,7 +512,7 @@ class Sequential(_Layer):
             x = y
         if not reuse and any(np.may_share_memory(x, b) for b in inner):
             x = x.copy()  # an identity-like last layer (Dropout in eval, Flatten) handed back a buffer
-        _cache(self, "_out_shape", x.shape)
+        _keep(self, "_out_shape", x.shape)
         return x
 
     def _backward(self, dout, need_dinp, reuse):
