@@ -52,7 +52,7 @@ def _link_all(src: Path, dst: Path, skip=()):
 
 
 def _raw_bytes(name):
-    return gzip.decompress((mnist_dir() / (name + ".gz")).read_bytes())
+    return gzip.decompress((_require_mnist() / (name + ".gz")).read_bytes())
 
 
 # ----------------------------------------------------------------------------- loading
@@ -130,7 +130,7 @@ def test_truncated_file_names_the_file(tmp_path, gz):
 
 
 def test_truncated_gzip_stream(tmp_path):
-    gz = (mnist_dir() / "train-labels-idx1-ubyte.gz").read_bytes()
+    gz = (_require_mnist() / "train-labels-idx1-ubyte.gz").read_bytes()
     d, target = _broken_dir(tmp_path, "train-labels-idx1-ubyte", b"")
     target.unlink()
     target = d / "train-labels-idx1-ubyte.gz"
