@@ -48,21 +48,28 @@ void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, 
   });
 }
 
-// The count arrays as one: threads split their concatenation (one parallel region for a whole
-// model, PyTorch's foreach), and each thread walks the arrays its range covers.
-void sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
-                     int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
-                     int first_step) {
+// count arrays of n[t] elements as one: threads split their concatenation (one parallel region for
+// a whole model, PyTorch's foreach), and each thread runs body(t, lo, hi) on the part [lo, hi) of
+// every array t its range covers.
+template <class F>
+static void parallel_arrays(const int64_t* n, int64_t count, F body) {
   int64_t total = 0;
   for (int64_t t = 0; t < count; t++) total += n[t];
   parallel_chunks(total, [=](int64_t lo, int64_t hi) {
     int64_t off = 0;  // where array t starts in the concatenation
     for (int64_t t = 0; t < count && off < hi; off += n[t], t++) {
       const int64_t a = lo > off ? lo - off : 0, b = hi - off < n[t] ? hi - off : n[t];
-      if (a < b)
-        sgd_range(param[t], momentum_buf ? momentum_buf[t] : nullptr, grad[t], lr, momentum, dampening,
-                  weight_decay, nesterov, first_step, a, b);
+      if (a < b) body(t, a, b);
     }
+  });
+}
+
+void sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
+                     int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
+                     int first_step) {
+  parallel_arrays(n, count, [=](int64_t t, int64_t lo, int64_t hi) {
+    sgd_range(param[t], momentum_buf ? momentum_buf[t] : nullptr, grad[t], lr, momentum, dampening, weight_decay,
+              nesterov, first_step, lo, hi);
   });
 }
 
@@ -123,16 +130,9 @@ void adam_update(float* param, float* m, float* v, const float* grad, float lr, 
 void adam_update_many(float* const* param, float* const* m, float* const* v, const float* const* grad,
                       const int64_t* n, const int64_t* step, int64_t count, float lr, double beta1, double beta2,
                       float eps, float weight_decay, int decoupled) {
-  int64_t total = 0;
-  for (int64_t t = 0; t < count; t++) total += n[t];
-  parallel_chunks(total, [=](int64_t lo, int64_t hi) {
-    int64_t off = 0;  // where array t starts in the concatenation
-    for (int64_t t = 0; t < count && off < hi; off += n[t], t++) {
-      const int64_t a = lo > off ? lo - off : 0, b = hi - off < n[t] ? hi - off : n[t];
-      if (a < b)
-        adam_range(param[t], m[t], v[t], grad[t], adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step[t]),
-                   a, b);
-    }
+  parallel_arrays(n, count, [=](int64_t t, int64_t lo, int64_t hi) {
+    adam_range(param[t], m[t], v[t], grad[t], adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step[t]),
+               lo, hi);
   });
 }
 
