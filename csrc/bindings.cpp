@@ -892,6 +892,21 @@ void require_adam_step(const char* fn, const std::string& arg, int64_t step) {
                 std::to_string(step));
 }
 
+// A step count from a list: a Python int (or anything with __index__, bool excluded), >= 1.
+int64_t parse_step(py::handle h, const char* fn, const std::string& arg) {
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr()))
+    type_error(std::string(fn) + ": " + arg + " must be an int, got " +
+               std::string(py::str(py::type::of(h).attr("__name__"))));
+  py::object i = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!i) throw py::error_already_set();  // its __index__ raised: that exception goes on
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow)
+    value_error(std::string(fn) + ": " + arg + " must fit in 64 bits, got " + std::string(py::repr(i)));
+  require_adam_step(fn, arg, v);
+  return v;
+}
+
 // A list or tuple argument of the *_many updates.
 py::sequence require_sequence(const char* fn, py::handle h, const char* arg) {
   if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h))
@@ -1040,12 +1055,7 @@ void bind_optim(py::module_& m) {
         std::vector<int64_t> n(count), st(count);
         for (size_t i = 0; i < count; i++) {
           const std::string k = "[" + std::to_string(i) + "]";
-          py::handle si = ss[i];
-          if (py::isinstance<py::bool_>(si) || !PyIndex_Check(si.ptr()))  // int or NumPy integer
-            type_error(std::string(fn) + ": steps" + k + " must be an int, got " +
-                       std::string(py::str(py::type::of(si).attr("__name__"))));
-          st[i] = py::reinterpret_steal<py::int_>(PyNumber_Index(si.ptr())).cast<int64_t>();
-          require_adam_step(fn, "steps" + k, st[i]);
+          st[i] = parse_step(ss[i], fn, "steps" + k);  // int or NumPy integer
           py::array pa = inplace_f32(ps[i], fn, ("params" + k).c_str(), nullptr);
           require_nonempty(fn, ("params" + k).c_str(), pa);
           py::array ga = in_f32(gs[i], fn, ("grads" + k).c_str());

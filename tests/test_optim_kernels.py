@@ -497,6 +497,16 @@ def test_adam_step_many_errors():
         ops.adam_step_many([a, b], [g, g[:3].copy()], z(), z(), lr=0.1, steps=[1, 0])
     with pytest.raises(TypeError, match=r"adam_step_many: steps\[0\] must be an int, got bool"):
         ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=[True])
+    with pytest.raises(ValueError, match=r"adam_step_many: steps\[0\] must fit in 64 bits, got 2361183241434822606848"):
+        ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=[2**71])
+
+    class BadIndex:
+        def __index__(self):
+            raise OverflowError("no index here")
+
+    with pytest.raises(OverflowError, match="no index here"):  # the object's own error, not a crash
+        ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=[BadIndex()])
+    assert ops.adam_step_many([a.copy()], [g], [g.copy()], [g.copy()], lr=0.1, steps=[np.int64(2)]) is not None
     with pytest.raises(TypeError, match=r"adam_step_many: steps must be a list or tuple of ints, got int"):
         ops.adam_step_many([a], [g], [g.copy()], [g.copy()], lr=0.1, steps=1)
     with pytest.raises(TypeError, match=r"adam_step_many: m\[0\] must have dtype float32"):
