@@ -73,7 +73,9 @@ struct Tile {
 // interleaved in one process: kKC 784 +3.5% on the 128x784->256 forward only, kKC 512 and kNB
 // 1024 within +-2% of these sizes at 512x784->256, 1024^3 and 2048^3. Handing B strips out
 // one at a time (an atomic counter instead of the static split) to even out the two threads: +-5%,
-// no steady gain.
+// no steady gain. Prefetching both 64-B lines of each tile row of c (not only the first): +-2%.
+// BLIS's order for packed A (each B strip kept in L1 while the A panels stream from L2, M-blocks
+// of 768 or 3072 rows): 2048^3 10% slower.
 #if defined(__AVX512F__)
 constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
