@@ -907,10 +907,10 @@ int64_t parse_step(py::handle h, const char* fn, const std::string& arg) {
   return v;
 }
 
-// A list or tuple argument of the *_many updates.
-py::sequence require_sequence(const char* fn, py::handle h, const char* arg) {
+// A list or tuple argument of the *_many updates ("... must be a list or tuple of <what>").
+py::sequence require_sequence(const char* fn, py::handle h, const char* arg, const char* what = "arrays") {
   if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h))
-    type_error(std::string(fn) + ": " + arg + " must be a list or tuple of arrays, got " +
+    type_error(std::string(fn) + ": " + arg + " must be a list or tuple of " + what + ", got " +
                std::string(py::str(py::type::of(h).attr("__name__"))));
   return py::reinterpret_borrow<py::sequence>(h);
 }
@@ -954,13 +954,13 @@ void bind_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle momentum_bufs, double lr, double momentum, double dampening,
          double weight_decay, bool nesterov, bool first_step) {
         const char* fn = "sgd_step_many";
-        auto as_list = [&](py::handle h, const char* arg) { return require_sequence(fn, h, arg); };
-        py::sequence ps = as_list(params, "params"), gs = as_list(grads, "grads");
+        py::sequence ps = require_sequence(fn, params, "params"), gs = require_sequence(fn, grads, "grads");
         const SgdArgs h = sgd_args(fn, lr, momentum, dampening, weight_decay, nesterov);
         const bool with_bufs = h.momentum != 0.0f;
         if (with_bufs && momentum_bufs.is_none())
           value_error(std::string(fn) + ": momentum_bufs is required when momentum != 0");
-        py::sequence bs = momentum_bufs.is_none() ? py::sequence(py::list()) : as_list(momentum_bufs, "momentum_bufs");
+        py::sequence bs = momentum_bufs.is_none() ? py::sequence(py::list())
+                                                  : require_sequence(fn, momentum_bufs, "momentum_bufs");
         const size_t count = ps.size();
         if (count == 0) value_error(std::string(fn) + ": params is empty");
         if (gs.size() != count || (!momentum_bufs.is_none() && bs.size() != count))
@@ -1037,10 +1037,7 @@ void bind_optim(py::module_& m) {
         const char* fn = "adam_step_many";
         py::sequence ps = require_sequence(fn, params, "params"), gs = require_sequence(fn, grads, "grads"),
                      msq = require_sequence(fn, ms, "m"), vsq = require_sequence(fn, vs, "v");
-        if (!py::isinstance<py::list>(steps) && !py::isinstance<py::tuple>(steps))
-          type_error(std::string(fn) + ": steps must be a list or tuple of ints, got " +
-                     std::string(py::str(py::type::of(steps).attr("__name__"))));
-        py::sequence ss = py::reinterpret_borrow<py::sequence>(steps);
+        py::sequence ss = require_sequence(fn, steps, "steps", "ints");
         const AdamArgs h = adam_args(fn, lr, beta1, beta2, eps, weight_decay);
         const size_t count = ps.size();
         if (count == 0) value_error(std::string(fn) + ": params is empty");

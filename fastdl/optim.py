@@ -216,10 +216,10 @@ class SGD(Optimizer):
         # One native call for the group's parameters (two on the step where some buffers are new:
         # a new buffer starts as the gradient itself, PyTorch's first step).
         params = g["params"]
-        kw = {"lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
-              "weight_decay": g["weight_decay"], "nesterov": g["nesterov"]}
         if not params:
             return
+        kw = {"lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
+              "weight_decay": g["weight_decay"], "nesterov": g["nesterov"]}
         data, grads = [p.data for p in params], [p.grad for p in params]
         if g["momentum"] == 0.0:
             ops.sgd_step_many(data, grads, None, **kw)
