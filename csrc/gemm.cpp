@@ -17,9 +17,10 @@
 // extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
 // 12 x 4; one with M <= 4 a 4-row tile), so the AVX2 tests run the logic the AVX-512 build runs.
 // The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
-// packing of b: with a single A panel, full B strips are read where they are; a · bᵀ with M <= 4
-// (one sample's forward) is a set of dot products along K (gemm_dots). gemm_naive at the end is
-// the plain reference.
+// packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
+// meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
+// gradients); a · bᵀ with M <= 4 (one sample's forward) is a set of dot products along K
+// (gemm_dots). gemm_naive at the end is the plain reference.
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
 // on the calling thread). With 8 A panels or more per thread, or a small op(b), each thread owns a
@@ -89,6 +90,14 @@ constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's
 // against two: 512x128x10 (2 MFLOP padded) 26 -> 14 us; 128x128->10 forward (0.5 MFLOP) 6.2 -> 4.6,
 // 128x128 from K = 10 (0.33) 6.9 -> 5.1, 10x128 from K = 128 (0.33) 5.6 -> 5.8, 64x128->10 even.
 constexpr double kParallelFlops = 0.25e6;
+// b stored (K,N) is read in place, not packed, when the rows of a K-block span at most this many
+// floats (and do not lie a multiple of 4 KiB apart, where a strip's rows would share an L1 set).
+// Zen 5, two builds interleaved in one process, packed -> in place: dW 256x784 from K = 128 (the
+// MNIST first layer) +7-9%, dW 128x256 from K = 128 +5-22%, dX 128x784 from K = 256 +5-13%, dW
+// 256x784 from K = 512 +4-8%, 256^3 +5%; 512^3 and products of 128 rows over K = 784 -3 to +5%
+// (the noise of these runs); larger spans lose: 768^3 (1.2 MiB) -0.7%, 1536^3 and 2000^3 (2.4 and
+// 2.7 MiB) -5%; 1024^3 and 2048^3 (rows 4 and 8 KiB apart) -20%.
+constexpr int64_t kInPlaceB = 256 * 1024;
 
 // ------------------------------------------------------------------ activation on a vector
 FASTDL_INLINE reg activate(reg v, int act) {
@@ -338,6 +347,7 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
   constexpr int MR = Tl::MR, NV = Tl::NV, NR = Tl::NR;
   const int64_t kcb = k_block(g.K);
   const int64_t nb_cols = kNB / NR * NR;
+  const bool b_compact = kcb * g.ldb <= kInPlaceB && g.ldb % 1024 != 0;
   int64_t round = 0;  // which half of the double buffer
   for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
     const int64_t mc = m_hi - mb < mb_rows ? m_hi - mb : mb_rows;
@@ -359,9 +369,10 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
       for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
         const int64_t nc = n_hi - nb < nb_cols ? n_hi - nb : nb_cols;
         const int64_t strips = ceil_div(nc, NR);
-        // One A panel meets each B strip once: full strips of b (stored (K,N)) are then read in place,
-        // and only a last, partial one is packed (reading it in place would run past b's last row).
-        const bool b_in_place = panels == 1 && !g.trans_b;
+        // Full strips of b (stored (K,N)) are read in place, and only a last, partial one is packed
+        // (reading it in place would run past b's last row), when one A panel meets each strip once,
+        // or when the strip's rows span little memory (see kInPlaceB).
+        const bool b_in_place = !g.trans_b && (panels == 1 || b_compact);
         const int64_t full_strips = nc / NR;
         if (!b_in_place)
           pack_b<Tl>(b_buf, g, nb, nc, k0, kc);
@@ -379,10 +390,13 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
             e.bias = last && g.bias ? g.bias + n0 : nullptr;
             if (b_in_place && s < full_strips) {
               const float* bp = g.b + k0 * g.ldb + n0;
-              if (in_place)
+              if (in_place) {
                 micro_kernel<MR, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
-              else
-                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
+              } else {
+                const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
+                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e,
+                                                  prefetch ? ap + MR * kc : nullptr);
+              }
               continue;
             }
             const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);

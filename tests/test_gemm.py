@@ -85,7 +85,10 @@ SIZES = [
     (12, 32, 16),  # exactly one AVX-512 tile
     (13, 33, 31),  # one past both tiles
     (37, 50, 129),
-    (64, 800, 1000),  # several K-blocks and N-blocks, runs on 2 threads (split by columns)
+    (64, 800, 1000),  # several K-blocks and N-blocks, 2 threads (split by columns); b packed (a K-block of
+    # its rows spans more than kInPlaceB)
+    (70, 200, 900),  # several A panels and K-blocks, b read in place but for its last, partial strip
+    (30, 1024, 64),  # b's rows 4 KiB apart: packed, not read in place
     (300, 10, 700),  # few columns: split by rows, a read in place
     (35, 4, 70),  # N fits one vector: the small tile (generic 12 x 4)
     (29, 8, 33),  # the AVX2 small tile, 12 x 8
