@@ -131,17 +131,16 @@ const float* cf(const py::array& a) { return static_cast<const float*>(a.data())
 float* mf(py::array& a) { return static_cast<float*>(a.mutable_data()); }
 const int64_t* ci(const py::array& a) { return static_cast<const int64_t*>(a.data()); }
 
-int parse_act(py::handle h, const char* fn) {
+int parse_act(py::handle h, const char* fn, const char* name = "activation") {
   if (h.is_none()) return ACT_NONE;
-  if (!py::isinstance<py::str>(h))
-    type_error(std::string(fn) + ": activation must be None or one of 'none', 'relu', 'sigmoid', 'tanh'");
+  const std::string what = std::string(fn) + ": " + name + " must be None or one of 'none', 'relu', 'sigmoid', 'tanh'";
+  if (!py::isinstance<py::str>(h)) type_error(what + ", got " + std::string(Py_TYPE(h.ptr())->tp_name));
   std::string s = h.cast<std::string>();
   if (s == "none") return ACT_NONE;
   if (s == "relu") return ACT_RELU;
   if (s == "sigmoid") return ACT_SIGMOID;
   if (s == "tanh") return ACT_TANH;
-  value_error(std::string(fn) + ": activation must be None or one of 'none', 'relu', 'sigmoid', 'tanh', got '" +
-              s + "'");
+  value_error(what + ", got '" + s + "'");
 }
 
 int parse_reduction(const std::string& s, const char* fn) {
@@ -279,8 +278,9 @@ void bind_gemm(py::module_& m) {
   m.def(
       "linear_backward",
       [](py::handle dout, py::handle x, py::handle weight, bool bias, bool need_dx, bool accumulate, py::handle dx,
-         py::handle dweight, py::handle dbias) {
+         py::handle dweight, py::handle dbias, py::handle input_activation) {
         const char* fn = "linear_backward";
+        const int input_act = parse_act(input_activation, fn, "input_activation");
         py::array da = in_f32(dout, fn, "dout"), xa = in_f32(x, fn, "x"), wa = in_f32(weight, fn, "weight");
         require_ndim(fn, "x", xa, 2, "(batch, in_features)");
         require_nonempty(fn, "x", xa);
@@ -314,14 +314,14 @@ void bind_gemm(py::module_& m) {
         float *dwp = mf(dwa), *dbp = bias ? mf(dba) : nullptr, *dxp = need_dx ? mf(dxa) : nullptr;
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(linear_backward)(dxp, dwp, dbp, dp, xp, wp, B, C, OC, accumulate);
+          FASTDL_KERNEL(linear_backward)(dxp, dwp, dbp, dp, xp, wp, B, C, OC, accumulate, input_act);
         }
         return py::make_tuple(need_dx ? py::object(dxa) : py::object(py::none()), dwa,
                               bias ? py::object(dba) : py::object(py::none()));
       },
       py::arg("dout"), py::arg("x"), py::arg("weight"), py::arg("bias") = true, py::arg("need_dx") = true,
       py::arg("accumulate") = false, py::arg("dx") = py::none(), py::arg("dweight") = py::none(),
-      py::arg("dbias") = py::none());
+      py::arg("dbias") = py::none(), py::arg("input_activation") = py::none());
 }
 
 // ============================== activations ==============================

@@ -109,6 +109,35 @@ FASTDL_INLINE reg activate(reg v, int act) {
   }
 }
 
+// The derivative of activation act, given its output y, times the gradient v (activations.cpp's
+// relu/sigmoid/tanh_backward, in the same order of operations).
+FASTDL_INLINE reg dactivate(reg v, reg y, int act) {
+  switch (act) {
+    case ACT_RELU: return Vec::select_pos(y, v);  // y > 0 exactly where the input was
+    case ACT_SIGMOID: return Vec::mul(Vec::mul(v, y), Vec::sub(Vec::set1(1.0f), y));
+    case ACT_TANH: return Vec::mul(v, Vec::sub(Vec::set1(1.0f), Vec::mul(y, y)));
+    default: return v;
+  }
+}
+
+// c[i][j] *= act'(y[i][j]) over rows i < rows, columns j < cols, both ld apart: gemm_dact's last
+// step, run on each tile just stored (still in L1). Kept out of the micro-kernel, whose store it
+// slowed by 3-5% even when unused (dW 256x784 from K = 128).
+void dact_tile(float* c, const float* y, int64_t ld, int rows, int cols, int act) {
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; j += kW) {
+      float* p = c + i * ld + j;
+      const float* q = y + i * ld + j;
+      if (cols - j >= kW) {
+        Vec::storeu(p, dactivate(Vec::loadu(p), Vec::loadu(q), act));
+      } else {
+        const Vec::mask m = Vec::first(cols - j);
+        Vec::storeu_n(p, dactivate(Vec::loadu_n(p, m), Vec::loadu_n(q, m), act), m);
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------ micro-kernel
 // What a tile's store does: c = [c +] acc [+ bias], then act. bias and act only on the last K-block.
 struct Epilogue {
@@ -253,6 +282,8 @@ struct Operands {
   int act;
   int64_t M, N, K, lda, ldb;
   int trans_a, trans_b, accumulate;
+  const float* y = nullptr;  // gemm_dact: c is multiplied by act'(y), y (M,N), act = dact
+  int dact = ACT_NONE;
 };
 
 // A panels [p_lo, p_hi) of the M-block starting at row mb (mc rows): panel p holds rows
@@ -366,6 +397,7 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
         pack_a<Tl>(ab, g, mb, mc, panels - 1, panels, k0, kc);
       }
       Epilogue e{first ? g.accumulate : 1, nullptr, last ? g.act : ACT_NONE};
+      const bool dact = last && g.y;  // gemm_dact: each tile times act'(y) once stored
       for (int64_t nb = n_lo; nb < n_hi; nb += nb_cols) {
         const int64_t nc = n_hi - nb < nb_cols ? n_hi - nb : nb_cols;
         const int64_t strips = ceil_div(nc, NR);
@@ -388,25 +420,22 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
             const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
             float* cp = g.c + m0 * g.N + n0;
             e.bias = last && g.bias ? g.bias + n0 : nullptr;
+            const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
+            const float* a_next = prefetch ? ap + MR * kc : nullptr;
             if (b_in_place && s < full_strips) {
               const float* bp = g.b + k0 * g.ldb + n0;
-              if (in_place) {
+              if (in_place)
                 micro_kernel<MR, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
-              } else {
-                const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
-                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e,
-                                                  prefetch ? ap + MR * kc : nullptr);
-              }
-              continue;
-            }
-            const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
-            if (in_place) {
-              micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+              else
+                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
             } else {
-              const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
-              micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e,
-                                         prefetch ? ap + MR * kc : nullptr);
+              const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
+              if (in_place)
+                micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+              else
+                micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
             }
+            if (dact) dact_tile(cp, g.y + m0 * g.N + n0, g.N, mr, nr, g.dact);
           }
         }
       }
@@ -548,6 +577,23 @@ void gemm_dots(const Operands& g) {
   parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
 }
 
+// The blocked product, with the tile that suits its shape; the plain loop when it cannot run (K = 0,
+// or no packing space), then the epilogue's extras done the same way.
+void gemm_any(const Operands& g) {
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)
+                            : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
+                                     : gemm_blocked<Tile<kMR, kNV>>(g));
+  if (ok) return;
+  gemm_naive(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
+  if (g.y) {
+    for (int64_t i = 0; i < M * N; i += kW) {
+      const int n = M * N - i < kW ? static_cast<int>(M * N - i) : kW;
+      const Vec::mask m = Vec::first(n);
+      Vec::storeu_n(g.c + i, dactivate(Vec::loadu_n(g.c + i, m), Vec::loadu_n(g.y + i, m), g.dact), m);
+    }
+  }
+}
 }  // namespace
 
 // c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
@@ -557,10 +603,18 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int act, 
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
   if (K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
-  const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)
-                            : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
-                                     : gemm_blocked<Tile<kMR, kNV>>(g));
-  if (!ok) gemm_naive(c, a, b, bias, act, M, N, K, trans_a, trans_b, accumulate);
+  gemm_any(g);
+}
+
+// c = (op(a)·op(b)) ⊙ act'(y): each tile of c, once stored, is multiplied by the derivative of act,
+// read from its output y (M,N) (ACT_RELU: y > 0, ACT_SIGMOID: y(1-y), ACT_TANH: 1-y²).
+void gemm_dact(float* c, const float* a, const float* b, const float* y, int act, int64_t M, int64_t N, int64_t K,
+               int trans_a, int trans_b) {
+  if (M <= 0 || N <= 0) return;
+  Operands g{c, a, b, nullptr, ACT_NONE, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, 0};
+  g.y = y;
+  g.dact = act;
+  gemm_any(g);
 }
 
 // Same contract as gemm: the plain triple loop, in double. The oracle for the tests.

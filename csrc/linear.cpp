@@ -46,17 +46,22 @@ constexpr double kPairFlops = 64.0e6;
 // dinp (B,C), dweight (OC,C), dbias (OC), dout (B,OC), inp (B,C), weight (OC,C); dinp, dbias nullable.
 // From out = inp·weightᵀ + bias:
 //   dweight [+]= doutᵀ · inp      (gemm with trans_a: dout is read as stored)
-//   dinp     =  dout · weight     (plain gemm)
 //   dbias   [+]= sum over rows of dout
+//   dinp     =  dout · weight     (plain gemm), ⊙ input_act'(inp) when inp is an activation's output
 // dweight and dinp take the same 2·B·C·OC flops: up to kPairFlops they run side by side, one thread
 // each (dbias with dweight), each product unsplit; above it one after the other, each split.
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                     const float* weight, int64_t B, int64_t C, int64_t OC, int accumulate) {
+                     const float* weight, int64_t B, int64_t C, int64_t OC, int accumulate, int input_act) {
   auto weight_grads = [&] {
     gemm(dweight, dout, inp, nullptr, ACT_NONE, OC, C, B, /*trans_a=*/1, /*trans_b=*/0, accumulate);
     if (dbias) bias_grad(dbias, dout, B, OC, accumulate);
   };
-  auto input_grad = [&] { gemm(dinp, dout, weight, nullptr, ACT_NONE, B, C, OC, 0, 0, 0); };
+  auto input_grad = [&] {
+    if (input_act != ACT_NONE)
+      gemm_dact(dinp, dout, weight, inp, input_act, B, C, OC, 0, 0);
+    else
+      gemm(dinp, dout, weight, nullptr, ACT_NONE, B, C, OC, 0, 0, 0);
+  };
   const double flops = 2.0 * double(B) * double(C) * double(OC);
   const int nt = get_num_threads();
   if (dinp && nt >= 2 && !omp_in_parallel() && flops <= kPairFlops * 2.0 / nt) {

@@ -44,15 +44,20 @@ def linear_forward(x, weight, bias=None, activation=None, out=None):
 
 
 def linear_backward(dout, x, weight, *, bias=True, need_dx=True, accumulate=False, dx=None, dweight=None,
-                    dbias=None):
+                    dbias=None, input_activation=None):
     """Gradients of y = x @ weight.T + bias given dout = dL/dy (batch, out_features).
 
     Returns (dx, dweight, dbias): dx = dout @ weight (None unless ``need_dx``), dweight = dout.T @ x,
     dbias = dout summed over the batch (None unless ``bias``). With ``accumulate=True`` dweight and
     dbias are added into the given arrays (both required then), as for gradient accumulation over
     micro-batches; dx is always overwritten. Any output array may be passed to be written in place.
+
+    ``input_activation`` ('relu', 'sigmoid', 'tanh'; None or 'none' for nothing): x is the output of
+    that activation, and dx is carried back through it as well, in the product's epilogue:
+    dx = (dout @ weight) * act'(x), what ``relu_backward(dx, x)`` (etc.) would give after the product.
     """
-    return _C.linear_backward(dout, x, weight, bool(bias), bool(need_dx), bool(accumulate), dx, dweight, dbias)
+    return _C.linear_backward(dout, x, weight, bool(bias), bool(need_dx), bool(accumulate), dx, dweight, dbias,
+                              input_activation)
 
 
 # ---------------------------------------------------------------- activations

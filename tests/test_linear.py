@@ -158,6 +158,41 @@ def test_linear_backward_fuzz(B, C, OC, bias):
         assert db is None
 
 
+# The activation's backward fused into the input gradient's product: x is the activation's output.
+# Shapes cover each tile (the 4-row one: B <= 4; the one-vector one: C <= 16), partial strips,
+# several K-blocks (OC = 900) and both thread layouts of linear_backward (side by side, split).
+@pytest.mark.parametrize("B,C,OC", [(2, 50, 20), (37, 10, 50), (33, 70, 50), (70, 200, 900), (128, 256, 128),
+                                    (600, 784, 256)])
+@pytest.mark.parametrize("act", ["relu", "sigmoid", "tanh"])
+def test_linear_backward_input_activation(isa, rng, B, C, OC, act):
+    z, w, _ = layer(rng, B, C, OC)
+    z[rng.random(z.shape) < 0.1] = 0.0  # relu's output has exact zeros: their gradient is 0
+    x = act64(z.astype(np.float64), act).astype(F32)
+    dout = rng.standard_normal((B, OC)).astype(F32)
+    dx, dw, db = ops.linear_backward(dout, x, w, input_activation=act)
+    plain = ops.linear_backward(dout, x, w)
+    unfused = {"relu": ops.relu_backward, "sigmoid": ops.sigmoid_backward, "tanh": ops.tanh_backward}[act](
+        plain[0], x)
+    np.testing.assert_array_equal(dw, plain[1])
+    np.testing.assert_array_equal(db, plain[2])
+    np.testing.assert_allclose(dx, unfused, rtol=2e-7, atol=0)  # same float operations, FMA aside
+    (want_dx, _, _), (s_dx, _, _) = backward64(dout, x, w)
+    x64 = x.astype(np.float64)
+    deriv = {"relu": (x64 > 0).astype(np.float64), "sigmoid": x64 * (1 - x64), "tanh": 1 - x64 * x64}[act]
+    # deriv is computed in float32 (1 - y*y loses to cancellation near |y| = 1): ~1e-7 absolute error
+    assert_close(dx, want_dx * deriv, s_dx * np.abs(deriv) + 0.05 * np.abs(want_dx))
+    if act == "relu":
+        assert (dx[x == 0] == 0).all()
+
+
+@pytest.mark.parametrize("none", [None, "none"])
+def test_linear_backward_input_activation_none(rng, none):
+    x, w, _ = layer(rng, 9, 20, 7)
+    dout = rng.standard_normal((9, 7)).astype(F32)
+    for got, want in zip(ops.linear_backward(dout, x, w, input_activation=none), ops.linear_backward(dout, x, w)):
+        np.testing.assert_array_equal(got, want)
+
+
 # ---------------------------------------------------------------- backward: finite differences
 
 
@@ -274,6 +309,9 @@ def test_linear_forward_out_checks():
         (dict(dx=ones(5, 4)), ValueError, r"linear_backward: dx has shape \(5, 4\), expected \(batch, in_features\)"),
         (dict(dx=np.ones((4, 5), F32, order="F")), TypeError, r"linear_backward: dx must be C-contiguous"),
         (dict(dweight=np.ones((2, 5), np.float64)), TypeError, r"linear_backward: dweight must have dtype float32"),
+        (dict(input_activation="gelu"), ValueError,
+         r"linear_backward: input_activation must be None or one of 'none', 'relu', 'sigmoid', 'tanh', got 'gelu'"),
+        (dict(input_activation=1), TypeError, r"linear_backward: input_activation must be None or one of .*, got int"),
     ],
 )
 def test_linear_backward_bad_input(kwargs, exc, pattern):

@@ -11,7 +11,7 @@ gradient fails this.
 import numpy as np
 import pytest
 
-from fastdl import nn
+from fastdl import nn, ops
 
 EPS = 1e-2
 RTOL = 1e-3  # relative to the numeric gradient
@@ -229,3 +229,38 @@ def test_fused_equals_unfused(act, shape):
     np.testing.assert_allclose(dx_fused, dx_sep, **tol)
     np.testing.assert_allclose(lin_a.weight.grad, lin_b.weight.grad, **tol)
     np.testing.assert_allclose(lin_a.bias.grad, lin_b.bias.grad, **tol)
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, nn.Tanh])
+def test_backward_fused_equals_unfused(act, first, monkeypatch):
+    # In backward, Sequential runs an activation followed by a Linear as one linear_backward call
+    # (input_activation=...): the same gradients as the two layers' own backward calls. With
+    # `first`, the activation is the model's first layer (its input gradient is the model's).
+    rng = np.random.default_rng(110)
+    x = rng.standard_normal((37, 20)).astype(np.float32)
+    dout = rng.standard_normal((37, 6)).astype(np.float32)
+    layers = ([] if first else [nn.Linear(20, 20, rng=3)]) + [act(), nn.Linear(20, 6, rng=4)]
+    twins = ([] if first else [nn.Linear(20, 20, rng=3)]) + [act(), nn.Linear(20, 6, rng=4)]
+    model = nn.Sequential(*layers)
+    model(x)
+    with monkeypatch.context() as m:  # the activation's own backward must not run
+        for name in ("relu_backward", "sigmoid_backward", "tanh_backward"):
+            m.setattr(ops, name, None)
+        dx = model.backward(dout)
+    h = x
+    for layer in twins:
+        h = layer(h)
+    d = dout
+    for layer in reversed(twins):
+        d = layer.backward(d)
+    tol = dict(rtol=2e-6, atol=1e-7)  # the same float operations; only the compiler's FMA use may differ
+    np.testing.assert_allclose(dx, d, **tol)
+    for a, b in zip(model.parameters(), [p for layer in twins for p in layer.parameters()]):
+        np.testing.assert_allclose(a.grad, b.grad, **tol)
+    # without the input gradient: the same parameter gradients, and no input gradient
+    model.zero_grad()
+    model(x)
+    assert model.backward(dout, need_input_grad=False) is None
+    for a, b in zip(model.parameters(), [p for layer in twins for p in layer.parameters()]):
+        np.testing.assert_allclose(a.grad, b.grad, **tol)

@@ -124,7 +124,9 @@ class Linear(_Layer):
         _keep(self, "_out_shape", y.shape)
         return y
 
-    def _backward(self, dout, need_dinp, reuse):
+    def _backward(self, dout, need_dinp, reuse, input_act=None):
+        # input_act: the name of the activation whose output our input was (Sequential fuses its
+        # backward into ours: dx comes back already multiplied by its derivative)
         dx = self._buf("dinp", self._x.shape, reuse) if need_dinp else None
         dweight, accumulate = self.weight._grad_for_backward()
         dbias = None
@@ -135,7 +137,7 @@ class Linear(_Layer):
                 accumulate = True
         dinp, _, _ = ops.linear_backward(dout, self._x, self.weight.data, bias=dbias is not None,
                                          need_dx=need_dinp, accumulate=accumulate, dx=dx, dweight=dweight,
-                                         dbias=dbias)
+                                         dbias=dbias, input_activation=input_act)
         return dinp
 
     def _config(self):
@@ -451,7 +453,9 @@ class Sequential(_Layer):
     layers), iteration and ``append``. State-dict keys are ``"<index>.<name>"`` as in PyTorch.
 
     Backward runs the layers in reverse. A Linear directly followed by ReLU, Sigmoid or Tanh is run
-    as one fused kernel call (same results as running them separately).
+    as one fused kernel call (same results as running them separately), and so is, in backward, such
+    an activation followed by a Linear: the activation's derivative is applied as the Linear's
+    input gradient is computed.
     """
 
     def __init__(self, *layers):
@@ -518,9 +522,19 @@ class Sequential(_Layer):
     def _backward(self, dout, need_dinp, reuse):
         layers = list(self._modules.values())
         inner = []  # gradients that live in reusable buffers
-        for i in range(len(layers) - 1, -1, -1):
-            first = i == 0
-            dout = layers[i]._backward(dout, need_dinp if first else True, reuse if first else True)
+        i = len(layers) - 1
+        while i >= 0:
+            layer, prev = layers[i], layers[i - 1] if i > 0 else None
+            if type(layer) is Linear and type(prev) in _FUSABLE and prev._y is layer._x:
+                # an activation feeding a Linear: its backward runs in the Linear's dx product
+                first = i == 1
+                dout = layer._backward(dout, need_dinp if first else True, reuse if first else True,
+                                       input_act=prev._fused_name)
+                i -= 2
+            else:
+                first = i == 0
+                dout = layer._backward(dout, need_dinp if first else True, reuse if first else True)
+                i -= 1
             if not first:
                 inner.append(dout)
         if not reuse and dout is not None and any(np.may_share_memory(dout, b) for b in inner):
