@@ -7,7 +7,7 @@
 //         for each A panel (in L1)
 //           for each B strip                          micro-kernel: MR x NR tile in registers
 // Transposition is absorbed by the packers, so aᵀ·b and a·bᵀ cost what a·b costs. Packed panels are
-// zero-padded, so the micro-kernel always computes a full tile; it stores only the valid part, the
+// zero-padded, so the micro-kernel computes whole tiles; it stores only the valid part, the
 // last vector of a row under a mask. The first K-block overwrites c (or adds to it when
 // accumulating), the others add, and the last one adds the bias and applies the activation while
 // the tile is still in registers.
@@ -15,7 +15,8 @@
 // One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
 // and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
 // extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
-// 12 x 4; one with M <= 4 a 4-row tile), so the AVX2 tests run the logic the AVX-512 build runs.
+// 12 x 4; one with M <= 4 a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile),
+// so the AVX2 tests run the logic the AVX-512 build runs.
 // The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
 // packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
 // meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
@@ -33,6 +34,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "kernel_common.h"
 #include "vec.h"
@@ -148,12 +150,14 @@ struct Epilogue {
 
 // c (MR,NR) = epilogue(a_panel (MR,kc) · b_strip (kc,NR)), b packed k-major (b[k*NR + j]). The A panel
 // is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
-// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it. a_next (nullable):
+// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it, and AS floats
+// wide (a panel of the full tile's MR, read by a shorter edge tile). Not inlined: inlined into
+// gemm_thread's strip loop, the 12-row kernel that reads a in place ran 10-12% slower. a_next (nullable):
 // the next packed A panel, fetched into cache while this one is used (+1-2% at 1024^3-2048^3).
 // B is a packed strip when kPackedB (b[k*NR + j], 64-B aligned), else read where it is stored, rows
 // of op(b) ldb apart (a product with one A panel uses each strip once: packing it would be wasted).
-template <int MR, int NV, bool kPackedA, bool kPackedB = true>
-void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
+template <int MR, int NV, bool kPackedA, bool kPackedB = true, int AS = MR>
+__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
                   int64_t ldb, float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e, const float* a_next) {
   constexpr int NR = NV * kW;
   reg acc[MR][NV];
@@ -175,7 +179,7 @@ void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fmadd(av, bv[j], acc[i][j]);
     }
-    a += kPackedA ? MR : cs;
+    a += kPackedA ? AS : cs;
     b += kPackedB ? NR : ldb;
     if (a_next) {
       __builtin_prefetch(a_next);
@@ -415,28 +419,40 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
           const int mr = static_cast<int>(mb + mc - m0 < MR ? mb + mc - m0 : MR);
           const bool in_place = mode == A_IN_PLACE && mr == MR;
           const float* ap = in_place ? g.a + m0 * g.lda + k0 : mode == A_IN_PLACE ? ab : ab + p * MR * kc;
-          for (int64_t s = 0; s < strips; ++s) {
-            const int64_t n0 = nb + s * NR;
-            const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
-            float* cp = g.c + m0 * g.N + n0;
-            e.bias = last && g.bias ? g.bias + n0 : nullptr;
-            const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
-            const float* a_next = prefetch ? ap + MR * kc : nullptr;
-            if (b_in_place && s < full_strips) {
-              const float* bp = g.b + k0 * g.ldb + n0;
-              if (in_place)
-                micro_kernel<MR, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
-              else
-                micro_kernel<MR, NV, true, false>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
-            } else {
-              const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
-              if (in_place)
-                micro_kernel<MR, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
-              else
-                micro_kernel<MR, NV, true>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
+          // The panel against every strip, with a tile of R rows (a packed panel stays MR wide).
+          auto strips_with = [&](auto rows) {
+            constexpr int R = decltype(rows)::value;
+            for (int64_t s = 0; s < strips; ++s) {
+              const int64_t n0 = nb + s * NR;
+              const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
+              float* cp = g.c + m0 * g.N + n0;
+              e.bias = last && g.bias ? g.bias + n0 : nullptr;
+              const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
+              const float* a_next = prefetch ? ap + MR * kc : nullptr;
+              if (b_in_place && s < full_strips) {
+                const float* bp = g.b + k0 * g.ldb + n0;
+                if (in_place)
+                  micro_kernel<R, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
+                else
+                  micro_kernel<R, NV, true, false, MR>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
+              } else {
+                const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
+                if (in_place)
+                  micro_kernel<R, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+                else
+                  micro_kernel<R, NV, true, true, MR>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
+              }
+              if (dact) dact_tile(cp, g.y + m0 * g.N + n0, g.N, mr, nr, g.dact);
             }
-            if (dact) dact_tile(cp, g.y + m0 * g.N + n0, g.N, mr, nr, g.dact);
-          }
+          };
+          // A last, partial panel runs a shorter tile instead of multiplying zeros: 128 rows = 10
+          // panels of 12 + 8 rows, 256 = 21 x 12 + 4.
+          if (MR > 4 && mr <= 4)
+            strips_with(std::integral_constant<int, 4>{});
+          else if (MR > 8 && mr <= 8)
+            strips_with(std::integral_constant<int, 8>{});
+          else
+            strips_with(std::integral_constant<int, MR>{});
         }
       }
     }
