@@ -78,9 +78,13 @@ struct Tile {
 // one at a time (an atomic counter instead of the static split) to even out the two threads: +-5%,
 // no steady gain. Prefetching both 64-B lines of each tile row of c (not only the first): +-2%.
 // BLIS's order for packed A (each B strip kept in L1 while the A panels stream from L2, M-blocks
-// of 768 or 3072 rows): 2048^3 10% slower.
+// of 768 or 3072 rows): 2048^3 10% slower. kKC 400 (after the edge tiles and b read in place):
+// K = 784, the MNIST input, runs as 2 K-blocks of 392 instead of 3 of 264, one fewer pass over
+// each tile of c and one fewer packing round: 128x784->256 forward +10-11%, 32x784->256 +6%,
+// 512x784->256 +2%; 1024^3 and 2048^3 unchanged (the same blocks of 344). Error at K = 784
+// 1.23-1.32x NumPy's (it was 0.75-1.16x; issue 4's bar is 2x).
 #if defined(__AVX512F__)
-constexpr int64_t kKC = 384;  // depth of a K-block (balanced: K = 784 runs as 3 x 264)
+constexpr int64_t kKC = 400;  // depth of a K-block (balanced: K = 784 runs as 2 x 392)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
 #else
 constexpr int64_t kKC = 320;
