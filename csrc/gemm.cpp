@@ -15,8 +15,9 @@
 // One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
 // and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
 // extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
-// 12 x 4; one with M <= 4 a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile),
-// so the AVX2 tests run the logic the AVX-512 build runs.
+// 12 x 4; one with M <= 4 a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile,
+// and a last strip one vector wide a one-vector tile), so the AVX2 tests run the logic the AVX-512
+// build runs.
 // The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
 // packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
 // meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
@@ -154,15 +155,16 @@ struct Epilogue {
 
 // c (MR,NR) = epilogue(a_panel (MR,kc) · b_strip (kc,NR)), b packed k-major (b[k*NR + j]). The A panel
 // is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
-// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it, and AS floats
-// wide (a panel of the full tile's MR, read by a shorter edge tile). Not inlined: inlined into
-// gemm_thread's strip loop, the 12-row kernel that reads a in place ran 10-12% slower. a_next (nullable):
-// the next packed A panel, fetched into cache while this one is used (+1-2% at 1024^3-2048^3).
-// B is a packed strip when kPackedB (b[k*NR + j], 64-B aligned), else read where it is stored, rows
-// of op(b) ldb apart (a product with one A panel uses each strip once: packing it would be wasted).
-template <int MR, int NV, bool kPackedA, bool kPackedB = true, int AS = MR>
-__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs, const float* __restrict b,
-                  int64_t ldb, float* __restrict c, int64_t ldc, int mr, int nr, Epilogue e, const float* a_next) {
+// Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it. Packed A panels
+// are AS floats wide and packed B strips BS (the full tile's MR and NR, read by a shorter edge tile).
+// Not inlined: inlined into gemm_thread's strip loop, the 12-row kernel that reads a in place ran
+// 10-12% slower. a_next (nullable): the next packed A panel, fetched into cache while this one is
+// used (+1-2% at 1024^3-2048^3). B is a packed strip when kPackedB (b[k*BS + j], 64-B aligned), else
+// read where it is stored, rows of op(b) ldb apart.
+template <int MR, int NV, bool kPackedA, bool kPackedB = true, int AS = MR, int BS = NV * kW>
+__attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
+                                            const float* __restrict b, int64_t ldb, float* __restrict c, int64_t ldc,
+                                            int mr, int nr, Epilogue e, const float* a_next) {
   constexpr int NR = NV * kW;
   reg acc[MR][NV];
 #pragma GCC unroll 16
@@ -184,7 +186,7 @@ __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict 
       for (int j = 0; j < NV; ++j) acc[i][j] = Vec::fmadd(av, bv[j], acc[i][j]);
     }
     a += kPackedA ? AS : cs;
-    b += kPackedB ? NR : ldb;
+    b += kPackedB ? BS : ldb;
     if (a_next) {
       __builtin_prefetch(a_next);
       a_next += MR;
@@ -449,6 +451,13 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
                   micro_kernel<R, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
                 else
                   micro_kernel<R, NV, true, false, MR>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
+              } else if (NV > 1 && nr <= kW) {  // a last strip one vector wide (784 = 24 x 32 + 16): a
+                // one-vector tile, not half a tile of zeros (dW 256x784 from K = 128 +1-2%)
+                const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
+                if (in_place)
+                  micro_kernel<R, 1, false, true, R, NR>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+                else
+                  micro_kernel<R, 1, true, true, MR, NR>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
               } else {
                 const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
                 if (in_place)

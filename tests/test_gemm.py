@@ -85,6 +85,7 @@ SIZES = [
     (12, 32, 16),  # exactly one AVX-512 tile
     (13, 33, 31),  # one past both tiles
     (20, 40, 30),  # a last panel of 8 rows (AVX-512) or 2 (AVX2, generic): the shorter edge tiles
+    (50, 784, 70),  # a last strip of 16 columns (AVX-512) or 0 (AVX2): a one-vector tile for it
     (37, 50, 129),
     (64, 800, 1000),  # several K-blocks and N-blocks, 2 threads (split by columns); b packed (a K-block of
     # its rows spans more than kInPlaceB)
