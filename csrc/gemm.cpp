@@ -276,6 +276,54 @@ void pack_transposed(float* dst, int64_t ld, const float* src, int64_t lds, int 
   for (; k < kc; ++k)
     for (int i = 0; i < width; ++i) dst[k * ld + i] = i < rows ? src[i * lds + k] : 0.0f;
 }
+#if defined(__AVX512F__)
+// In-register transpose of 16 rows of 16 floats: r[i][j] -> r[j][i]. Within each 128-bit lane,
+// unpacks by 32 and 64 bits give 4x4 blocks (u[4g + j], lane l: column 4l + j of rows 4g..4g+3);
+// two rounds of 128-bit lane shuffles then move lane l of group g to lane g of column 4l + j.
+FASTDL_INLINE void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 1]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+  }
+  for (int j = 0; j < 4; ++j) {
+    t[j] = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x88);
+    t[4 + j] = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xdd);
+    t[8 + j] = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xdd);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+    r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+    r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xdd);
+  }
+}
+
+// pack_transposed for 16 rows (rows <= 16 of them real, the rest zeros) written 16 wide: 16x16
+// transposes, the last kc % 16 depths by the 8-wide version (one half of the rows at a time).
+void pack_transposed16(float* dst, int64_t ld, const float* src, int64_t lds, int rows, int64_t kc) {
+  int64_t k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * lds + k) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int q = 0; q < 16; ++q) _mm512_storeu_ps(dst + (k + q) * ld, r[q]);
+  }
+  if (k < kc) {
+    pack_transposed(dst + k * ld, ld, src + k, lds, rows < 8 ? rows : 8, 8, kc - k);
+    pack_transposed(dst + k * ld + 8, ld, src + 8 * lds + k, lds, rows > 8 ? rows - 8 : 0, 8, kc - k);
+  }
+}
+#endif
 #else
 void pack_transposed(float* dst, int64_t ld, const float* src, int64_t lds, int rows, int width, int64_t kc) {
   for (int64_t k = 0; k < kc; ++k)
@@ -337,15 +385,23 @@ template <class Tl>
 void pack_b(float* dst, const Operands& g, int64_t nb, int64_t nc, int64_t k0, int64_t kc) {
   constexpr int NR = Tl::NR, NV = Tl::NV;
   const int64_t strips = (nc + NR - 1) / NR;
-  if (g.trans_b) {  // b stored (N,K): transpose 8 columns of op(b) at a time
+  if (g.trans_b) {  // b stored (N,K): transpose 16 (AVX-512) or 8 columns of op(b) at a time
     for (int64_t s = 0; s < strips; ++s) {
       const int64_t j0 = s * NR;
       const int nr = static_cast<int>(nc - j0 < NR ? nc - j0 : NR);
       const float* src = g.b + (nb + j0) * g.ldb + k0;
-      for (int c0 = 0; c0 < NR; c0 += 8) {
-        int width = NR - c0 < 8 ? NR - c0 : 8;
-        int cols = nr - c0 < 0 ? 0 : (nr - c0 < width ? nr - c0 : width);
-        pack_transposed(dst + s * NR * kc + c0, NR, src + c0 * g.ldb, g.ldb, cols, width, kc);
+      for (int c0 = 0; c0 < NR;) {
+        const int left = nr - c0 < 0 ? 0 : nr - c0;  // real columns from c0 on
+#if defined(__AVX512F__)
+        if (NR - c0 >= 16) {  // 16 at a time: 128x784->256 forward +4-5%, 128x256->128 -1 to -5%
+          pack_transposed16(dst + s * NR * kc + c0, NR, src + c0 * g.ldb, g.ldb, left < 16 ? left : 16, kc);
+          c0 += 16;
+          continue;
+        }
+#endif
+        const int width = NR - c0 < 8 ? NR - c0 : 8;
+        pack_transposed(dst + s * NR * kc + c0, NR, src + c0 * g.ldb, g.ldb, left < width ? left : width, width, kc);
+        c0 += width;
       }
     }
     return;
