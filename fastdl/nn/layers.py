@@ -116,7 +116,8 @@ class Linear(_Layer):
         return f"Linear({self.in_features} -> {self.out_features})"
 
     def _forward(self, x, reuse, act=None):
-        self._need_2d(x, self.in_features, self._who)
+        if x.ndim != 2 or x.shape[1] != self.in_features:  # (the message is built only on failure)
+            self._need_2d(x, self.in_features, self._who)
         out = self._buf("out", (x.shape[0], self.out_features), reuse)
         b = None if self.bias is None else self.bias.data
         y = ops.linear_forward(x, self.weight.data, b, activation=act, out=out)
@@ -498,7 +499,7 @@ class Sequential(_Layer):
         layers = list(self._modules.values())
         n = len(layers)
         inner = []  # outputs that live in reusable buffers
-        i = 0
+        i, layer = 0, None
         while i < n:
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < n else None
@@ -514,8 +515,10 @@ class Sequential(_Layer):
             if not last:
                 inner.append(y)
             x = y
-        if not reuse and any(np.may_share_memory(x, b) for b in inner):
-            x = x.copy()  # an identity-like last layer (Dropout in eval, Flatten) handed back a buffer
+        # A last Linear wrote a fresh array (reuse=False); an identity-like last layer (Dropout in
+        # eval, Flatten) may hand back one of the buffers
+        if not reuse and type(layer) is not Linear and any(np.may_share_memory(x, b) for b in inner):
+            x = x.copy()
         _keep(self, "_out_shape", x.shape)
         return x
 
