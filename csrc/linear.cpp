@@ -13,29 +13,6 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
   gemm(out, inp, weight, bias, act, B, OC, C, /*trans_a=*/0, /*trans_b=*/1, /*accumulate=*/0);
 }
 
-// dbias (OC) [+]= sum over the B rows of dout (B,OC): column sums in double, 256 columns at a time
-// (the accumulators stay in L1), rows streamed.
-static void bias_grad(float* dbias, const float* dout, int64_t B, int64_t OC, int accumulate) {
-  const int64_t grain = kParallelGrain / B > 16 ? kParallelGrain / B : 16;  // columns per thread
-  parallel_chunks(
-      OC,
-      [&](int64_t lo, int64_t hi) {
-        constexpr int64_t kCols = 256;
-        double acc[kCols];
-        for (int64_t j0 = lo; j0 < hi; j0 += kCols) {
-          const int64_t n = hi - j0 < kCols ? hi - j0 : kCols;
-          for (int64_t j = 0; j < n; ++j) acc[j] = accumulate ? dbias[j0 + j] : 0.0;
-          for (int64_t b = 0; b < B; ++b) {
-            const float* row = dout + b * OC + j0;
-#pragma omp simd
-            for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
-          }
-          for (int64_t j = 0; j < n; ++j) dbias[j0 + j] = static_cast<float>(acc[j]);
-        }
-      },
-      grain);
-}
-
 // linear_backward runs dweight and dinp side by side, one thread each, when each product takes at
 // most this many flops (2 threads). Zen 4, 2 threads, same-run medians against one after the other:
 // 128x128->10 9.5 -> 7.0 us, 512x128->10 28.1 -> 22.7, 128x256->128 107 -> 85, 128x784->256
@@ -46,15 +23,17 @@ constexpr double kPairFlops = 64.0e6;
 // dinp (B,C), dweight (OC,C), dbias (OC), dout (B,OC), inp (B,C), weight (OC,C); dinp, dbias nullable.
 // From out = inp·weightᵀ + bias:
 //   dweight [+]= doutᵀ · inp      (gemm with trans_a: dout is read as stored)
-//   dbias   [+]= sum over rows of dout
+//   dbias   [+]= sum over rows of dout   (in the product's parallel region, each thread its rows)
 //   dinp     =  dout · weight     (plain gemm), ⊙ input_act'(inp) when inp is an activation's output
 // dweight and dinp take the same 2·B·C·OC flops: up to kPairFlops they run side by side, one thread
 // each (dbias with dweight), each product unsplit; above it one after the other, each split.
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                      const float* weight, int64_t B, int64_t C, int64_t OC, int accumulate, int input_act) {
   auto weight_grads = [&] {
-    gemm(dweight, dout, inp, nullptr, ACT_NONE, OC, C, B, /*trans_a=*/1, /*trans_b=*/0, accumulate);
-    if (dbias) bias_grad(dbias, dout, B, OC, accumulate);
+    if (dbias)
+      gemm_tn_sums(dweight, dbias, dout, inp, OC, C, B, accumulate);
+    else
+      gemm(dweight, dout, inp, nullptr, ACT_NONE, OC, C, B, /*trans_a=*/1, /*trans_b=*/0, accumulate);
   };
   auto input_grad = [&] {
     if (input_act != ACT_NONE)

@@ -193,6 +193,32 @@ def test_linear_backward_input_activation_none(rng, none):
         np.testing.assert_array_equal(got, want)
 
 
+# Without dx, the weight and bias gradients come from one product whose threads each sum the rows
+# they computed: split by rows (OC = 256), by columns (OC = 50), and on one thread.
+@pytest.mark.parametrize("B,C,OC", [(128, 784, 256), (100, 700, 50), (9, 20, 7)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_linear_backward_weight_and_bias_gradients_threads(isa, rng, B, C, OC, accumulate):
+    x, w, _ = layer(rng, B, C, OC)
+    dout = rng.standard_normal((B, OC)).astype(F32)
+    dw0, db0 = rng.standard_normal((OC, C)).astype(F32), rng.standard_normal(OC).astype(F32)
+    (_, want_dw, want_db), (_, s_dw, s_db) = backward64(dout, x, w)
+    prev = fastdl.get_num_threads()
+    got = []
+    try:
+        for nt in (1, 2):
+            fastdl.set_num_threads(nt)
+            dw, db = dw0.copy(), db0.copy()
+            ops.linear_backward(dout, x, w, need_dx=False, accumulate=accumulate, dweight=dw, dbias=db)
+            got.append((dw, db))
+    finally:
+        fastdl.set_num_threads(prev)
+    base_w, base_b = (dw0.astype(np.float64), db0.astype(np.float64)) if accumulate else (0.0, 0.0)
+    for dw, db in got:
+        assert_close(dw, base_w + want_dw, s_dw + np.abs(base_w))
+        assert_close(db, base_b + want_db, s_db + np.abs(base_b))
+    np.testing.assert_array_equal(got[0][1], got[1][1])  # the same sums, in the same order
+
+
 # ---------------------------------------------------------------- backward: finite differences
 
 
