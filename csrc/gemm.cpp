@@ -128,20 +128,38 @@ FASTDL_INLINE reg dactivate(reg v, reg y, int act) {
 }
 
 // c[i][j] *= act'(y[i][j]) over rows i < rows, columns j < cols, both ld apart: gemm_dact's last
-// step, run on each tile just stored (still in L1). Kept out of the micro-kernel, whose store it
-// slowed by 3-5% even when unused (dW 256x784 from K = 128).
-void dact_tile(float* c, const float* y, int64_t ld, int rows, int cols, int act) {
-  for (int i = 0; i < rows; ++i) {
-    for (int j = 0; j < cols; j += kW) {
+// step, run on each tile just stored (still in L1), or on all of c after the plain loop. Kept out
+// of the micro-kernel, whose store it slowed by 3-5% even when unused (dW 256x784 from K = 128).
+void dact_tile(float* c, const float* y, int64_t ld, int64_t rows, int64_t cols, int act) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; j += kW) {
       float* p = c + i * ld + j;
       const float* q = y + i * ld + j;
       if (cols - j >= kW) {
         Vec::storeu(p, dactivate(Vec::loadu(p), Vec::loadu(q), act));
       } else {
-        const Vec::mask m = Vec::first(cols - j);
+        const Vec::mask m = Vec::first(static_cast<int>(cols - j));
         Vec::storeu_n(p, dactivate(Vec::loadu_n(p, m), Vec::loadu_n(q, m), act), m);
       }
     }
+  }
+}
+
+// out[j] [+]= sum over the rows r < rows of a[r*ld + j], for columns j in [lo, hi): in double, in
+// row order, 256 columns at a time (the accumulators stay in L1), rows streamed. gemm_tn_sums's
+// bias gradient.
+void sum_columns(float* out, const float* a, int64_t rows, int64_t ld, int64_t lo, int64_t hi, int accumulate) {
+  constexpr int64_t kCols = 256;
+  double acc[kCols];
+  for (int64_t j0 = lo; j0 < hi; j0 += kCols) {
+    const int64_t n = hi - j0 < kCols ? hi - j0 : kCols;
+    for (int64_t j = 0; j < n; ++j) acc[j] = accumulate ? out[j0 + j] : 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = a + r * ld + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
+    }
+    for (int64_t j = 0; j < n; ++j) out[j0 + j] = static_cast<float>(acc[j]);
   }
 }
 
@@ -686,13 +704,7 @@ void gemm_any(const Operands& g) {
   if (ok) return;
   gemm_naive(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
   if (g.sums) sum_columns(g.sums, g.a, K, g.lda, 0, M, g.accumulate);
-  if (g.y) {
-    for (int64_t i = 0; i < M * N; i += kW) {
-      const int n = M * N - i < kW ? static_cast<int>(M * N - i) : kW;
-      const Vec::mask m = Vec::first(n);
-      Vec::storeu_n(g.c + i, dactivate(Vec::loadu_n(g.c + i, m), Vec::loadu_n(g.y + i, m), g.dact), m);
-    }
-  }
+  if (g.y) dact_tile(g.c, g.y, N, M, N, g.dact);
 }
 }  // namespace
 

@@ -61,24 +61,6 @@ inline void parallel_chunks(int64_t n, F&& body, int64_t grain = kParallelGrain)
   }
 }
 
-// out[j] [+]= sum over the rows r < rows of a[r*ld + j], for columns j in [lo, hi): in double, in
-// row order, 256 columns at a time (the accumulators stay in L1), rows streamed. A bias gradient.
-inline void sum_columns(float* out, const float* a, int64_t rows, int64_t ld, int64_t lo, int64_t hi,
-                        int accumulate) {
-  constexpr int64_t kCols = 256;
-  double acc[kCols];
-  for (int64_t j0 = lo; j0 < hi; j0 += kCols) {
-    const int64_t n = hi - j0 < kCols ? hi - j0 : kCols;
-    for (int64_t j = 0; j < n; ++j) acc[j] = accumulate ? out[j0 + j] : 0.0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* row = a + r * ld + j0;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) acc[j] += row[j];
-    }
-    for (int64_t j = 0; j < n; ++j) out[j0 + j] = static_cast<float>(acc[j]);
-  }
-}
-
 // ---- elementwise maps: aligned chunks, streaming stores for arrays beyond the caches
 // A map whose arrays (inputs and output) hold more than this many bytes together - half again the
 // 32 MiB L3 of this Zen 4 - writes its output with non-temporal stores, which skip the read of each
