@@ -71,10 +71,7 @@ void batchnorm_forward_train(float* out, float* mean, float* invstd, float* scra
   const double unbias = static_cast<double>(B) / static_cast<double>(B - 1);
   const double mom = momentum;
   const int nt = threads_for(B * C);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    DenormalsOff ftz;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+  parallel_region(nt, [&](int t, int T) {
     int64_t lo, hi;
     // pass 1: Σ x per block (s2 unused)
     block_sums(s1, s2, it, B, C, t, T, [&](float* p1, float*, int64_t off, int64_t, int64_t w) {
@@ -128,7 +125,7 @@ void batchnorm_forward_train(float* out, float* mean, float* invstd, float* scra
 #pragma omp simd
       for (int64_t j = 0; j < C; j++) y[j] = (x[j] - mu[j]) * scale[j] + beta[j];
     }
-  }
+  });
 }
 
 // inp, out: (B,C); gamma, beta, running_mean, running_var: (C).
@@ -179,10 +176,7 @@ void batchnorm_backward(float* dinp, float* dgamma, float* dbeta, float* scratch
   const double bd = static_cast<double>(B);
   const float bf = static_cast<float>(B);
   const int nt = threads_for(B * C);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    DenormalsOff ftz;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+  parallel_region(nt, [&](int t, int T) {
     int64_t lo, hi;
     // pass 1: Σ dout and Σ dout·xhat per block
     block_sums(s1, s2, it, B, C, t, T, [&](float* p1, float* p2, int64_t off, int64_t c0, int64_t w) {
@@ -222,7 +216,7 @@ void batchnorm_backward(float* dinp, float* dgamma, float* dbeta, float* scratch
         dx[j] = k[j] * (bf * d[j] - dbeta[j] - xhat * dgamma[j]);
       }
     }
-  }
+  });
 }
 
 }  // namespace FASTDL_ISA_NS

@@ -160,6 +160,23 @@ void bind_config(py::module_& m) {
       },
       py::arg("n"), "Set the threads parallel kernels may use (default: the CPUs this process may use).");
   m.def("default_num_threads", &default_num_threads);
+  m.def("available_cpus", &available_cpus, "CPUs this process may use (affinity mask, cgroup CPU quota).");
+  m.def("set_contention_guard", &set_contention_guard, py::arg("on"),
+        "Turn the contention guard on (default) or off.");
+  m.def("contention_guard", &contention_guard);
+  m.def(
+      "contention_stats",
+      [] {
+        const TeamStats s = team_stats();
+        py::dict d;
+        d["regions"] = s.regions;
+        d["stalls"] = s.stalls;
+        d["guarded_regions"] = s.guarded_regions;
+        d["threads_cap"] = s.cap;
+        d["waited_s"] = static_cast<double>(s.lost_ns) * 1e-9;
+        return d;
+      },
+      "Parallel regions run, stalls seen, kernel calls limited by the guard and the time masters waited for their team, since the process started; threads_cap is the limit now (0: none).");
   m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "Best instruction set this CPU runs.");
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); }, "Instruction set the kernels use now.");
   m.def(
@@ -179,6 +196,8 @@ void bind_config(py::module_& m) {
     d["isa"] = isa_name(active_isa());
     d["best_isa"] = isa_name(best_isa());
     d["num_threads"] = get_num_threads();
+    d["available_cpus"] = available_cpus();
+    d["contention_guard"] = contention_guard();
     return d;
   });
 }

@@ -38,9 +38,23 @@ int best_isa();             // best instruction set this CPU and OS support
 int active_isa();           // the one kernels dispatch to
 bool set_isa(int isa);      // false if the CPU cannot run it
 const char* isa_name(int isa);
-int get_num_threads();      // threads a parallel kernel may use
-void set_num_threads(int n);
-int default_num_threads();  // OMP_NUM_THREADS if set, else the CPUs this process may use
+int available_cpus();       // CPUs this process may use: affinity mask, cgroup CPU quota
+int get_num_threads();      // threads a parallel kernel may use, at most available_cpus()
+void set_num_threads(int n);  // capped at available_cpus()
+int default_num_threads();  // OMP_NUM_THREADS if set, else available_cpus(); capped likewise
+
+// Contention guard: team_threads() is get_num_threads(), or 1 while other work has been seen to
+// keep this process's threads waiting for a CPU; every parallel region reports its wall time and
+// the time its master waited for the other threads (team_report).
+int64_t now_ns();
+int team_threads();
+void team_report(int64_t wall_ns, int64_t lost_ns);
+void set_contention_guard(bool on);
+bool contention_guard();
+struct TeamStats {
+  int64_t regions, stalls, guarded_regions, cap, lost_ns;  // cap 0: not guarding
+};
+TeamStats team_stats();
 
 // ---- kernels, declared once per instruction-set namespace ----
 namespace generic {

@@ -580,7 +580,7 @@ bool gemm_blocked(const Operands& g) {
   constexpr int MR = Tl::MR, NR = Tl::NR;
   const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
   const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
-  int nt = flops < kParallelFlops || omp_in_parallel() ? 1 : get_num_threads();
+  int nt = flops < kParallelFlops || omp_in_parallel() ? 1 : team_threads();
   // Split the rows when every thread gets 8 A panels or more (M >= 192 on two threads): each thread
   // then packs all of B but reads only its own rows of a (Zen 4, 2 threads, interleaved A/B: 512^3
   // 131 -> 174 GF/s and 512x256x784 179 -> 186 while the machine was loaded, 0-5% better idle).
@@ -623,10 +623,7 @@ bool gemm_blocked(const Operands& g) {
     if (g.sums) sum_columns(g.sums, g.a, g.K, g.lda, 0, g.M, g.accumulate);
     return true;
   }
-#pragma omp parallel num_threads(nt)
-  {
-    DenormalsOff ftz;
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();  // T < nt if the runtime says so
+  parallel_region(nt, [&](int t, int T) {  // T < nt if the runtime says so
     float* b_buf = ws + t * b_floats;
     float* a_buf = ws + nt * b_floats + (mode == A_SHARED ? 0 : t * a_floats);
     if (split_n) {
@@ -640,7 +637,7 @@ bool gemm_blocked(const Operands& g) {
     // gemm_tn_sums: each thread sums the rows of op(a) (columns of a) it multiplied, still in its
     // caches; as the rows are split, also when the columns were
     if (g.sums) sum_columns(g.sums, g.a, g.K, g.lda, row_split(g.M, t, T), row_split(g.M, t + 1, T), g.accumulate);
-  }
+  });
   return true;
 }
 

@@ -2,6 +2,7 @@
 // which are compiled once per instruction set: everything here lives in fastdl::FASTDL_ISA_NS so no
 // AVX-512 copy of an inline function can be picked by the linker for the generic path.
 #pragma once
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -25,7 +26,7 @@ constexpr int64_t kParallelGrain = 32768;
 // runs on its caller's thread alone.
 inline int threads_for(int64_t work, int64_t grain = kParallelGrain) {
   if (omp_in_parallel()) return 1;
-  int t = get_num_threads();
+  int t = team_threads();
   int64_t by_work = work / grain;
   if (by_work < 1) return 1;
   return by_work < t ? static_cast<int>(by_work) : t;
@@ -41,6 +42,43 @@ struct DenormalsOff {
 #endif
 };
 
+// Run body(t, T) on a team of T <= nt threads (t = 0 .. T-1), or inline as body(0, 1) when nt is 1;
+// every parallel kernel enters OpenMP here. Denormals are flushed on each thread. The region reports
+// to the contention guard (csrc/cpu.cpp) how long the master waited for the others: the latest
+// start of another thread after the region began, or the latest end of another thread after the
+// master's own end, whichever is larger (a region with barriers inside sees only the first).
+template <class F>
+inline void parallel_region(int nt, F&& body) {
+  if (nt <= 1) {
+    DenormalsOff ftz;
+    body(0, 1);
+    return;
+  }
+  const int64_t t0 = now_ns();
+  int64_t master_end = t0;
+  std::atomic<int64_t> late_start{t0}, late_end{t0};
+  auto raise_to = [](std::atomic<int64_t>& a, int64_t v) {
+    int64_t cur = a.load(std::memory_order_relaxed);
+    while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+    }
+  };
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    if (t != 0) raise_to(late_start, now_ns());
+    {
+      DenormalsOff ftz;
+      body(t, omp_get_num_threads());
+    }
+    if (t == 0)
+      master_end = now_ns();
+    else
+      raise_to(late_end, now_ns());
+  }
+  const int64_t wall = now_ns() - t0, start_wait = late_start.load() - t0, end_wait = late_end.load() - master_end;
+  team_report(wall, start_wait > end_wait ? start_wait : end_wait);
+}
+
 // Run body(lo, hi) over [0, n) split into one contiguous, 64-byte-aligned chunk per thread; below
 // `grain` elements it runs inline on the calling thread with no parallel region at all.
 template <class F>
@@ -51,14 +89,11 @@ inline void parallel_chunks(int64_t n, F&& body, int64_t grain = kParallelGrain)
     body(int64_t(0), n);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
-    DenormalsOff ftz;
-    int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+  parallel_region(nt, [&](int64_t t, int64_t T) {
     int64_t per = ((n + T - 1) / T + 15) & ~int64_t(15);
     int64_t lo = t * per, hi = lo + per < n ? lo + per : n;
     if (lo < hi) body(lo, hi);
-  }
+  });
 }
 
 // ---- elementwise maps: aligned chunks, streaming stores for arrays beyond the caches
@@ -127,15 +162,12 @@ inline void map_chunks_on(int nt, int arrays, float* out, int64_t n, F&& body) {
     range(0, n);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
-    DenormalsOff ftz;
-    const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+  parallel_region(nt, [&](int64_t t, int64_t T) {
     const int64_t per = ((n - head + T - 1) / T + 15) & ~int64_t(15);
     const int64_t lo = t == 0 ? 0 : (head + t * per < n ? head + t * per : n);
     const int64_t hi = head + (t + 1) * per < n ? head + (t + 1) * per : n;
     range(lo, hi);
-  }
+  });
 }
 
 // map_chunks_on with threads_for(n, grain) threads.

@@ -42,15 +42,12 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
       gemm(dinp, dout, weight, nullptr, ACT_NONE, B, C, OC, 0, 0, 0);
   };
   const double flops = 2.0 * double(B) * double(C) * double(OC);
-  const int nt = get_num_threads();
-  if (dinp && nt >= 2 && !omp_in_parallel() && flops <= kPairFlops * 2.0 / nt) {
-#pragma omp parallel num_threads(2)
-    {
-      DenormalsOff ftz;
-      const int t = omp_get_thread_num();
+  const int nt = omp_in_parallel() ? 1 : team_threads();
+  if (dinp && nt >= 2 && flops <= kPairFlops * 2.0 / nt) {
+    parallel_region(2, [&](int t, int T) {
       if (t == 0) weight_grads();
-      if (t == 1 || omp_get_num_threads() < 2) input_grad();  // also right if the runtime gave 1 thread
-    }
+      if (t == 1 || T < 2) input_grad();  // also right if the runtime gave 1 thread
+    });
     return;
   }
   weight_grads();

@@ -25,15 +25,12 @@ double parallel_sum(int64_t n, F&& body, int64_t grain) {
   }
   double partial[kMaxPartials];
   const int64_t per = ((n + nt - 1) / nt + 15) & ~int64_t(15);
-#pragma omp parallel num_threads(nt)
-  {
-    DenormalsOff ftz;
-    const int T = omp_get_num_threads(), t = omp_get_thread_num();
+  parallel_region(nt, [&](int t, int T) {
     for (int c = t; c < nt; c += T) {  // also right if the runtime gave fewer threads than asked
       int64_t lo = c * per, hi = lo + per < n ? lo + per : n;
       partial[c] = lo < hi ? body(lo, hi) : 0.0;
     }
-  }
+  });
   double s = 0.0;
   for (int c = 0; c < nt; c++) s += partial[c];
   return s;

@@ -96,6 +96,7 @@ static constexpr double kFlopsPerIter =
 
 double fma_peak_run(int64_t iters, int threads) {
   if (threads < 1) threads = 1;
+  if (threads > available_cpus()) threads = available_cpus();
 #pragma omp parallel num_threads(threads)
   fma_loop(iters);
   return kFlopsPerIter * static_cast<double>(iters) * threads;
@@ -105,6 +106,7 @@ double fma_peak_run(int64_t iters, int threads) {
 // Split and stored as fastdl's elementwise maps are (map_chunks: chunks on a's cache lines, streaming
 // stores above kStreamBytes), so that a kernel and the limit it is measured against write alike.
 void stream_triad(float* a, const float* b, const float* c, float s, int64_t n, int threads) {
+  if (threads > available_cpus()) threads = available_cpus();
   map_chunks_on(threads < 1 ? 1 : threads, 3, a, n, [&](int64_t lo, int64_t hi, float* y) {
     const float *x = b + lo, *z = c + lo;
 #pragma omp simd

@@ -20,12 +20,15 @@ __version__ = _C.config()["version"]
 
 
 def get_num_threads() -> int:
-    """Threads a parallel kernel may use (default: the CPUs this process may use, or OMP_NUM_THREADS)."""
+    """Threads a parallel kernel may use (default: the CPUs this process may use, or OMP_NUM_THREADS),
+    at most the CPUs available to this process (its affinity mask and cgroup CPU quota)."""
     return _C.get_num_threads()
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads fastdl's kernels use."""
+    """Set the number of threads fastdl's kernels use. Counts above the CPUs available to this
+    process are capped at that number (more threads than CPUs only wait on each other); the
+    contention guard may still run a kernel on fewer while other processes hold the CPUs."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
     if not 1 <= n <= 1 << 16:
@@ -52,7 +55,8 @@ def show_config() -> None:
     print(f"  compiler:   {c['compiler']}")
     print(f"  OpenMP:     {c['openmp']}")
     print(f"  ISA:        {c['isa']} (best this CPU runs: {c['best_isa']}; FASTDL_ISA forces a lower one)")
-    print(f"  threads:    {c['num_threads']}")
+    print(f"  threads:    {c['num_threads']} (CPUs available: {c['available_cpus']}; contention guard "
+          f"{'on' if c['contention_guard'] else 'off'})")
 
 
 def _isa_from_env() -> None:
