@@ -4,12 +4,13 @@
                             [--no-torch] [--mnist DIR]
     python -m fastdl bench [same options]          (calls main(argv))
 
-NAMES: comma-separated benchmarks — gemm, kernels, training, scaling — each optionally followed by
+NAMES: comma-separated benchmarks — gemm, kernels, training, contention, scaling — each optionally followed by
 `:SUBSTRING` to run only its cases whose names contain it (`kernels:relu`, `gemm:2048`,
 `training:batch 128`; repeat a name for several substrings). Default: all of them.
 
 Order: the machine's limits (FP32 FMA peak on 1 and N threads, STREAM triad at an L2-size and a
-DRAM-size array), then GEMM, kernels and training on N threads in this process, then the same GEMM
+DRAM-size array), then GEMM, kernels and training on N threads in this process, the contention
+benchmark (the same beside a busy-loop process, fastdl also at 1 thread), then the same GEMM
 sweep and the batch-128 epoch on 1 thread in child processes (OpenBLAS reads its thread count once,
 at import) for the thread-scaling table. Writes <name>.md / <name>.json (+ PNG plots when
 matplotlib is installed) per benchmark and SUMMARY.md / SUMMARY.json with every bar of issue 4:
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402 - must set the thread count before numpy is imported
 
-BENCHES = ["gemm", "kernels", "training", "scaling"]
+BENCHES = ["gemm", "kernels", "training", "contention", "scaling"]
 
 
 def parse_only(text):
@@ -244,7 +245,8 @@ def main(argv=None) -> int:
                         {"machine": info, "config": cfg.as_dict(), "load_average": common.load_average(),
                          "limits": limits.data})
 
-    import bench_gemm  # noqa: PLC0415 - after setup_threads
+    import bench_contention  # noqa: PLC0415 - after setup_threads
+    import bench_gemm  # noqa: PLC0415
     import bench_kernels  # noqa: PLC0415
     import bench_training  # noqa: PLC0415
 
@@ -264,6 +266,9 @@ def main(argv=None) -> int:
         if "training" in results and results["training"]["data"]["missing"]:
             for k, v in results["training"]["data"]["missing"].items():
                 notes.append(f"training, {k}: {v}")
+    if "contention" in sel:
+        results["contention"] = bench_contention.run(cfg.derive(sel["contention"]), busy=1, mnist=args.mnist,
+                                                     use_torch=not args.no_torch)
     if "kernels" in results and results["kernels"]["data"]["skipped_missing_ops"]:
         notes.append("kernels not in fastdl.ops in this build (their cases skipped): "
                      + "; ".join(results["kernels"]["data"]["skipped_missing_ops"]))

@@ -156,3 +156,16 @@ def test_stream_triad_computes_the_triad(n):
     a = np.empty(n + 16, np.float32)[3:n + 3]
     fastdl._C.stream_triad(a, b, c, np.float32(3.0), 2)
     np.testing.assert_allclose(a, b + np.float32(3.0) * c, rtol=1e-6, atol=1e-6)
+
+
+def test_contention_benchmark_runs_beside_a_busy_process(tmp_path, mnist_path):
+    rc = run_all.main(["--tiny", "--threads", "2", "--out", str(tmp_path), "--only",
+                       "contention:head,contention:batch 128", "--no-torch", "--no-scaling", "--mnist", str(mnist_path)])
+    assert rc == 0
+    rep = json.loads((tmp_path / "contention.json").read_text())
+    assert rep["busy_processes"] == 1
+    assert [r["case"] for r in rep["results"]] == ["10-class head X·Wᵀ 128x128->10", "MNIST epoch, batch 128"]
+    for r in rep["results"]:
+        assert r["fastdl 2 threads"]["seconds"] > 0 and r["fastdl 1 thread"]["seconds"] > 0 and r["numpy"]["seconds"] > 0
+    assert any("vs 1 thread" in b["bar"] for b in rep["bars"])
+    assert "busy-loop process(es) ran for the whole benchmark" in (tmp_path / "contention.md").read_text()
