@@ -180,3 +180,14 @@ def test_readme_example_runs_one_epoch_and_its_model_loads_back(mnist_path, tmp_
     model.eval()
     loaded = nn.load(tmp_path / "mlp.npz")
     np.testing.assert_array_equal(loaded(X_test), model(X_test))
+
+
+def test_subnormals_are_flushed_inside_kernels_only():
+    # README: kernels run under FTZ/DAZ (subnormal arithmetic costs ~100x), set per call and restored.
+    tiny = np.array([1e-40, -1e-42, 3e-39], np.float32)
+    assert np.all(tiny != 0)
+    np.testing.assert_array_equal(fastdl.ops.relu(tiny), [0, 0, 0])
+    np.testing.assert_array_equal(fastdl.ops.step(np.array([-1e-42], np.float32)), [1])
+    x = np.ones(1 << 17, np.float32)
+    fastdl.ops.relu(x)  # a parallel call too: every thread restores its mode
+    assert np.float32(1e-40) * np.float32(1.0) != 0  # NumPy still has its subnormals
