@@ -4,8 +4,11 @@ import io
 import json
 import os
 import re
+import signal
+import stat
 import subprocess
 import sys
+import time
 import tracemalloc
 import zipfile
 
@@ -398,3 +401,81 @@ def test_the_cli_reports_hostile_model_files_in_one_line(tmp_path):
         assert r.returncode == 1, (name, r.stderr)
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("fastdl predict: error: load:"), r.stderr
         assert str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- save: mode, fsync, stale temps (section 5)
+
+
+def test_save_creates_files_with_the_umask_like_open(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 2, rng=0))
+    old = os.umask(0o022)
+    try:
+        m.save(tmp_path / "a.npz")
+        with open(tmp_path / "b", "w"):
+            pass
+        os.umask(0o077)
+        m.save(tmp_path / "c.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "c.npz").stat().st_mode) == 0o600
+    os.chmod(tmp_path / "a.npz", 0o640)  # overwriting keeps the file's mode, as open("w") does
+    m.save(tmp_path / "a.npz")
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o640
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", os.path.basename(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(tmp_path / "m.npz")
+    assert events == [("fsync", False), ("replace", "m.npz"), ("fsync", True)]
+
+
+def _killed_save(target):
+    """Run a save in a child that dies (SIGKILL) between writing its temp file and the rename."""
+    code = ("import os, signal, sys\nfrom fastdl import nn\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "nn.Sequential(nn.Linear(30, 20, rng=0)).save(sys.argv[1])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(target)], cwd=target.parent, capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def test_save_removes_temp_files_that_killed_saves_left(tmp_path):
+    target = tmp_path / "model.npz"
+    for _ in range(3):  # each save removes what the one killed before it left: one leftover at a time
+        _killed_save(target)
+        leftovers = [p.name for p in tmp_path.iterdir()]
+        assert len(leftovers) == 1 and leftovers[0].startswith(".fastdl-model.npz-"), leftovers
+    other = tmp_path / "other.npz"
+    _killed_save(other)  # another target's leftover: not this save's to remove
+    other_tmp = [p.name for p in tmp_path.iterdir() if p.name.startswith(".fastdl-other.npz-")]
+    assert len(other_tmp) == 1
+    # one being written right now by a live process (this one's parent stands in for it)
+    live = tmp_path / f".fastdl-model.npz-{os.getppid()}-0123abcd.npz.tmp"
+    live.write_bytes(b"in progress")
+    # an old-style name (fastdl 0.1.0, no target in it): removed once an hour old
+    legacy_old, legacy_new = tmp_path / ".fastdl-ab_cd123.npz.tmp", tmp_path / ".fastdl-zz9yy876.npz.tmp"
+    legacy_old.write_bytes(b"x")
+    legacy_new.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(legacy_old, (two_hours_ago, two_hours_ago))
+
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(target)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["model.npz", live.name, legacy_new.name] + other_tmp), left
+    nn.load(target)
+    os.utime(live, (two_hours_ago, two_hours_ago))  # untouched for an hour: removed whoever wrote it
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.npz", legacy_new.name] + other_tmp)

@@ -20,7 +20,9 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
+import stat
+import time
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -46,6 +48,9 @@ MAX_MODULES = 100_000           # layers in one model
 _MAX_JSON_DEPTH = 256           # nesting of the metadata JSON (a container takes 3 levels)
 _MAX_META_CHARS = 1 << 22       # characters of metadata JSON
 _MAX_ENTRIES = 2 * MAX_MODULES  # zip entries
+# Temporary files of save: .fastdl-<target name>-<pid>-<random>.npz.tmp, beside the target.
+_TMP_PREFIX, _TMP_SUFFIX = ".fastdl-", ".npz.tmp"
+_STALE_SECONDS = 3600           # a temp file untouched this long is abandoned, whoever wrote it
 
 
 def _fastdl_version():
@@ -59,10 +64,76 @@ def _fastdl_version():
 # ---------------------------------------------------------------- save
 
 
+def _tmp_tag(base: str) -> str:
+    """The target's name as it appears in its temp files (no separators, bounded length)."""
+    tag = re.sub(r"[^A-Za-z0-9._]", "_", base)
+    if len(tag) > 100 or tag != base:
+        tag = tag[:60] + "_" + format(zlib.crc32(base.encode("utf-8", "surrogateescape")), "08x")
+    return tag
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its file
+    return True
+
+
+def _remove_stale_temps(directory: str, base: str) -> None:
+    """Delete temp files that earlier saves to ``base`` left behind when their process was killed:
+    those whose writer is no longer running, or that nobody has touched for an hour. Files of
+    fastdl before 0.1.1 (``.fastdl-<random>.npz.tmp``, no target name) go after an hour."""
+    ours = re.compile(re.escape(_TMP_PREFIX + _tmp_tag(base)) + r"-(\d+)-[0-9a-f]+" + re.escape(_TMP_SUFFIX) + "$")
+    legacy = re.compile(re.escape(_TMP_PREFIX) + r"[A-Za-z0-9_]{8}" + re.escape(_TMP_SUFFIX) + "$")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        m = ours.match(name)
+        if m is None and legacy.match(name) is None:
+            continue
+        full = os.path.join(directory, name)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            old = now - st.st_mtime > _STALE_SECONDS
+            if old or (m is not None and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))):
+                os.unlink(full)
+        except OSError:
+            pass  # gone already, or not ours to delete
+
+
+def _fsync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (Windows)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save(module: Module, path) -> None:
-    """Write ``module``'s weights, buffers and architecture to ``path`` (one .npz file, written
-    atomically; the name is used as given). Every layer type must be registered (built-in ones are;
-    see ``register_module``), so that ``load`` can rebuild the model."""
+    """Write ``module``'s weights, buffers and architecture to ``path`` (one .npz file; the name is
+    used as given). Every layer type must be registered (built-in ones are; see ``register_module``),
+    so that ``load`` can rebuild the model.
+
+    The file is written atomically: to a temp file beside it, flushed to disk (``fsync``), then
+    renamed over ``path``, so a crash or power loss leaves either the old file or the new one. A new
+    file gets the mode ``open`` would give it (0666 less the umask); an existing file keeps its mode.
+    Temp files that an earlier, killed save to the same path left behind are removed.
+    """
     if not isinstance(module, Module):
         raise TypeError(f"save: expected a fastdl.nn.Module, got {type(module).__name__}")
     try:
@@ -89,16 +160,35 @@ def save(module: Module, path) -> None:
     arrays = {_META: np.array(meta_json)}
     arrays.update((f"state/{k}", np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items())
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastdl-", suffix=".npz.tmp", dir=directory)
+    directory, base = os.path.split(os.path.abspath(path))
+    _remove_stale_temps(directory, base)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # overwriting: keep the file's mode, as open() does
+    except OSError:
+        mode = None
+    while True:
+        tmp = os.path.join(directory, f"{_TMP_PREFIX}{_tmp_tag(base)}-{os.getpid()}-{secrets.token_hex(4)}"
+                                      f"{_TMP_SUFFIX}")
+        try:  # 0o666 less the umask, as open() creates files
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
+    _fsync_directory(directory)  # the rename itself survives a power loss
 
 
 # ---------------------------------------------------------------- architecture
