@@ -105,7 +105,7 @@ def _make_scheduler(name, opt, epochs):
 
 def _cmd_train(args) -> int:
     import fastdl
-    from fastdl import datasets, nn
+    from fastdl import nn
     from fastdl.train import evaluate, fit
 
     if args.threads is not None:
@@ -113,7 +113,7 @@ def _cmd_train(args) -> int:
     say = (lambda *a: None) if args.quiet else print
 
     t0 = time.perf_counter()
-    (X, y), (Xt, yt) = datasets.load_mnist(args.data)
+    (X, y), (Xt, yt) = _load_mnist(args.data)
     if args.limit_train:
         X, y = X[: args.limit_train], y[: args.limit_train]
     if args.limit_test:
@@ -149,6 +149,21 @@ def _cmd_train(args) -> int:
         plot_history(history, args.history_png)
         say(f"wrote the training curves to {args.history_png}")
     return 0
+
+
+def _load_mnist(data):
+    """MNIST from --data DIR, else from where `fastdl info` says it is (datasets.find_mnist), else downloaded;
+    a CLIError telling the command-line user about --data and $FASTDL_DATA when none works."""
+    from fastdl import datasets
+
+    try:
+        return datasets.load_mnist(data if data is not None else datasets.find_mnist())
+    except datasets.MNISTNotFoundError as e:
+        searched = ", ".join(str(d) for d in e.searched) or "nowhere"
+        why = f"; the download failed: {e.reason}" if e.reason else ""
+        raise CLIError(f"MNIST not found (looked in {searched}){why}. Pass --data DIR, a directory holding the "
+                       "four MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                       "t10k-labels-idx1-ubyte; gzipped or not), or set $FASTDL_DATA to that directory") from None
 
 
 # ---------------------------------------------------------------------------- predict
@@ -250,8 +265,13 @@ def _cmd_info(args) -> int:
     print(f"  NumPy:      {np.__version__}")
     for name in ("matplotlib", "tqdm"):
         print(f"  {name + ':':<11} {'installed' if importlib.util.find_spec(name) else 'not installed (optional)'}")
-    found = datasets.find_mnist()
-    print(f"  MNIST:      {found if found else 'not found; load_mnist() downloads it to ' + str(datasets.mnist_cache_dir())}")
+    found = datasets.find_mnist()  # the lookup `fastdl train` and load_mnist() use
+    if found:
+        print(f"  MNIST:      {found}")
+    else:
+        searched = ", ".join(str(d) for d in datasets._search_dirs())
+        print(f"  MNIST:      not found (looked in {searched}); `fastdl train --data DIR` or $FASTDL_DATA "
+              f"name a directory holding it, else `fastdl train` downloads it to {datasets.mnist_cache_dir()}")
     return 0
 
 
@@ -320,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, description="Train an MLP on MNIST. The defaults reach >= 98% "
                        "test accuracy.")
     t.add_argument("--data", metavar="DIR", default=None,
-                   help="directory with the four MNIST IDX files (default: $FASTDL_DATA, the cache, else download)")
+                   help="directory with the four MNIST IDX files (default: $FASTDL_DATA, the cache, "
+                   "../shared/data/mnist, else download; `fastdl info` shows which)")
     t.add_argument("--hidden", type=_positive_int, nargs="+", default=d["hidden"], metavar="N",
                    help="hidden layer sizes")
     t.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu"], default=d["activation"],

@@ -7,11 +7,13 @@ MNIST::
 gives float32 images scaled to [0, 1], shape (N, 784), C-contiguous, and int64 labels 0-9.
 ``load_mnist(root)`` reads the four standard IDX files (gzipped or not) from ``root``. With no
 root it looks in ``$FASTDL_DATA`` (and ``$FASTDL_DATA/mnist``), then in the user cache
-(``~/.cache/fastdl/mnist``, or ``$XDG_CACHE_HOME/fastdl/mnist``), and otherwise downloads the
-four ``.gz`` files into that cache (``$FASTDL_MNIST_URL`` or ``url=`` picks the mirror). Every
-file is checked: IDX magic number, dimensions, size against its header (before the data is read:
-a gzip file is decompressed no further than its header's size), md5 against the published
-checksum; anything else is a ValueError naming the file.
+(``~/.cache/fastdl/mnist``, or ``$XDG_CACHE_HOME/fastdl/mnist``), then in ``../shared/data/mnist``
+from the working directory (a data directory beside a checkout), and otherwise downloads the
+four ``.gz`` files into that cache (``$FASTDL_MNIST_URL`` or ``url=`` picks the mirror; a failed
+download leaves no empty cache directory behind). Every file is checked: IDX magic number,
+dimensions, size against its header (before the data is read: a gzip file is decompressed no
+further than its header's size), md5 against the published checksum; anything else is a
+ValueError naming the file.
 
 Synthetic sets (X float32; y int64 class labels, or float32 of shape (n, 1) for regression),
 each drawn from an explicit ``random_state`` (None, an int seed or a ``np.random.Generator``;
@@ -67,7 +69,13 @@ MNIST_MIRRORS = (
 
 
 class MNISTNotFoundError(FileNotFoundError):
-    """The MNIST files are neither on disk nor downloadable; the message says where to put them."""
+    """The MNIST files are neither on disk nor downloadable; the message says where to put them.
+    ``.searched``: the directories looked in; ``.reason``: why the download failed (or None)."""
+
+    def __init__(self, message, *, searched=(), reason=None):
+        super().__init__(message)
+        self.searched = list(searched)
+        self.reason = reason
 
 
 # IDX type byte -> big-endian NumPy dtype
@@ -244,11 +252,16 @@ def mnist_cache_dir() -> Path:
 
 
 def _search_dirs():
+    """Where load_mnist() (and the command line, and `fastdl info`) look, in order."""
     dirs = []
     env = os.environ.get("FASTDL_DATA")
     if env:
         dirs += [Path(env), Path(env) / "mnist"]
     dirs.append(mnist_cache_dir())
+    try:  # a shared data directory beside the checkout, this project's layout
+        dirs.append(Path.cwd().parent / "shared" / "data" / "mnist")
+    except OSError:  # the working directory was deleted
+        pass
     return dirs
 
 
@@ -257,7 +270,8 @@ def _has_all(directory: Path) -> bool:
 
 
 def find_mnist():
-    """The directory load_mnist() would read without downloading ($FASTDL_DATA[/mnist], cache), or None."""
+    """The directory load_mnist() would read without downloading ($FASTDL_DATA[/mnist], the cache,
+    ../shared/data/mnist from the working directory), or None."""
     return next((d for d in _search_dirs() if _has_all(d)), None)
 
 
@@ -309,13 +323,28 @@ def download_mnist(dest=None, *, url=None, timeout: float = 30.0) -> Path:
 
     Files already present (raw or .gz) are kept. Each file is written to a temp file, its md5
     checked against the published one, then renamed into place, so a failed or corrupt download
-    leaves nothing behind. `url`: a base URL or a list tried in order (default: $FASTDL_MNIST_URL,
-    whitespace/comma separated, else MNIST_MIRRORS). Raises ValueError when a file arrives corrupt
+    leaves nothing behind (not even the directories it created, when they stay empty). `url`: a
+    base URL or a list tried in order (default: $FASTDL_MNIST_URL, whitespace/comma separated,
+    else MNIST_MIRRORS). Raises ValueError when a file arrives corrupt
     from every mirror, MNISTNotFoundError when no mirror can be reached.
     """
     dest = Path(dest) if dest is not None else mnist_cache_dir()
     bases = _mirrors(url)
+    created = [d for d in (dest, *dest.parents) if not d.exists()]  # removed again if nothing arrives
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(dest, bases, timeout)
+    except BaseException:
+        for d in created:  # deepest first; rmdir leaves any directory that holds something
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return dest
+
+
+def _download_into(dest: Path, bases, timeout: float) -> None:
     for name, (_, _, gz_md5, _) in MNIST_FILES.items():
         if _find_file(dest, name) is not None:
             continue
@@ -334,8 +363,7 @@ def download_mnist(dest=None, *, url=None, timeout: float = 30.0) -> Path:
             if corrupt:
                 raise ValueError(f"could not download {name}.gz with a correct checksum: {detail}")
             raise MNISTNotFoundError(f"could not download {name}.gz ({detail}); offline? "
-                                     + _where_message(dest))
-    return dest
+                                     + _where_message(dest), reason=f"could not download {name}.gz ({detail})")
 
 
 def load_mnist(root=None, *, download: bool = True, url=None):
@@ -345,7 +373,8 @@ def load_mnist(root=None, *, download: bool = True, url=None):
 
     root: a directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each raw or ``.gz``. None: search
-    $FASTDL_DATA, $FASTDL_DATA/mnist and the cache dir (:func:`mnist_cache_dir`); when they
+    $FASTDL_DATA, $FASTDL_DATA/mnist, the cache dir (:func:`mnist_cache_dir`) and
+    ../shared/data/mnist from the working directory (:func:`find_mnist`); when they
     are not there and ``download`` is true, fetch them into the cache (:func:`download_mnist`,
     ``url`` picks the mirror). Each file is checked (magic number, dimensions, size, md5):
     ValueError naming the file on any mismatch. MNISTNotFoundError (a FileNotFoundError) when
@@ -360,11 +389,15 @@ def load_mnist(root=None, *, download: bool = True, url=None):
     if found is not None:
         return _load_dir(found)
     cache = mnist_cache_dir()
+    searched = _search_dirs()
     if not download:
-        searched = ", ".join(str(d) for d in _search_dirs())
-        raise MNISTNotFoundError(f"MNIST not found (searched {searched}) and download=False; "
-                                 + _where_message(cache))
-    return _load_dir(download_mnist(cache, url=url))
+        raise MNISTNotFoundError(f"MNIST not found (searched {', '.join(map(str, searched))}) and download=False; "
+                                 + _where_message(cache), searched=searched)
+    try:
+        return _load_dir(download_mnist(cache, url=url))
+    except MNISTNotFoundError as e:
+        e.searched = searched
+        raise
 
 
 # ------------------------------------------------------------------------- synthetic sets

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -208,3 +209,50 @@ def test_default_train_reaches_98_percent(mnist_path, tmp_path, capsys):
     assert main(["train", "--data", str(mnist_path), "--out", str(tmp_path / "m.npz")]) == 0
     m = ACC.search(capsys.readouterr().out)
     assert float(m.group(1)) >= 98.0
+
+
+# ---------------------------------------------------------------- issue 14: files, data, Ctrl-C
+
+
+@pytest.fixture
+def no_mnist_anywhere(tmp_path, monkeypatch):
+    """No $FASTDL_DATA, an empty cache under tmp_path, no ../shared/data/mnist, downloads refused."""
+    monkeypatch.delenv("FASTDL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FASTDL_MNIST_URL", f"http://127.0.0.1:{port}/")  # nothing listens: refused
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    return tmp_path
+
+
+def test_offline_train_tells_about_data_flag_and_env(no_mnist_anywhere, capsys):
+    assert main(["train", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastdl train: error: MNIST not found") and err.count("\n") == 1, err
+    assert "--data DIR" in err and "$FASTDL_DATA" in err and "load_mnist(root)" not in err
+    assert "Connection refused" in err  # why the download failed
+    assert not (no_mnist_anywhere / "xdg").exists()  # no empty cache directory left behind
+
+
+def test_info_finds_mnist_where_train_does(no_mnist_anywhere, capsys):
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "MNIST:" in x)
+    assert "not found (looked in" in line and "--data DIR" in line and "$FASTDL_DATA" in line
+    d = mnist_dir()
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {d} (set FASTDL_MNIST_DIR)")
+    shared = no_mnist_anywhere / "shared" / "data" / "mnist"  # ../shared/data/mnist from the working dir
+    shared.mkdir(parents=True)
+    for name in os.listdir(d):
+        (shared / name).symlink_to(d / name)
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "MNIST:" in x)
+    assert line.split() == ["MNIST:", str(shared)]
+    # and train, without --data, reads it from there
+    assert main(["train", "--limit-train", "500", "--limit-test", "100", "--epochs", "1", "--hidden", "8",
+                 "--out", "", "--quiet"]) == 0
+    assert ACC.search(capsys.readouterr().out)

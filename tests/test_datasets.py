@@ -34,7 +34,10 @@ def mnist():
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    """No test reads the user's real cache or $FASTDL_DATA, and loopback never goes through a proxy."""
+    """No test reads the user's real cache, $FASTDL_DATA or ../shared/data/mnist, and loopback never
+    goes through a proxy."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.delenv("FASTDL_DATA", raising=False)
     monkeypatch.delenv("FASTDL_MNIST_URL", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -298,6 +301,16 @@ def test_search_order(monkeypatch, tmp_path):
     assert _chosen_dir(monkeypatch, download=False) == data
 
 
+def test_shared_data_dir_beside_the_working_directory(monkeypatch, tmp_path):
+    """../shared/data/mnist (this project's layout: data beside the checkout) comes after the cache."""
+    src = _require_mnist()
+    assert datasets.find_mnist() is None
+    shared = _link_all(src, tmp_path / "shared" / "data" / "mnist")
+    assert datasets.find_mnist() == shared and _chosen_dir(monkeypatch, download=False) == shared
+    cache = _link_all(src, datasets.mnist_cache_dir())
+    assert datasets.find_mnist() == cache
+
+
 def test_cache_dir_without_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -410,7 +423,13 @@ def test_offline_says_where_to_put_the_files(tmp_path):
     assert "offline" in msg and str(cache) in msg
     for n in MNIST_FILES:
         assert n + ".gz" in msg
-    assert os.listdir(cache) == []
+    assert not (tmp_path / "xdg-cache").exists()  # no empty cache directory left behind
+    assert e.value.reason.startswith("could not download train-images-idx3-ubyte.gz")
+    assert e.value.searched == datasets._search_dirs()
+    (tmp_path / "xdg-cache").mkdir()  # directories that were there stay
+    with pytest.raises(MNISTNotFoundError):
+        load_mnist(url=_closed_port_url())
+    assert os.listdir(tmp_path / "xdg-cache") == []
 
 
 def test_offline_message_names_fastdl_data(monkeypatch, tmp_path):
