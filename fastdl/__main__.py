@@ -6,8 +6,9 @@
     fastdl bench --quick              # the benchmark suite, bench/run_all.py (from a source checkout)
     fastdl info                       # version, compiler, OpenMP, ISA, threads, where MNIST is
 
-``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (message on
-stderr, no traceback), 2 on bad command-line flags (argparse's message).
+``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (one line on
+stderr, no traceback: a missing or malformed file, missing data), 2 on bad command-line flags
+(argparse's message), 130 after Ctrl-C (`train` still evaluates and saves the model it has).
 """
 from __future__ import annotations
 
@@ -131,15 +132,22 @@ def _cmd_train(args) -> int:
     say(f"optimizer: {_describe_optimizer(args)}; schedule: {args.schedule}; batch size {args.batch_size}, {args.epochs} epochs, "
         f"seed {args.seed}; {fastdl.get_num_threads()} threads, ISA {fastdl.get_isa()}")
 
+    # Ctrl-C stops fit after the current batch; the model as it stands is evaluated and saved, and the
+    # command exits 130 (128 + SIGINT) like other tools.
     history = fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
                   seed=args.seed, validation_split=args.val_split, scheduler=scheduler,
                   verbose=0 if args.quiet else 1)
+    interrupted = history.stop_reason == "interrupted"
+    epochs_done = len(history)
+    if interrupted:
+        print(f"fastdl train: training interrupted after {epochs_done} epoch{'' if epochs_done == 1 else 's'} "
+              "(Ctrl-C); evaluating and saving the model as it is", file=sys.stderr, flush=True)
     result = evaluate(model, nn.CrossEntropyLoss(), Xt, yt)
     seconds = history["seconds"] if "seconds" in history else []
-    per_epoch = sum(seconds) / len(seconds) if seconds else float("nan")
     stopped = "" if history.stop_reason in ("epochs", None) else f" (stopped: {history.stop_reason})"
+    timing = f"; {sum(seconds) / len(seconds):.2f} s per epoch, {sum(seconds):.1f} s training" if seconds else ""
     print(f"test accuracy: {100 * result['accuracy']:.2f}% (test loss {result['loss']:.4f}) after "
-          f"{len(history)} epochs{stopped}; {per_epoch:.2f} s per epoch, {sum(seconds):.1f} s training")
+          f"{epochs_done} epochs{stopped}{timing}")
     if args.out:
         model.save(args.out)
         say(f"saved the model to {args.out}")
@@ -148,7 +156,7 @@ def _cmd_train(args) -> int:
 
         plot_history(history, args.history_png)
         say(f"wrote the training curves to {args.history_png}")
-    return 0
+    return 130 if interrupted else 0
 
 
 def _load_mnist(data):

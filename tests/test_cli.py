@@ -5,9 +5,11 @@ import importlib.util
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -256,3 +258,59 @@ def test_info_finds_mnist_where_train_does(no_mnist_anywhere, capsys):
     assert main(["train", "--limit-train", "500", "--limit-test", "100", "--epochs", "1", "--hidden", "8",
                  "--out", "", "--quiet"]) == 0
     assert ACC.search(capsys.readouterr().out)
+
+
+def _start_training(tmp_path, mnist_path, *extra):
+    """`python -m fastdl train` in a child: stdout piped line by line, stderr (the progress bar) to a file."""
+    err = open(tmp_path / "stderr.txt", "w")
+    p = subprocess.Popen([sys.executable, "-u", "-m", "fastdl", "train", "--data", str(mnist_path),
+                          "--limit-test", "500", "--hidden", "32", "--out", str(tmp_path / "m.npz"), *extra],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+    err.close()
+    return p
+
+
+def _finish(p):
+    try:
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return out
+
+
+def test_ctrl_c_saves_the_model_says_after_how_many_epochs_and_exits_130(mnist_path, tmp_path):
+    p = _start_training(tmp_path, mnist_path, "--limit-train", "2000", "--batch-size", "32", "--epochs", "1000")
+    out = ""
+    try:
+        for line in p.stdout:  # wait for the first epoch's line
+            out += line
+            if line.startswith("Epoch 1/1000"):
+                break
+        p.send_signal(signal.SIGINT)
+    finally:
+        out += _finish(p)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert p.returncode == 130, (out, err)
+    m = re.search(r"training interrupted after (\d+) epochs? \(Ctrl-C\)", err)
+    assert m and int(m.group(1)) >= 1, err
+    assert f"after {m.group(1)} epochs (stopped: interrupted); " in out and " s per epoch" in out
+    assert "Traceback" not in err
+    nn.load(tmp_path / "m.npz")  # saved, and whole
+
+
+def test_ctrl_c_in_the_first_epoch(mnist_path, tmp_path):
+    p = _start_training(tmp_path, mnist_path, "--batch-size", "4", "--epochs", "3")  # 15000 steps an epoch
+    try:
+        deadline = time.monotonic() + 120
+        while "Epoch 1/3" not in (tmp_path / "stderr.txt").read_text():  # the bar: fit has begun
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+    finally:
+        out = _finish(p)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert p.returncode == 130, (out, err)
+    assert "training interrupted after 0 epochs (Ctrl-C)" in err
+    assert "after 0 epochs (stopped: interrupted)" in out and "nan" not in out and "per epoch" not in out
+    nn.load(tmp_path / "m.npz")
