@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import os
 import subprocess
 import sys
 import time
@@ -177,15 +179,34 @@ def _load_mnist(data):
 # ---------------------------------------------------------------------------- predict
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy array (no pickles), its header's size checked against the file's before anything is read."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                raise ValueError(f"dtype {dtype} (objects are not read)")
+            need = f.tell() + math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+            if size != need:
+                raise ValueError(f"its header declares shape {shape} of {dtype} ({need} bytes with the header), "
+                                 f"but the file has {size} bytes")
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise CLIError(f"{path}: not a readable .npy array ({e})") from None
+
+
 def _read_images(path: Path) -> np.ndarray:
     """An (N, features) float32 array from .npy or IDX (gz or raw); integers are pixels 0-255 -> [0, 1]."""
     from fastdl import datasets
 
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise CLIError(f"{path}: not a readable .npy array ({e})") from None
+        arr = _load_npy(path)
     else:
         arr = datasets.read_idx(path)
     if arr.ndim == 1 or arr.ndim == 2 and arr.shape == (28, 28):
@@ -205,7 +226,7 @@ def _read_images(path: Path) -> np.ndarray:
 def _read_labels(path: Path) -> np.ndarray:
     from fastdl import datasets
 
-    arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else datasets.read_idx(path)
+    arr = _load_npy(path) if path.suffix == ".npy" else datasets.read_idx(path)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise CLIError(f"{path}: expected a 1-D array of integer labels, got {arr.dtype} {arr.shape}")
     return arr.astype(np.int64)
@@ -436,6 +457,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError, ImportError, OSError) as e:
         print(f"fastdl {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"fastdl {args.command}: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fastdl {args.command}: interrupted", file=sys.stderr)

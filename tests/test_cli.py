@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -258,6 +259,51 @@ def test_info_finds_mnist_where_train_does(no_mnist_anywhere, capsys):
     assert main(["train", "--limit-train", "500", "--limit-test", "100", "--epochs", "1", "--hidden", "8",
                  "--out", "", "--quiet"]) == 0
     assert ACC.search(capsys.readouterr().out)
+
+
+def _bad_npy(path, shape, data=b"\0" * 64):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    path.write_bytes(buf.getvalue() + data)
+    return path
+
+
+def test_predict_hostile_inputs_fail_in_one_line_without_allocating(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    nn.Sequential(nn.Linear(784, 10, rng=0)).save(model)
+    with gzip.open(tmp_path / "bomb-idx3-ubyte.gz", "wb") as f:  # 10 images declared, 64 MiB of zeros
+        f.write((2051).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (10, 28, 28)))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    cases = {_bad_npy(tmp_path / "big.npy", (10**6, 784)): "declares shape (1000000, 784)",
+             _bad_npy(tmp_path / "huge.npy", (2**40, 784)): "declares shape (1099511627776, 784)",
+             tmp_path / "bomb-idx3-ubyte.gz": "has trailing bytes"}
+    for path, match in cases.items():
+        tracemalloc.start()
+        rc = main(["predict", str(model), str(path)])
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and err.startswith("fastdl predict: error:"), err
+        assert str(path) in err and match in err, err
+        assert peak < 16 << 20, (path, peak)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["predict", str(model), str(tmp_path / "objects.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "objects.npy: not a readable .npy array" in err and err.count("\n") == 1
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    import fastdl.__main__ as cli
+
+    def too_big(path):
+        raise MemoryError
+
+    nn.Sequential(nn.Linear(784, 10, rng=0)).save(tmp_path / "m.npz")
+    np.save(tmp_path / "x.npy", np.zeros((1, 784), np.float32))
+    monkeypatch.setattr(cli, "_read_images", too_big)
+    assert main(["predict", str(tmp_path / "m.npz"), str(tmp_path / "x.npy")]) == 1
+    assert capsys.readouterr().err == "fastdl predict: error: out of memory\n"
 
 
 def _start_training(tmp_path, mnist_path, *extra):
