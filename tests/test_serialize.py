@@ -465,7 +465,7 @@ def test_save_removes_temp_files_that_killed_saves_left(tmp_path):
     # one being written right now by a live process (this one's parent stands in for it)
     live = tmp_path / f".fastdl-model.npz-{os.getppid()}-0123abcd.npz.tmp"
     live.write_bytes(b"in progress")
-    # an old-style name (fastdl 0.1.0, no target in it): removed once an hour old
+    # an earlier version's name (no target, no pid in it): removed once an hour old
     legacy_old, legacy_new = tmp_path / ".fastdl-ab_cd123.npz.tmp", tmp_path / ".fastdl-zz9yy876.npz.tmp"
     legacy_old.write_bytes(b"x")
     legacy_new.write_bytes(b"x")

@@ -86,8 +86,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_stale_temps(directory: str, base: str) -> None:
     """Delete temp files that earlier saves to ``base`` left behind when their process was killed:
-    those whose writer is no longer running, or that nobody has touched for an hour. Files of
-    fastdl before 0.1.1 (``.fastdl-<random>.npz.tmp``, no target name) go after an hour."""
+    those whose writer is no longer running, or that nobody has touched for an hour. The temp files
+    of earlier fastdl versions (``.fastdl-<8 random characters>.npz.tmp``: no target name, no pid)
+    go once an hour old."""
     ours = re.compile(re.escape(_TMP_PREFIX + _tmp_tag(base)) + r"-(\d+)-[0-9a-f]+" + re.escape(_TMP_SUFFIX) + "$")
     legacy = re.compile(re.escape(_TMP_PREFIX) + r"[A-Za-z0-9_]{8}" + re.escape(_TMP_SUFFIX) + "$")
     try:
