@@ -6,13 +6,16 @@
     fastdl bench --quick              # the benchmark suite, bench/run_all.py (from a source checkout)
     fastdl info                       # version, compiler, OpenMP, ISA, threads, where MNIST is
 
-``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (message on
-stderr, no traceback), 2 on bad command-line flags (argparse's message).
+``main(argv=None) -> int`` is the entry point: 0 on success, 1 on a runtime error (one line on
+stderr, no traceback: a missing or malformed file, missing data), 2 on bad command-line flags
+(argparse's message), 130 after Ctrl-C (`train` still evaluates and saves the model it has).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import os
 import subprocess
 import sys
 import time
@@ -105,7 +108,7 @@ def _make_scheduler(name, opt, epochs):
 
 def _cmd_train(args) -> int:
     import fastdl
-    from fastdl import datasets, nn
+    from fastdl import nn
     from fastdl.train import evaluate, fit
 
     if args.threads is not None:
@@ -113,7 +116,7 @@ def _cmd_train(args) -> int:
     say = (lambda *a: None) if args.quiet else print
 
     t0 = time.perf_counter()
-    (X, y), (Xt, yt) = datasets.load_mnist(args.data)
+    (X, y), (Xt, yt) = _load_mnist(args.data)
     if args.limit_train:
         X, y = X[: args.limit_train], y[: args.limit_train]
     if args.limit_test:
@@ -131,15 +134,22 @@ def _cmd_train(args) -> int:
     say(f"optimizer: {_describe_optimizer(args)}; schedule: {args.schedule}; batch size {args.batch_size}, {args.epochs} epochs, "
         f"seed {args.seed}; {fastdl.get_num_threads()} threads, ISA {fastdl.get_isa()}")
 
+    # Ctrl-C stops fit after the current batch; the model as it stands is evaluated and saved, and the
+    # command exits 130 (128 + SIGINT) like other tools.
     history = fit(model, nn.CrossEntropyLoss(), opt, X, y, epochs=args.epochs, batch_size=args.batch_size,
                   seed=args.seed, validation_split=args.val_split, scheduler=scheduler,
                   verbose=0 if args.quiet else 1)
+    interrupted = history.stop_reason == "interrupted"
+    epochs_done = len(history)
+    if interrupted:
+        print(f"fastdl train: training interrupted after {epochs_done} epoch{'' if epochs_done == 1 else 's'} "
+              "(Ctrl-C); evaluating and saving the model as it is", file=sys.stderr, flush=True)
     result = evaluate(model, nn.CrossEntropyLoss(), Xt, yt)
     seconds = history["seconds"] if "seconds" in history else []
-    per_epoch = sum(seconds) / len(seconds) if seconds else float("nan")
     stopped = "" if history.stop_reason in ("epochs", None) else f" (stopped: {history.stop_reason})"
+    timing = f"; {sum(seconds) / len(seconds):.2f} s per epoch, {sum(seconds):.1f} s training" if seconds else ""
     print(f"test accuracy: {100 * result['accuracy']:.2f}% (test loss {result['loss']:.4f}) after "
-          f"{len(history)} epochs{stopped}; {per_epoch:.2f} s per epoch, {sum(seconds):.1f} s training")
+          f"{epochs_done} epochs{stopped}{timing}")
     if args.out:
         model.save(args.out)
         say(f"saved the model to {args.out}")
@@ -148,10 +158,47 @@ def _cmd_train(args) -> int:
 
         plot_history(history, args.history_png)
         say(f"wrote the training curves to {args.history_png}")
-    return 0
+    return 130 if interrupted else 0
+
+
+def _load_mnist(data):
+    """MNIST from --data DIR, else from where `fastdl info` says it is (datasets.find_mnist), else downloaded;
+    a CLIError telling the command-line user about --data and $FASTDL_DATA when none works."""
+    from fastdl import datasets
+
+    try:
+        return datasets.load_mnist(data if data is not None else datasets.find_mnist())
+    except datasets.MNISTNotFoundError as e:
+        searched = ", ".join(str(d) for d in e.searched) or "nowhere"
+        why = f"; the download failed: {e.reason}" if e.reason else ""
+        raise CLIError(f"MNIST not found (looked in {searched}){why}. Pass --data DIR, a directory holding the "
+                       "four MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                       "t10k-labels-idx1-ubyte; gzipped or not), or set $FASTDL_DATA to that directory") from None
 
 
 # ---------------------------------------------------------------------------- predict
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy array (no pickles), its header's size checked against the file's before anything is read."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if dtype.hasobject:
+                raise ValueError(f"dtype {dtype} (objects are not read)")
+            need = f.tell() + math.prod(shape) * dtype.itemsize
+            size = os.fstat(f.fileno()).st_size
+            if size != need:
+                raise ValueError(f"its header declares shape {shape} of {dtype} ({need} bytes with the header), "
+                                 f"but the file has {size} bytes")
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        raise CLIError(f"{path}: not a readable .npy array ({e})") from None
 
 
 def _read_images(path: Path) -> np.ndarray:
@@ -159,10 +206,7 @@ def _read_images(path: Path) -> np.ndarray:
     from fastdl import datasets
 
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise CLIError(f"{path}: not a readable .npy array ({e})") from None
+        arr = _load_npy(path)
     else:
         arr = datasets.read_idx(path)
     if arr.ndim == 1 or arr.ndim == 2 and arr.shape == (28, 28):
@@ -182,7 +226,7 @@ def _read_images(path: Path) -> np.ndarray:
 def _read_labels(path: Path) -> np.ndarray:
     from fastdl import datasets
 
-    arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else datasets.read_idx(path)
+    arr = _load_npy(path) if path.suffix == ".npy" else datasets.read_idx(path)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise CLIError(f"{path}: expected a 1-D array of integer labels, got {arr.dtype} {arr.shape}")
     return arr.astype(np.int64)
@@ -250,8 +294,13 @@ def _cmd_info(args) -> int:
     print(f"  NumPy:      {np.__version__}")
     for name in ("matplotlib", "tqdm"):
         print(f"  {name + ':':<11} {'installed' if importlib.util.find_spec(name) else 'not installed (optional)'}")
-    found = datasets.find_mnist()
-    print(f"  MNIST:      {found if found else 'not found; load_mnist() downloads it to ' + str(datasets.mnist_cache_dir())}")
+    found = datasets.find_mnist()  # the lookup `fastdl train` and load_mnist() use
+    if found:
+        print(f"  MNIST:      {found}")
+    else:
+        searched = ", ".join(str(d) for d in datasets._search_dirs())
+        print(f"  MNIST:      not found (looked in {searched}); `fastdl train --data DIR` or $FASTDL_DATA "
+              f"name a directory holding it, else `fastdl train` downloads it to {datasets.mnist_cache_dir()}")
     return 0
 
 
@@ -320,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, description="Train an MLP on MNIST. The defaults reach >= 98% "
                        "test accuracy.")
     t.add_argument("--data", metavar="DIR", default=None,
-                   help="directory with the four MNIST IDX files (default: $FASTDL_DATA, the cache, else download)")
+                   help="directory with the four MNIST IDX files (default: $FASTDL_DATA, the cache, "
+                   "../shared/data/mnist, else download; `fastdl info` shows which)")
     t.add_argument("--hidden", type=_positive_int, nargs="+", default=d["hidden"], metavar="N",
                    help="hidden layer sizes")
     t.add_argument("--activation", choices=["relu", "tanh", "sigmoid", "leaky_relu"], default=d["activation"],
@@ -407,6 +457,9 @@ def main(argv=None) -> int:
         return args.func(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError, ImportError, OSError) as e:
         print(f"fastdl {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"fastdl {args.command}: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"fastdl {args.command}: interrupted", file=sys.stderr)

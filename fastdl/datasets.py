@@ -7,10 +7,13 @@ MNIST::
 gives float32 images scaled to [0, 1], shape (N, 784), C-contiguous, and int64 labels 0-9.
 ``load_mnist(root)`` reads the four standard IDX files (gzipped or not) from ``root``. With no
 root it looks in ``$FASTDL_DATA`` (and ``$FASTDL_DATA/mnist``), then in the user cache
-(``~/.cache/fastdl/mnist``, or ``$XDG_CACHE_HOME/fastdl/mnist``), and otherwise downloads the
-four ``.gz`` files into that cache (``$FASTDL_MNIST_URL`` or ``url=`` picks the mirror). Every
-file is checked: IDX magic number, dimensions, size against its header, md5 against the
-published checksum; anything else is a ValueError naming the file.
+(``~/.cache/fastdl/mnist``, or ``$XDG_CACHE_HOME/fastdl/mnist``), then in ``../shared/data/mnist``
+from the working directory (a data directory beside a checkout), and otherwise downloads the
+four ``.gz`` files into that cache (``$FASTDL_MNIST_URL`` or ``url=`` picks the mirror; a failed
+download leaves no empty cache directory behind). Every file is checked: IDX magic number,
+dimensions, size against its header (before the data is read: a gzip file is decompressed no
+further than its header's size), md5 against the published checksum; anything else is a
+ValueError naming the file.
 
 Synthetic sets (X float32; y int64 class labels, or float32 of shape (n, 1) for regression),
 each drawn from an explicit ``random_state`` (None, an int seed or a ``np.random.Generator``;
@@ -66,40 +69,107 @@ MNIST_MIRRORS = (
 
 
 class MNISTNotFoundError(FileNotFoundError):
-    """The MNIST files are neither on disk nor downloadable; the message says where to put them."""
+    """The MNIST files are neither on disk nor downloadable; the message says where to put them.
+    ``.searched``: the directories looked in; ``.reason``: why the download failed (or None)."""
+
+    def __init__(self, message, *, searched=(), reason=None):
+        super().__init__(message)
+        self.searched = list(searched)
+        self.reason = reason
 
 
 # IDX type byte -> big-endian NumPy dtype
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it is gzip (by its magic bytes, not its name)."""
+# Deflate never expands its input more than this; a gzip file whose IDX header declares more data
+# than its compressed size could hold is refused before anything is decompressed.
+_GZIP_MAX_RATIO = 1032
+
+
+def _read_exact(stream, n: int, path, what: str) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise ValueError(f"{path}: truncated IDX {what} ({len(data)} of {n} bytes)")
+    return data
+
+
+def _idx_header(head: bytes, path, magic=None):
+    """(dtype, ndim) from the first 4 bytes; ValueError naming `path`."""
+    got = int.from_bytes(head[:4], "big")
+    if magic is not None and got != magic:
+        raise ValueError(f"{path}: bad IDX magic number {got}, expected {magic}")
+    if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
+        raise ValueError(f"{path}: not an IDX file (magic number {got})")
+    return np.dtype(_IDX_DTYPES[head[2]]), head[3]
+
+
+def _read_idx_bytes(path: Path, magic=None, shape=None, name=None) -> bytearray:
+    """The IDX file's bytes, gunzipped when it is gzip (by its magic bytes, not its name).
+
+    The header is read first and checked (magic, and `shape` when given) before the data; the data
+    is read no further than the header's size: a raw file's size must match it before it is read,
+    and a gzip stream is decompressed in bounded steps up to that size, so a file of a few bytes
+    declaring gigabytes, or a gzip bomb, fails with a ValueError naming the file without using
+    the memory it claims.
+    """
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except OSError as e:
         raise FileNotFoundError(f"cannot read {path}: {e}") from e
-    if raw[:2] != b"\x1f\x8b":
-        if path.name.endswith(".gz"):
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        gz = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        if not gz and path.name.endswith(".gz"):
             raise ValueError(f"{path}: not a gzip file (it is named .gz)")
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt stream
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from e
+        try:
+            stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+            if not gz and size < 4:
+                raise ValueError(f"{path}: truncated IDX file ({size} bytes, no header)")
+            head = _read_exact(stream, 4, path, "header")
+            dtype, ndim = _idx_header(head, path, magic)
+            dims = _read_exact(stream, 4 * ndim, path, "header")
+            got = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            if shape is not None and got != shape:
+                raise ValueError(f"{path}: IDX dimensions {got}, expected {shape}" + (f" for {name}" if name else ""))
+            header = 4 + 4 * ndim
+            expected = header + math.prod(got) * dtype.itemsize
+            if gz and expected > _GZIP_MAX_RATIO * size + 1024:
+                raise ValueError(f"{path}: the header {got} of {dtype.itemsize}-byte items declares {expected} "
+                                 f"bytes, more than {size} bytes of gzip data can hold")
+            if not gz and size != expected:
+                what = "truncated" if size < expected else "has trailing bytes"
+                raise ValueError(f"{path}: {what}: {size} bytes, but the header {got} "
+                                 f"of {dtype.itemsize}-byte items needs {expected}")
+            # the data, in bounded chunks into memory allocated once; one byte more tells a longer stream
+            data = bytearray(expected)
+            data[:header] = head + dims
+            n = header
+            while n < expected:
+                chunk = stream.read(min(expected - n, 1 << 20))
+                if not chunk:
+                    break
+                data[n:n + len(chunk)] = chunk
+                n += len(chunk)
+            more = n == expected and stream.read(1) != b""
+        except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt stream
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from e
+    unz = " uncompressed" if gz else ""
+    if more:
+        raise ValueError(f"{path}: has trailing bytes: more than the {expected} bytes{unz} that the header {got} "
+                         f"of {dtype.itemsize}-byte items needs")
+    if n != expected:
+        raise ValueError(f"{path}: truncated: {n} bytes{unz}, but the header {got} of {dtype.itemsize}-byte items "
+                         f"needs {expected}")
+    return data
 
 
 def _parse_idx(data: bytes, path, magic=None) -> np.ndarray:
     """Parse IDX bytes into a read-only view (big-endian dtype); ValueError naming `path`."""
     if len(data) < 4:
         raise ValueError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
-    got = int.from_bytes(data[:4], "big")
-    if magic is not None and got != magic:
-        raise ValueError(f"{path}: bad IDX magic number {got}, expected {magic}")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES or data[3] == 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {got})")
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    ndim = data[3]
+    dtype, ndim = _idx_header(data, path, magic)
     header = 4 + 4 * ndim
     if len(data) < header:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected {header})")
@@ -109,18 +179,21 @@ def _parse_idx(data: bytes, path, magic=None) -> np.ndarray:
         what = "truncated" if len(data) < expected else "has trailing bytes"
         raise ValueError(f"{path}: {what}: {len(data)} bytes, but the header {shape} "
                          f"of {dtype.itemsize}-byte items needs {expected}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    arr.flags.writeable = False
+    return arr
 
 
 def read_idx(path) -> np.ndarray:
     """Read one IDX file (gzipped or not) into a NumPy array of the header's shape.
 
-    Checks the magic number, the dimensions and that the size matches the header; ValueError
-    naming the file otherwise. Multi-byte types come back in native byte order; single bytes
-    as a read-only view of the file's data.
+    Checks the magic number, the dimensions and that the size matches the header, before reading
+    the data (a gzip file is decompressed no further than its header's size); ValueError naming the
+    file otherwise. Multi-byte types come back in native byte order; single bytes as a read-only
+    view of the file's data.
     """
     path = Path(path)
-    arr = _parse_idx(_read_bytes(path), path)
+    arr = _parse_idx(_read_idx_bytes(path), path)
     return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
 
@@ -138,10 +211,8 @@ def _find_file(directory: Path, name: str):
 
 def _load_mnist_file(path: Path, name: str) -> np.ndarray:
     magic, shape, _, raw_md5 = MNIST_FILES[name]
-    data = _read_bytes(path)
+    data = _read_idx_bytes(path, magic, shape, name)  # magic and dimensions checked before the data is read
     arr = _parse_idx(data, path, magic)
-    if arr.shape != shape:
-        raise ValueError(f"{path}: IDX dimensions {arr.shape}, expected {shape} for {name}")
     digest = _md5(data)
     if digest != raw_md5:
         raise ValueError(f"{path}: md5 of the uncompressed data is {digest}, expected {raw_md5}: "
@@ -181,11 +252,16 @@ def mnist_cache_dir() -> Path:
 
 
 def _search_dirs():
+    """Where load_mnist() (and the command line, and `fastdl info`) look, in order."""
     dirs = []
     env = os.environ.get("FASTDL_DATA")
     if env:
         dirs += [Path(env), Path(env) / "mnist"]
     dirs.append(mnist_cache_dir())
+    try:  # a shared data directory beside the checkout, this project's layout
+        dirs.append(Path.cwd().parent / "shared" / "data" / "mnist")
+    except OSError:  # the working directory was deleted
+        pass
     return dirs
 
 
@@ -194,7 +270,8 @@ def _has_all(directory: Path) -> bool:
 
 
 def find_mnist():
-    """The directory load_mnist() would read without downloading ($FASTDL_DATA[/mnist], cache), or None."""
+    """The directory load_mnist() would read without downloading ($FASTDL_DATA[/mnist], the cache,
+    ../shared/data/mnist from the working directory), or None."""
     return next((d for d in _search_dirs() if _has_all(d)), None)
 
 
@@ -246,13 +323,28 @@ def download_mnist(dest=None, *, url=None, timeout: float = 30.0) -> Path:
 
     Files already present (raw or .gz) are kept. Each file is written to a temp file, its md5
     checked against the published one, then renamed into place, so a failed or corrupt download
-    leaves nothing behind. `url`: a base URL or a list tried in order (default: $FASTDL_MNIST_URL,
-    whitespace/comma separated, else MNIST_MIRRORS). Raises ValueError when a file arrives corrupt
+    leaves nothing behind (not even the directories it created, when they stay empty). `url`: a
+    base URL or a list tried in order (default: $FASTDL_MNIST_URL, whitespace/comma separated,
+    else MNIST_MIRRORS). Raises ValueError when a file arrives corrupt
     from every mirror, MNISTNotFoundError when no mirror can be reached.
     """
     dest = Path(dest) if dest is not None else mnist_cache_dir()
     bases = _mirrors(url)
+    created = [d for d in (dest, *dest.parents) if not d.exists()]  # removed again if nothing arrives
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(dest, bases, timeout)
+    except BaseException:
+        for d in created:  # deepest first; rmdir leaves any directory that holds something
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return dest
+
+
+def _download_into(dest: Path, bases, timeout: float) -> None:
     for name, (_, _, gz_md5, _) in MNIST_FILES.items():
         if _find_file(dest, name) is not None:
             continue
@@ -271,8 +363,7 @@ def download_mnist(dest=None, *, url=None, timeout: float = 30.0) -> Path:
             if corrupt:
                 raise ValueError(f"could not download {name}.gz with a correct checksum: {detail}")
             raise MNISTNotFoundError(f"could not download {name}.gz ({detail}); offline? "
-                                     + _where_message(dest))
-    return dest
+                                     + _where_message(dest), reason=f"could not download {name}.gz ({detail})")
 
 
 def load_mnist(root=None, *, download: bool = True, url=None):
@@ -282,7 +373,8 @@ def load_mnist(root=None, *, download: bool = True, url=None):
 
     root: a directory holding train-images-idx3-ubyte, train-labels-idx1-ubyte,
     t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each raw or ``.gz``. None: search
-    $FASTDL_DATA, $FASTDL_DATA/mnist and the cache dir (:func:`mnist_cache_dir`); when they
+    $FASTDL_DATA, $FASTDL_DATA/mnist, the cache dir (:func:`mnist_cache_dir`) and
+    ../shared/data/mnist from the working directory (:func:`find_mnist`); when they
     are not there and ``download`` is true, fetch them into the cache (:func:`download_mnist`,
     ``url`` picks the mirror). Each file is checked (magic number, dimensions, size, md5):
     ValueError naming the file on any mismatch. MNISTNotFoundError (a FileNotFoundError) when
@@ -297,11 +389,15 @@ def load_mnist(root=None, *, download: bool = True, url=None):
     if found is not None:
         return _load_dir(found)
     cache = mnist_cache_dir()
+    searched = _search_dirs()
     if not download:
-        searched = ", ".join(str(d) for d in _search_dirs())
-        raise MNISTNotFoundError(f"MNIST not found (searched {searched}) and download=False; "
-                                 + _where_message(cache))
-    return _load_dir(download_mnist(cache, url=url))
+        raise MNISTNotFoundError(f"MNIST not found (searched {', '.join(map(str, searched))}) and download=False; "
+                                 + _where_message(cache), searched=searched)
+    try:
+        return _load_dir(download_mnist(cache, url=url))
+    except MNISTNotFoundError as e:
+        e.searched = searched
+        raise
 
 
 # ------------------------------------------------------------------------- synthetic sets

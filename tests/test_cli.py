@@ -5,8 +5,12 @@ import importlib.util
 import io
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -208,3 +212,151 @@ def test_default_train_reaches_98_percent(mnist_path, tmp_path, capsys):
     assert main(["train", "--data", str(mnist_path), "--out", str(tmp_path / "m.npz")]) == 0
     m = ACC.search(capsys.readouterr().out)
     assert float(m.group(1)) >= 98.0
+
+
+# ---------------------------------------------------------------- issue 14: files, data, Ctrl-C
+
+
+@pytest.fixture
+def no_mnist_anywhere(tmp_path, monkeypatch):
+    """No $FASTDL_DATA, an empty cache under tmp_path, no ../shared/data/mnist, downloads refused."""
+    monkeypatch.delenv("FASTDL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FASTDL_MNIST_URL", f"http://127.0.0.1:{port}/")  # nothing listens: refused
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    return tmp_path
+
+
+def test_offline_train_tells_about_data_flag_and_env(no_mnist_anywhere, capsys):
+    assert main(["train", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fastdl train: error: MNIST not found") and err.count("\n") == 1, err
+    assert "--data DIR" in err and "$FASTDL_DATA" in err and "load_mnist(root)" not in err
+    assert "Connection refused" in err  # why the download failed
+    assert not (no_mnist_anywhere / "xdg").exists()  # no empty cache directory left behind
+
+
+def test_info_finds_mnist_where_train_does(no_mnist_anywhere, capsys):
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "MNIST:" in x)
+    assert "not found (looked in" in line and "--data DIR" in line and "$FASTDL_DATA" in line
+    d = mnist_dir()
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {d} (set FASTDL_MNIST_DIR)")
+    shared = no_mnist_anywhere / "shared" / "data" / "mnist"  # ../shared/data/mnist from the working dir
+    shared.mkdir(parents=True)
+    for name in os.listdir(d):
+        (shared / name).symlink_to(d / name)
+    assert main(["info"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "MNIST:" in x)
+    assert line.split() == ["MNIST:", str(shared)]
+    # and train, without --data, reads it from there
+    assert main(["train", "--limit-train", "500", "--limit-test", "100", "--epochs", "1", "--hidden", "8",
+                 "--out", "", "--quiet"]) == 0
+    assert ACC.search(capsys.readouterr().out)
+
+
+def _bad_npy(path, shape, data=b"\0" * 64):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    path.write_bytes(buf.getvalue() + data)
+    return path
+
+
+def test_predict_hostile_inputs_fail_in_one_line_without_allocating(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    nn.Sequential(nn.Linear(784, 10, rng=0)).save(model)
+    with gzip.open(tmp_path / "bomb-idx3-ubyte.gz", "wb") as f:  # 10 images declared, 64 MiB of zeros
+        f.write((2051).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (10, 28, 28)))
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    cases = {_bad_npy(tmp_path / "big.npy", (10**6, 784)): "declares shape (1000000, 784)",
+             _bad_npy(tmp_path / "huge.npy", (2**40, 784)): "declares shape (1099511627776, 784)",
+             tmp_path / "bomb-idx3-ubyte.gz": "has trailing bytes"}
+    for path, match in cases.items():
+        tracemalloc.start()
+        rc = main(["predict", str(model), str(path)])
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and err.startswith("fastdl predict: error:"), err
+        assert str(path) in err and match in err, err
+        assert peak < 16 << 20, (path, peak)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert main(["predict", str(model), str(tmp_path / "objects.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "objects.npy: not a readable .npy array" in err and err.count("\n") == 1
+
+
+def test_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    import fastdl.__main__ as cli
+
+    def too_big(path):
+        raise MemoryError
+
+    nn.Sequential(nn.Linear(784, 10, rng=0)).save(tmp_path / "m.npz")
+    np.save(tmp_path / "x.npy", np.zeros((1, 784), np.float32))
+    monkeypatch.setattr(cli, "_read_images", too_big)
+    assert main(["predict", str(tmp_path / "m.npz"), str(tmp_path / "x.npy")]) == 1
+    assert capsys.readouterr().err == "fastdl predict: error: out of memory\n"
+
+
+def _start_training(tmp_path, mnist_path, *extra):
+    """`python -m fastdl train` in a child: stdout piped line by line, stderr (the progress bar) to a file."""
+    err = open(tmp_path / "stderr.txt", "w")
+    p = subprocess.Popen([sys.executable, "-u", "-m", "fastdl", "train", "--data", str(mnist_path),
+                          "--limit-test", "500", "--hidden", "32", "--out", str(tmp_path / "m.npz"), *extra],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+    err.close()
+    return p
+
+
+def _finish(p):
+    try:
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return out
+
+
+def test_ctrl_c_saves_the_model_says_after_how_many_epochs_and_exits_130(mnist_path, tmp_path):
+    p = _start_training(tmp_path, mnist_path, "--limit-train", "2000", "--batch-size", "32", "--epochs", "1000")
+    out = ""
+    try:
+        for line in p.stdout:  # wait for the first epoch's line
+            out += line
+            if line.startswith("Epoch 1/1000"):
+                break
+        p.send_signal(signal.SIGINT)
+    finally:
+        out += _finish(p)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert p.returncode == 130, (out, err)
+    m = re.search(r"training interrupted after (\d+) epochs? \(Ctrl-C\)", err)
+    assert m and int(m.group(1)) >= 1, err
+    assert f"after {m.group(1)} epochs (stopped: interrupted); " in out and " s per epoch" in out
+    assert "Traceback" not in err
+    nn.load(tmp_path / "m.npz")  # saved, and whole
+
+
+def test_ctrl_c_in_the_first_epoch(mnist_path, tmp_path):
+    p = _start_training(tmp_path, mnist_path, "--batch-size", "4", "--epochs", "3")  # 15000 steps an epoch
+    try:
+        deadline = time.monotonic() + 120
+        while "Epoch 1/3" not in (tmp_path / "stderr.txt").read_text():  # the bar: fit has begun
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+    finally:
+        out = _finish(p)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert p.returncode == 130, (out, err)
+    assert "training interrupted after 0 epochs (Ctrl-C)" in err
+    assert "after 0 epochs (stopped: interrupted)" in out and "nan" not in out and "per epoch" not in out
+    nn.load(tmp_path / "m.npz")

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,10 @@ def mnist():
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    """No test reads the user's real cache or $FASTDL_DATA, and loopback never goes through a proxy."""
+    """No test reads the user's real cache, $FASTDL_DATA or ../shared/data/mnist, and loopback never
+    goes through a proxy."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.delenv("FASTDL_DATA", raising=False)
     monkeypatch.delenv("FASTDL_MNIST_URL", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
@@ -195,6 +199,85 @@ def test_missing_file_and_bad_root(tmp_path):
         load_mnist(tmp_path / "nowhere")
 
 
+# ------------------------------------------------------- hostile files (issue 14, section 4)
+
+
+def _gzip_bomb(path, header: bytes, zeros: int):
+    """A gzip file: `header`, then `zeros` zero bytes (64 MiB compress to ~64 KB), written in chunks."""
+    with gzip.open(path, "wb", compresslevel=9) as f:
+        f.write(header)
+        chunk = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            f.write(chunk)
+    return path
+
+
+def _idx_header(magic, *dims):
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+def _peak(fn):
+    """(the exception fn raised, peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the caller checks what it was
+        err = e
+    else:
+        err = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return err, peak
+
+
+BOMB = 64 << 20
+
+
+def test_gzip_bomb_stops_at_the_size_its_header_declares(tmp_path):
+    """10 images declared, 64 MiB in the stream: decompression stops after the 10 images."""
+    path = _gzip_bomb(tmp_path / "imgs-idx3-ubyte.gz", _idx_header(2051, 10, 28, 28), BOMB)
+    assert path.stat().st_size < 200_000
+    err, peak = _peak(lambda: datasets.read_idx(path))
+    assert isinstance(err, ValueError) and str(path) in str(err), err
+    assert "has trailing bytes: more than the 7856 bytes uncompressed that the header (10, 28, 28)" in str(err)
+    assert peak < 4 << 20, peak
+
+
+def test_gzip_header_declaring_more_than_the_file_can_hold(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(_idx_header(2051, 10**6, 28, 28) + bytes(1000)))
+    err, peak = _peak(lambda: datasets.read_idx(path))
+    assert isinstance(err, ValueError) and str(path) in str(err), err
+    assert "declares 784000016 bytes, more than" in str(err) and "bytes of gzip data can hold" in str(err)
+    assert peak < 1 << 20
+
+
+def test_raw_file_size_is_checked_before_reading(tmp_path):
+    """A raw IDX file of 256 MiB (sparse) whose header declares 10 images is not read."""
+    path = tmp_path / "imgs-idx3-ubyte"
+    with open(path, "wb") as f:
+        f.write(_idx_header(2051, 10, 28, 28))
+        f.truncate(256 << 20)
+    err, peak = _peak(lambda: datasets.read_idx(path))
+    assert isinstance(err, ValueError) and str(path) in str(err) and "has trailing bytes: 268435456 bytes" in str(err)
+    assert peak < 1 << 20, peak
+
+
+def test_mnist_dimensions_are_checked_before_the_data_is_decompressed(tmp_path):
+    d, target = _broken_dir(tmp_path, "train-images-idx3-ubyte", b"")
+    target.unlink()
+    target = _gzip_bomb(d / "train-images-idx3-ubyte.gz", _idx_header(2051, 70000, 28, 28), BOMB)
+    err, peak = _peak(lambda: load_mnist(d))
+    assert isinstance(err, ValueError) and str(target) in str(err), err
+    assert "IDX dimensions (70000, 28, 28), expected (60000, 28, 28)" in str(err)
+    assert peak < 8 << 20, peak  # (the label files, read first, are 10 and 60 KB)
+    # the right dimensions, then a bomb: stops after the 47 MB the header declares
+    target = _gzip_bomb(target, _idx_header(2051, 60000, 28, 28), 128 << 20)
+    err, peak = _peak(lambda: load_mnist(d))
+    assert isinstance(err, ValueError) and "has trailing bytes" in str(err), err
+    assert peak < 60 << 20, peak
+
+
 # ----------------------------------------------------------------------------- search
 
 
@@ -216,6 +299,16 @@ def test_search_order(monkeypatch, tmp_path):
     assert _chosen_dir(monkeypatch, download=False) == data / "mnist"
     _link_all(src, data)
     assert _chosen_dir(monkeypatch, download=False) == data
+
+
+def test_shared_data_dir_beside_the_working_directory(monkeypatch, tmp_path):
+    """../shared/data/mnist (this project's layout: data beside the checkout) comes after the cache."""
+    src = _require_mnist()
+    assert datasets.find_mnist() is None
+    shared = _link_all(src, tmp_path / "shared" / "data" / "mnist")
+    assert datasets.find_mnist() == shared and _chosen_dir(monkeypatch, download=False) == shared
+    cache = _link_all(src, datasets.mnist_cache_dir())
+    assert datasets.find_mnist() == cache
 
 
 def test_cache_dir_without_xdg(monkeypatch, tmp_path):
@@ -330,7 +423,13 @@ def test_offline_says_where_to_put_the_files(tmp_path):
     assert "offline" in msg and str(cache) in msg
     for n in MNIST_FILES:
         assert n + ".gz" in msg
-    assert os.listdir(cache) == []
+    assert not (tmp_path / "xdg-cache").exists()  # no empty cache directory left behind
+    assert e.value.reason.startswith("could not download train-images-idx3-ubyte.gz")
+    assert e.value.searched == datasets._search_dirs()
+    (tmp_path / "xdg-cache").mkdir()  # directories that were there stay
+    with pytest.raises(MNISTNotFoundError):
+        load_mnist(url=_closed_port_url())
+    assert os.listdir(tmp_path / "xdg-cache") == []
 
 
 def test_offline_message_names_fastdl_data(monkeypatch, tmp_path):

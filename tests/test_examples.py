@@ -1,5 +1,7 @@
 """The examples run (as scripts, against the installed package) and print what their docstrings claim."""
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,9 +70,26 @@ def test_linear_regression_agrees_with_lstsq(tmp_path):
     assert "stopped by tol" in out
 
 
-def test_mnist_example_one_epoch(mnist_path, tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTDL_DATA", str(mnist_path))
-    out = run_example("mnist_mlp.py", "1", cwd=tmp_path)
+def test_mnist_example_one_epoch(mnist_path, tmp_path):
+    out = run_example("mnist_mlp.py", "1", "--data", str(mnist_path), cwd=tmp_path)
     acc = float(re.search(r"epoch 1/1: last batch loss [0-9.]+, test accuracy ([0-9.]+)", out).group(1))
     assert acc > 0.94, out
     assert (tmp_path / "mnist_mlp.npz").exists()
+
+
+def test_mnist_example_without_data_says_so_in_one_line(tmp_path):
+    """Offline, nothing in $FASTDL_DATA, the cache or ../shared/data/mnist: one line, exit 1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "FASTDL_DATA"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), FASTDL_MNIST_URL=f"http://127.0.0.1:{port}/", no_proxy="127.0.0.1")
+    (tmp_path / "cwd").mkdir()
+    r = subprocess.run([sys.executable, str(EXAMPLES / "mnist_mlp.py"), "1"], cwd=tmp_path / "cwd", env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert r.stderr.startswith("mnist_mlp.py: MNIST not found") and r.stderr.count("\n") == 1, r.stderr
+    assert "--data DIR" in r.stderr and "$FASTDL_DATA" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(EXAMPLES / "mnist_mlp.py"), "--data", str(tmp_path / "none")],
+                       cwd=tmp_path / "cwd", env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a directory" in r.stderr, r.stderr

@@ -1,7 +1,16 @@
 """save / load: round trips give identical predictions and state; other architectures and broken
 files give clear errors."""
+import io
 import json
 import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -200,3 +209,273 @@ def test_registered_custom_layer_round_trips(tmp_path):
     x = np.ones((2, 3), np.float32)
     np.testing.assert_array_equal(m2(x), m(x))
     np.testing.assert_array_equal(m2[1].s.data, [1, 2, 3, 4])
+
+
+# ---------------------------------------------------------------- untrusted files (issue 14, section 4)
+
+def _npy_bytes(header_shape, data: bytes, descr="<f4"):
+    """An .npy entry whose header declares `header_shape` whatever `data` holds."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": header_shape})
+    return buf.getvalue() + data
+
+
+def _craft(path, arch, entries, keys=None):
+    """A model file by hand: metadata naming `arch` and `keys`, then each entry's raw .npy bytes."""
+    meta = {"format": "fastdl.nn", "format_version": 1, "fastdl_version": "x", "architecture": arch,
+            "keys": list(entries) if keys is None else keys}
+    meta_npy = io.BytesIO()
+    np.lib.format.write_array(meta_npy, np.array(json.dumps(meta)))
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("__fastdl__.npy", meta_npy.getvalue())
+        for k, raw in entries.items():
+            zf.writestr(f"state/{k}.npy", raw)
+    return path
+
+
+def _linear_arch(n_in, n_out, count=1):
+    layer = {"type": "Linear", "config": {"in_features": n_in, "out_features": n_out, "bias": True,
+                                           "init": "kaiming_uniform"}}
+    return {"type": "Sequential", "config": {"layers": [layer] * count}}
+
+
+def _load_peak(path, **kw):
+    """(the exception load raised, peak bytes traced while it ran)."""
+    tracemalloc.start()
+    try:
+        nn.load(path, **kw)
+    except Exception as e:  # noqa: BLE001 - the caller checks what it was
+        err = e
+    else:
+        err = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return err, peak
+
+
+SMALL = 50 << 20  # every hostile file below fails within this much memory (NumPy's arrays are traced)
+
+
+@pytest.mark.parametrize("case", ["small-arrays", "header-claims-the-shape", "header-claims-2**32"])
+def test_huge_declared_sizes_fail_before_allocating(tmp_path, case):
+    """A 1-2 KB file declaring Linear(16384, 16384) (1 GiB of weights) used to make load allocate it."""
+    arch = _linear_arch(16384, 16384)
+    if case == "small-arrays":       # the architecture is huge, the arrays are not
+        entries = {"0.weight": _npy_bytes((2, 3), bytes(24)), "0.bias": _npy_bytes((2,), bytes(8))}
+        match = r"do not fit the architecture.*0.weight: got shape \(2, 3\), expected \(16384, 16384\)"
+    elif case == "header-claims-the-shape":  # the headers agree with it, the data is 8 bytes
+        entries = {"0.weight": _npy_bytes((16384, 16384), bytes(8)), "0.bias": _npy_bytes((16384,), bytes(8))}
+        match = r"'0.weight' declares shape \(16384, 16384\) of float32 \(1073741824 bytes\), but its entry holds 8"
+    else:                            # an entry whose header claims 2**32 floats
+        arch = _linear_arch(2, 3)
+        entries = {"0.weight": _npy_bytes((2**32,), bytes(24)), "0.bias": _npy_bytes((3,), bytes(12))}
+        match = r"'0.weight' declares shape \(4294967296,\)"
+    path = _craft(tmp_path / "huge.npz", arch, entries)
+    assert path.stat().st_size < 2048
+    err, peak = _load_peak(path)
+    assert isinstance(err, ValueError) and str(path) in str(err), err
+    assert re.search(match, str(err)), err
+    assert peak < SMALL, peak
+
+
+def test_many_large_layers_in_a_small_file_fail_fast(tmp_path):
+    """2000 x Linear(4096, 4096) (128 GiB) declared by a file of a few hundred KB."""
+    arch = _linear_arch(4096, 4096, count=2000)
+    entries = {}
+    for i in range(2000):
+        entries[f"{i}.weight"] = _npy_bytes((4096, 4096), b"")
+        entries[f"{i}.bias"] = _npy_bytes((4096,), b"")
+    path = _craft(tmp_path / "many.npz", arch, entries)
+    err, peak = _load_peak(path)
+    assert isinstance(err, ValueError) and str(path) in str(err) and "declares shape (4096, 4096)" in str(err)
+    assert peak < SMALL, peak
+    # the same architecture with no arrays at all: refused from the keys alone
+    path = _craft(tmp_path / "nokeys.npz", arch, {})
+    err, peak = _load_peak(path)
+    assert isinstance(err, ValueError) and "missing keys: 0.weight, 0.bias" in str(err), err
+    assert peak < SMALL, peak
+
+
+def test_entry_sizes_must_match_what_the_file_stores(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 2, rng=0))
+    good = tmp_path / "good.npz"
+    m.save(good)
+    # a compressed entry: fastdl writes stored ones only, so the size of every entry is the bytes it takes
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(tmp_path / "deflated.npz", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(ValueError, match="deflated.npz.*compression method 8; fastdl model files have stored entries only"):
+        nn.load(tmp_path / "deflated.npz")
+    # a central directory that claims more bytes than the entry stores
+    raw = bytearray(good.read_bytes())
+    entry = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"state/0.weight.npy"))  # its central directory record
+    raw[entry + 24: entry + 28] = (2**31).to_bytes(4, "little")           # the uncompressed size
+    (tmp_path / "liar.npz").write_bytes(bytes(raw))
+    err, peak = _load_peak(tmp_path / "liar.npz")
+    assert isinstance(err, ValueError), err
+    assert re.search(r"liar.npz.*'state/0.weight.npy' declares 2147483648 bytes but stores 152", str(err)), err
+    assert peak < SMALL
+
+
+def _nested_json(depth, leaf='{"type": "ReLU", "config": {}}'):
+    """A Sequential nested `depth` deep, as JSON text (json.dumps itself cannot nest that deep)."""
+    return '{"type": "Sequential", "config": {"layers": [' * depth + leaf + "]}}" * depth
+
+
+def _write_meta_text(path, arch_text, keys="[]"):
+    meta = ('{"format": "fastdl.nn", "format_version": 1, "fastdl_version": "x", "keys": ' + keys
+            + ', "architecture": ' + arch_text + "}")
+    with open(path, "wb") as f:
+        np.savez(f, __fastdl__=np.array(meta))
+    return path
+
+
+@pytest.mark.parametrize("depth,match", [(400, "its metadata nests 1203 levels deep"),
+                                         (70, "nests containers more than 64 deep"),
+                                         (30_000, "its metadata nests 90003 levels deep")])
+def test_deeply_nested_architecture_is_refused(tmp_path, depth, match):
+    """400 nested Sequentials used to raise RecursionError (a traceback from the CLI)."""
+    path = _write_meta_text(tmp_path / "deep.npz", _nested_json(depth))
+    err, peak = _load_peak(path)
+    assert isinstance(err, ValueError) and str(path) in str(err) and match in str(err), repr(err)
+    assert peak < SMALL
+
+
+def test_nesting_within_the_limit_round_trips_and_save_refuses_deeper(tmp_path):
+    inner = nn.Sequential(nn.Linear(2, 2, rng=0))
+    m = inner
+    for _ in range(63):
+        m = nn.Sequential(m)
+    m.save(tmp_path / "ok.npz")
+    m2 = nn.load(tmp_path / "ok.npz")
+    x = np.ones((1, 2), np.float32)
+    np.testing.assert_array_equal(m2(x), m(x))
+    with pytest.raises(ValueError, match="load reads at most 100000 modules nested 64 deep"):
+        nn.Sequential(m).save(tmp_path / "deep.npz")
+    assert not (tmp_path / "deep.npz").exists()
+
+
+def test_metadata_size_is_bounded(tmp_path):
+    arch = '{"type": "ReLU", "config": {"pad": "' + "x" * (1 << 22) + '"}}'
+    path = _write_meta_text(tmp_path / "bigmeta.npz", arch)
+    with pytest.raises(ValueError, match=r"bigmeta.npz.*metadata is \d+ characters long \(at most 4194304"):
+        nn.load(path)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_at_load(tmp_path, bad_value):
+    m, x = trained_model()
+    m[0].weight.data[1, 2] = bad_value
+    path = tmp_path / "nan.npz"
+    m.save(path)
+    with pytest.raises(ValueError, match=r"nan.npz.*the array for '0.weight' contains NaN or Inf"):
+        nn.load(path)
+    target, _ = trained_model(1)
+    before = [a.copy() for a in target.state_dict().values()]
+    with pytest.raises(ValueError, match="0.weight"):
+        nn.load(path, model=target)
+    for a, b in zip(target.state_dict().values(), before):
+        np.testing.assert_array_equal(a, b)  # untouched
+
+
+def test_float64_weights_beyond_float32_range_are_refused(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 2, rng=0))
+    arrays = _good_arrays(m)
+    arrays["state/0.bias"] = np.array([1.0, 1e300])
+    _write(tmp_path / "big.npz", _meta(m), **arrays)
+    with pytest.raises(ValueError, match="'0.bias' contains NaN or Inf"):
+        nn.load(tmp_path / "big.npz")
+    arrays["state/0.bias"] = np.array([1.0, 2.0])  # float64 within range: read as float32, as before
+    _write(tmp_path / "f64.npz", _meta(m), **arrays)
+    np.testing.assert_array_equal(nn.load(tmp_path / "f64.npz")[0].bias.data, [1, 2])
+
+
+def test_the_cli_reports_hostile_model_files_in_one_line(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 784), np.float32))
+    files = {"huge": _craft(tmp_path / "huge.npz", _linear_arch(16384, 16384),
+                            {"0.weight": _npy_bytes((16384, 16384), bytes(8)), "0.bias": _npy_bytes((16384,), b"")}),
+             "deep": _write_meta_text(tmp_path / "deep.npz", _nested_json(400))}
+    for name, path in files.items():
+        r = subprocess.run([sys.executable, "-m", "fastdl", "predict", str(path), str(tmp_path / "x.npy")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, (name, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("fastdl predict: error: load:"), r.stderr
+        assert str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- save: mode, fsync, stale temps (section 5)
+
+
+def test_save_creates_files_with_the_umask_like_open(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 2, rng=0))
+    old = os.umask(0o022)
+    try:
+        m.save(tmp_path / "a.npz")
+        with open(tmp_path / "b", "w"):
+            pass
+        os.umask(0o077)
+        m.save(tmp_path / "c.npz")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "c.npz").stat().st_mode) == 0o600
+    os.chmod(tmp_path / "a.npz", 0o640)  # overwriting keeps the file's mode, as open("w") does
+    m.save(tmp_path / "a.npz")
+    assert stat.S_IMODE((tmp_path / "a.npz").stat().st_mode) == 0o640
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", os.path.basename(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(tmp_path / "m.npz")
+    assert events == [("fsync", False), ("replace", "m.npz"), ("fsync", True)]
+
+
+def _killed_save(target):
+    """Run a save in a child that dies (SIGKILL) between writing its temp file and the rename."""
+    code = ("import os, signal, sys\nfrom fastdl import nn\n"
+            "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "nn.Sequential(nn.Linear(30, 20, rng=0)).save(sys.argv[1])\n")
+    r = subprocess.run([sys.executable, "-c", code, str(target)], cwd=target.parent, capture_output=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def test_save_removes_temp_files_that_killed_saves_left(tmp_path):
+    target = tmp_path / "model.npz"
+    for _ in range(3):  # each save removes what the one killed before it left: one leftover at a time
+        _killed_save(target)
+        leftovers = [p.name for p in tmp_path.iterdir()]
+        assert len(leftovers) == 1 and leftovers[0].startswith(".fastdl-model.npz-"), leftovers
+    other = tmp_path / "other.npz"
+    _killed_save(other)  # another target's leftover: not this save's to remove
+    other_tmp = [p.name for p in tmp_path.iterdir() if p.name.startswith(".fastdl-other.npz-")]
+    assert len(other_tmp) == 1
+    # one being written right now by a live process (this one's parent stands in for it)
+    live = tmp_path / f".fastdl-model.npz-{os.getppid()}-0123abcd.npz.tmp"
+    live.write_bytes(b"in progress")
+    # an earlier version's name (no target, no pid in it): removed once an hour old
+    legacy_old, legacy_new = tmp_path / ".fastdl-ab_cd123.npz.tmp", tmp_path / ".fastdl-zz9yy876.npz.tmp"
+    legacy_old.write_bytes(b"x")
+    legacy_new.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(legacy_old, (two_hours_ago, two_hours_ago))
+
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(target)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["model.npz", live.name, legacy_new.name] + other_tmp), left
+    nn.load(target)
+    os.utime(live, (two_hours_ago, two_hours_ago))  # untouched for an hour: removed whoever wrote it
+    nn.Sequential(nn.Linear(3, 2, rng=0)).save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.npz", legacy_new.name] + other_tmp)

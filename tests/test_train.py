@@ -19,6 +19,18 @@ import fastdl.progress as progress_mod
 
 # ---------------------------------------------------------------- test doubles
 
+def rowwise_affine(x, w, b):
+    """x Wᵀ + b in float32, one input feature at a time: each row's output is the same sum in the
+    same order whatever the other rows, as the batching tests need. (NumPy's ``@`` calls BLAS, whose
+    kernels and summation order depend on the number of rows: a 10-row and a 3-row product of the
+    same rows differ in the last bit for most weights.)"""
+    x, w = np.asarray(x, np.float32), np.asarray(w, np.float32)
+    out = x[:, :1] * w[:, 0]
+    for j in range(1, x.shape[1]):
+        out += x[:, j:j + 1] * w[:, j]
+    return (out + b).astype(np.float32)
+
+
 class NumpyLinear(nn.Module):
     """y = x Wᵀ + b in NumPy, with real fastdl Parameters; records what every call saw.
 
@@ -37,7 +49,7 @@ class NumpyLinear(nn.Module):
         self.calls.append((self.training, np.array(x[:, 0])))
         self.dtypes.append((x.dtype, x.flags.c_contiguous))
         self._x = x
-        return (x @ self.weight.data.T + self.bias.data).astype(np.float32)
+        return rowwise_affine(x, self.weight.data, self.bias.data)
 
     def backward(self, dout):
         self.weight.grad += (dout.T @ self._x).astype(np.float32)
@@ -447,6 +459,21 @@ def test_modes_during_and_after_fit_evaluate_predict():
     evaluate(model, loss, X, y)
     predict(model, X)
     assert [t for t, _ in model.calls] == [False, False] and model.training
+
+
+def test_the_numpy_double_is_independent_of_the_batch():
+    """What test_evaluate_and_predict_batching relies on, for many weights (with ``x @ W.T`` most of
+    these draws gave different bits for the 10-row batch and the 3-row ones)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        X = rng.normal(size=(10, 3)).astype(np.float32)
+        model = NumpyLinear(3, k=2)
+        model.weight.data = rng.normal(size=(2, 3))
+        model.bias.data = rng.normal(size=2)
+        full = model(X)
+        np.testing.assert_array_equal(full, np.concatenate([model(X[i:i + 3]) for i in range(0, 10, 3)]))
+        np.testing.assert_allclose(full, X.astype(np.float64) @ model.weight.data.T.astype(np.float64)
+                                   + model.bias.data, rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_and_predict_batching():
