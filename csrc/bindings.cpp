@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <iomanip>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -365,10 +367,26 @@ py::array binary_op(const char* fn, BinaryKernel kernel, py::handle dout, py::ha
   return oa;
 }
 
+// x as the float a kernel takes; a finite double that float32 rounds to ±inf, |x| >= FLT_MAX + half
+// an ulp (2^128 - 2^103 = 3.4028235677973366e38), is refused: "fn: arg=1e+39 does not fit in float32".
+float fit_float32(const char* fn, const char* arg, double x) {
+  if (std::fabs(x) >= 0x1p128 - 0x1p103) {
+    std::string digits;  // the fewest that give x back, as Python's repr (3.40282e+38 could be many values)
+    for (int precision = 6; precision <= 17; precision++) {
+      std::ostringstream os;
+      os << std::setprecision(precision) << x;
+      digits = os.str();
+      if (std::strtod(digits.c_str(), nullptr) == x) break;
+    }
+    value_error(std::string(fn) + ": " + arg + "=" + digits + " does not fit in float32 (max 3.4028235e+38)");
+  }
+  return static_cast<float>(x);
+}
+
 float finite_slope(const char* fn, double slope) {
   if (!std::isfinite(slope))
     value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
-  return static_cast<float>(slope);
+  return fit_float32(fn, "negative_slope", slope);
 }
 
 void bind_activations(py::module_& m) {
@@ -660,7 +678,7 @@ uint64_t parse_seed(py::handle h, const char* fn) {
   return static_cast<uint64_t>(v);
 }
 
-// A finite scalar hyperparameter at least `lo` (and below `hi` when hi_open).
+// A finite scalar hyperparameter at least `lo` (and below `hi` when hi_open) that fits in float32.
 float require_scalar(const char* fn, const char* arg, double x, double lo, double hi, bool hi_open,
                      const char* range) {
   bool ok = std::isfinite(x) && x >= lo && (hi_open ? x < hi : x <= hi);
@@ -669,7 +687,7 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
     os << fn << ": " << arg << " must be " << range << ", got " << x;
     value_error(os.str());
   }
-  return static_cast<float>(x);
+  return fit_float32(fn, arg, x);
 }
 
 // Arrays updated in place must not share memory with each other nor with the inputs read.

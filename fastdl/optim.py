@@ -4,6 +4,9 @@ Optimizers update each parameter's ``.data`` in place from its ``.grad`` through
 kernel call per parameter group (``ops.sgd_step_many`` / ``ops.adam_step_many``). Their state (momentum buffers,
 Adam's moments and step counts) is kept per parameter in ``optimizer.state``.
 
+Every hyperparameter the kernels use must fit in float32 (``lr=1e39`` is refused where it is
+given).
+
 Schedules change ``optimizer.lr``; call their ``step()`` once per epoch (``ReduceLROnPlateau``:
 ``step(val_loss)``). ``get_last_lr()`` returns the current learning rate as a float.
 """
@@ -86,7 +89,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        value = check_float(value, type(self).__name__, "lr", low=0.0)
+        value = check_float(value, type(self).__name__, "lr", low=0.0, float32=True)
         for g in self.param_groups:
             g["lr"] = value
 
@@ -200,10 +203,10 @@ class SGD(Optimizer):
     def _validate(self, g):
         who = "SGD"
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
-        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0)
-        out["dampening"] = check_float(g["dampening"], who, "dampening")
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
+        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0, float32=True)
+        out["dampening"] = check_float(g["dampening"], who, "dampening", float32=True)
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
         if not isinstance(g["nesterov"], (bool, np.bool_)):
             raise TypeError(f"{who}: nesterov must be a bool, got {type(g['nesterov']).__name__}")
         out["nesterov"] = bool(g["nesterov"])
@@ -259,9 +262,9 @@ class Adam(Optimizer):
     def _validate(self, g):
         who = type(self).__name__
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
-        out["eps"] = check_float(g["eps"], who, "eps", low=0.0)
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
+        out["eps"] = check_float(g["eps"], who, "eps", low=0.0, float32=True)
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
         betas = g["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
@@ -322,10 +325,13 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self) -> None:
-        """Advance one epoch and set the optimizer's learning rate."""
-        self.last_epoch += 1
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = float(self._lr_at(base, self.last_epoch))
+        """Advance one epoch and set the optimizer's learning rate (which must fit in float32)."""
+        t = self.last_epoch + 1
+        lrs = [check_float(self._lr_at(base, t), type(self).__name__, f"lr (epoch {t})", low=0.0, float32=True)
+               for base in self.base_lrs]
+        self.last_epoch = t
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
 
     def get_last_lr(self) -> float:
         """The learning rate set by the last ``step()`` (first parameter group)."""
@@ -368,7 +374,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         self.T_max = check_int(T_max, "CosineAnnealingLR", "T_max", minimum=1)
-        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0)
+        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0, float32=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -415,7 +421,7 @@ class ReduceLROnPlateau:
         self.threshold = check_float(threshold, who, "threshold", low=0.0)
         self.threshold_mode = threshold_mode
         self.cooldown = check_int(cooldown, who, "cooldown", minimum=0)
-        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0)
+        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0, float32=True)
         self.eps = check_float(eps, who, "eps", low=0.0)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0

@@ -526,3 +526,54 @@ def test_adam_refused_step_changes_nothing():
     assert [opt.state[p]["step"] for p in (a, b)] == [1, 1]
     opt.step()
     assert [opt.state[p]["step"] for p in (a, b)] == [2, 2]
+
+
+# ---------------------------------------------------------------- hyperparameters must fit in float32
+
+F32_OVERFLOW = [1e39, 1e308, 3.4028235677973366e38]  # the last: the smallest double float32 rounds to inf
+
+
+@pytest.mark.parametrize("value", F32_OVERFLOW)
+@pytest.mark.parametrize("name", ["lr", "momentum", "dampening", "weight_decay"])
+def test_sgd_refuses_hyperparameters_that_overflow_float32(name, value):
+    kw = {"lr": 0.1, name: value}
+    with pytest.raises(ValueError, match=rf"SGD: {name}=.* does not fit in float32 \(max 3.4028235e\+38\)"):
+        optim.SGD(_p(), **kw)
+
+
+def test_sgd_accepts_the_largest_double_that_float32_rounds_to_its_max():
+    optim.SGD(_p(), lr=3.4028235677973362e38)  # rounds to 3.4028235e38, not inf: it fits
+
+
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("name", ["lr", "eps", "weight_decay"])
+def test_adam_refuses_hyperparameters_that_overflow_float32(cls, name):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: {name}=1e\+39 does not fit in float32"):
+        cls(_p(), **{name: 1e39})
+
+
+def test_lr_setter_and_param_groups_refuse_float32_overflow():
+    opt = optim.SGD(_p(), lr=0.1)
+    with pytest.raises(ValueError, match=r"SGD: lr=1e\+39 does not fit in float32"):
+        opt.lr = 1e39
+    assert opt.lr == 0.1
+    with pytest.raises(ValueError, match=r"SGD: weight_decay=1e\+308 does not fit in float32"):
+        opt.add_param_group({"params": [Parameter(np.zeros(2))], "weight_decay": 1e308})
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 1e39
+    with pytest.raises(ValueError, match=r"SGD: lr=1e\+39 does not fit in float32"):
+        opt.load_state_dict(sd)
+
+
+def test_schedules_refuse_a_learning_rate_that_overflows_float32():
+    opt = _sgd(lr=1.0)
+    sched = optim.ExponentialLR(opt, gamma=1e20)
+    sched.step()                                        # 1e20: fits
+    with pytest.raises(ValueError, match=r"ExponentialLR: lr \(epoch 2\)=1e\+40 does not fit in float32"):
+        sched.step()
+    assert opt.lr == 1e20 and sched.last_epoch == 1    # the refused step changed nothing
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR: eta_min=1e\+39 does not fit in float32"):
+        optim.CosineAnnealingLR(_sgd(), T_max=5, eta_min=1e39)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: min_lr=1e\+39 does not fit in float32"):
+        optim.ReduceLROnPlateau(_sgd(), min_lr=1e39)
+

@@ -534,3 +534,42 @@ def test_step_many_finds_any_overlapping_pair():
         ops.adam_step_many(ps[:3], gs[:3], ms[:3], vs[:3], lr=0.1, steps=[1, 1, 1])
     ops.adam_step_many(ps[:3], gs[:3], ms[:3], [np.zeros(p.shape, np.float32) for p in ps[:3]], lr=0.1,
                        steps=[1, 1, 1])  # disjoint: accepted
+
+
+# ---------------------------------------------------------------- float32 hyperparameters
+
+
+@pytest.mark.parametrize("arg, value, shown", [
+    ("lr", 1e39, r"1e\+39"), ("momentum", 1e308, r"1e\+308"), ("dampening", -1e39, r"-1e\+39"),
+    ("weight_decay", 1e39, r"1e\+39"),
+    ("lr", 3.4028235677973366e38, r"3\.4028235677973366e\+38"),  # the smallest double float32 rounds to inf
+])
+@pytest.mark.parametrize("many", [False, True])
+def test_sgd_hyperparameters_must_fit_in_float32(many, arg, value, shown):
+    kw = {"lr": 0.1, "momentum": 0.9, arg: value}
+    name = "sgd_step_many" if many else "sgd_step"
+    with pytest.raises(ValueError, match=rf"{name}: {arg}={shown} does not fit in float32 \(max 3\.4028235e\+38\)"):
+        if many:
+            ops.sgd_step_many(*[[a] for a in sgd_args()], **kw)
+        else:
+            ops.sgd_step(*sgd_args(), **kw)
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize("arg", ["lr", "eps", "weight_decay"])
+def test_adam_hyperparameters_must_fit_in_float32(many, arg):
+    z = lambda: np.zeros(5, np.float32)  # noqa: E731
+    kw = {"lr": 0.1, arg: 1e39}
+    with pytest.raises(ValueError, match=rf"adam_step{'_many' if many else ''}: {arg}=1e\+39 does not fit in float32 "
+                                         r"\(max 3\.4028235e\+38\)"):
+        if many:
+            ops.adam_step_many([z()], [z()], [z()], [z()], steps=[1], **kw)
+        else:
+            ops.adam_step(z(), z(), z(), z(), step=1, **kw)
+
+
+def test_the_largest_double_that_float32_rounds_to_its_max_is_accepted():
+    p = np.zeros(3, np.float32)
+    ops.sgd_step(p, np.zeros(3, np.float32), lr=3.4028235677973362e38)
+    np.testing.assert_array_equal(p, 0)
+
