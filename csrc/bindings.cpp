@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <iomanip>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -384,10 +386,26 @@ py::array binary_op(const char* fn, BinaryKernel kernel, py::handle dout, py::ha
   return oa;
 }
 
+// x as the float a kernel takes; a finite double that float32 rounds to ±inf, |x| >= FLT_MAX + half
+// an ulp (2^128 - 2^103 = 3.4028235677973366e38), is refused: "fn: arg=1e+39 does not fit in float32".
+float fit_float32(const char* fn, const char* arg, double x) {
+  if (std::fabs(x) >= 0x1p128 - 0x1p103) {
+    std::string digits;  // the fewest that give x back, as Python's repr (3.40282e+38 could be many values)
+    for (int precision = 6; precision <= 17; precision++) {
+      std::ostringstream os;
+      os << std::setprecision(precision) << x;
+      digits = os.str();
+      if (std::strtod(digits.c_str(), nullptr) == x) break;
+    }
+    value_error(std::string(fn) + ": " + arg + "=" + digits + " does not fit in float32 (max 3.4028235e+38)");
+  }
+  return static_cast<float>(x);
+}
+
 float finite_slope(const char* fn, double slope) {
   if (!std::isfinite(slope))
     value_error(std::string(fn) + ": negative_slope must be finite, got " + std::to_string(slope));
-  return static_cast<float>(slope);
+  return fit_float32(fn, "negative_slope", slope);
 }
 
 void bind_activations(py::module_& m) {
@@ -679,7 +697,7 @@ uint64_t parse_seed(py::handle h, const char* fn) {
   return static_cast<uint64_t>(v);
 }
 
-// A finite scalar hyperparameter at least `lo` (and below `hi` when hi_open).
+// A finite scalar hyperparameter at least `lo` (and below `hi` when hi_open) that fits in float32.
 float require_scalar(const char* fn, const char* arg, double x, double lo, double hi, bool hi_open,
                      const char* range) {
   bool ok = std::isfinite(x) && x >= lo && (hi_open ? x < hi : x <= hi);
@@ -688,7 +706,7 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
     os << fn << ": " << arg << " must be " << range << ", got " << x;
     value_error(os.str());
   }
-  return static_cast<float>(x);
+  return fit_float32(fn, arg, x);
 }
 
 // Arrays updated in place must not share memory with each other nor with the inputs read.
@@ -934,11 +952,25 @@ py::sequence require_sequence(const char* fn, py::handle h, const char* arg, con
   return py::reinterpret_borrow<py::sequence>(h);
 }
 
+// The error of an update that refused its step (check_finite): it names the first gradient (an
+// array whose name starts with "grad") that holds a NaN or Inf. Nothing was written.
+[[noreturn]] void nonfinite_grad_error(const char* fn, const std::vector<py::array>& arrays,
+                                       const std::vector<std::string>& names) {
+  for (size_t k = 0; k < arrays.size(); k++) {
+    const int64_t i = names[k].rfind("grad", 0) == 0 ? first_nonfinite(arrays[k]) : -1;
+    if (i >= 0)
+      value_error(std::string(fn) + ": " + names[k] + " contains NaN or Inf (first at flat index " +
+                  std::to_string(i) + ": " + value_str(cf(arrays[k])[i]) +
+                  "); nothing was updated (check_finite=False skips this check)");
+  }
+  value_error(std::string(fn) + ": a gradient contained NaN or Inf; nothing was updated");  // changed since
+}
+
 void bind_optim(py::module_& m) {
   m.def(
       "sgd_update",
       [](py::handle param, py::handle grad, py::handle momentum_buf, double lr, double momentum, double dampening,
-         double weight_decay, bool nesterov, bool first_step) {
+         double weight_decay, bool nesterov, bool first_step, bool check_finite) {
         const char* fn = "sgd_step";
         py::array pa = inplace_f32(param, fn, "param", nullptr);
         require_nonempty(fn, "param", pa);
@@ -958,20 +990,24 @@ void bind_optim(py::module_& m) {
         float* pp = mf(pa);
         const float* gp = cf(ga);
         int64_t n = pa.size();
+        bool ran;
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(sgd_update)(pp, bp, gp, h.lr, h.momentum, h.dampening, h.weight_decay, nesterov ? 1 : 0,
-                                    first_step ? 1 : 0, n);
+          ran = FASTDL_KERNEL(sgd_update)(pp, bp, gp, h.lr, h.momentum, h.dampening, h.weight_decay,
+                                          nesterov ? 1 : 0, first_step ? 1 : 0, check_finite ? 1 : 0, n);
         }
+        if (!ran) nonfinite_grad_error(fn, {ga}, {"grad"});
       },
       py::arg("param"), py::arg("grad"), py::arg("momentum_buf"), py::arg("lr"), py::arg("momentum"),
       py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
-      "PyTorch's SGD step, in place on param (and momentum_buf when momentum != 0).");
+      py::arg("check_finite"),
+      "PyTorch's SGD step, in place on param (and momentum_buf when momentum != 0); with check_finite a grad "
+      "holding NaN or Inf raises ValueError and nothing is written.");
 
   m.def(
       "sgd_update_many",
       [](py::handle params, py::handle grads, py::handle momentum_bufs, double lr, double momentum, double dampening,
-         double weight_decay, bool nesterov, bool first_step) {
+         double weight_decay, bool nesterov, bool first_step, bool check_finite) {
         const char* fn = "sgd_step_many";
         py::sequence ps = require_sequence(fn, params, "params"), gs = require_sequence(fn, grads, "grads");
         const SgdArgs h = sgd_args(fn, lr, momentum, dampening, weight_decay, nesterov);
@@ -1012,21 +1048,26 @@ void bind_optim(py::module_& m) {
           }
         }
         require_disjoint_list(fn, keep, names);  // one array updated twice at once would race
+        bool ran;
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(sgd_update_many)(pp.data(), with_bufs ? bp.data() : nullptr, gp.data(), n.data(),
-                                         static_cast<int64_t>(count), h.lr, h.momentum, h.dampening, h.weight_decay,
-                                         nesterov ? 1 : 0, first_step ? 1 : 0);
+          ran = FASTDL_KERNEL(sgd_update_many)(pp.data(), with_bufs ? bp.data() : nullptr, gp.data(), n.data(),
+                                               static_cast<int64_t>(count), h.lr, h.momentum, h.dampening,
+                                               h.weight_decay, nesterov ? 1 : 0, first_step ? 1 : 0,
+                                               check_finite ? 1 : 0);
         }
+        if (!ran) nonfinite_grad_error(fn, keep, names);
       },
       py::arg("params"), py::arg("grads"), py::arg("momentum_bufs"), py::arg("lr"), py::arg("momentum"),
       py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("first_step"),
-      "sgd_update on several arrays at once, in one parallel region (PyTorch's foreach SGD).");
+      py::arg("check_finite"),
+      "sgd_update on several arrays at once, in one parallel region (PyTorch's foreach SGD); with check_finite "
+      "no array is written when any grad holds NaN or Inf.");
 
   m.def(
       "adam_update",
       [](py::handle param, py::handle grad, py::handle m_, py::handle v_, double lr, int64_t step, double beta1,
-         double beta2, double eps, double weight_decay, bool decoupled) {
+         double beta2, double eps, double weight_decay, bool decoupled, bool check_finite) {
         const char* fn = "adam_step";
         py::array pa = inplace_f32(param, fn, "param", nullptr);
         require_nonempty(fn, "param", pa);
@@ -1039,20 +1080,24 @@ void bind_optim(py::module_& m) {
         float *pp = mf(pa), *mp = mf(ma), *vp = mf(va);
         const float* gp = cf(ga);
         int64_t n = pa.size();
+        bool ran;
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(adam_update)(pp, mp, vp, gp, h.lr, beta1, beta2, h.eps, h.weight_decay, decoupled ? 1 : 0,
-                                     step, n);
+          ran = FASTDL_KERNEL(adam_update)(pp, mp, vp, gp, h.lr, beta1, beta2, h.eps, h.weight_decay,
+                                           decoupled ? 1 : 0, step, check_finite ? 1 : 0, n);
         }
+        if (!ran) nonfinite_grad_error(fn, {ga}, {"grad"});
       },
       py::arg("param"), py::arg("grad"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("step"),
       py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
-      "Adam (decoupled=False) or AdamW (decoupled=True) step, in place on param, m and v.");
+      py::arg("check_finite"),
+      "Adam (decoupled=False) or AdamW (decoupled=True) step, in place on param, m and v; with check_finite a "
+      "grad holding NaN or Inf raises ValueError and nothing is written.");
 
   m.def(
       "adam_update_many",
       [](py::handle params, py::handle grads, py::handle ms, py::handle vs, double lr, py::handle steps,
-         double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
+         double beta1, double beta2, double eps, double weight_decay, bool decoupled, bool check_finite) {
         const char* fn = "adam_step_many";
         py::sequence ps = require_sequence(fn, params, "params"), gs = require_sequence(fn, grads, "grads"),
                      msq = require_sequence(fn, ms, "m"), vsq = require_sequence(fn, vs, "v");
@@ -1089,17 +1134,20 @@ void bind_optim(py::module_& m) {
           }
         }
         require_disjoint_list(fn, keep, names);  // one array updated twice at once would race
+        bool ran;
         {
           py::gil_scoped_release nogil;
-          FASTDL_KERNEL(adam_update_many)(pp.data(), mp.data(), vp.data(), gp.data(), n.data(), st.data(),
-                                          static_cast<int64_t>(count), h.lr, beta1, beta2, h.eps, h.weight_decay,
-                                          decoupled ? 1 : 0);
+          ran = FASTDL_KERNEL(adam_update_many)(pp.data(), mp.data(), vp.data(), gp.data(), n.data(), st.data(),
+                                                static_cast<int64_t>(count), h.lr, beta1, beta2, h.eps,
+                                                h.weight_decay, decoupled ? 1 : 0, check_finite ? 1 : 0);
         }
+        if (!ran) nonfinite_grad_error(fn, keep, names);
       },
       py::arg("params"), py::arg("grads"), py::arg("m"), py::arg("v"), py::arg("lr"), py::arg("steps"),
       py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("decoupled"),
+      py::arg("check_finite"),
       "adam_update on several arrays at once (each with its own step), in one parallel region (PyTorch's "
-      "foreach Adam).");
+      "foreach Adam); with check_finite no array is written when any grad holds NaN or Inf.");
 }
 
 // ============================== machine limits (bench/) ==============================

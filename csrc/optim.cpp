@@ -1,10 +1,13 @@
 // optim.cpp - optimizer updates, in place, one fused pass over each array (the CPU analogue of
 // PyTorch's fused/foreach optimizers). Plain `omp simd` loops: each element is independent, so the
-// per-ISA builds turn them into AVX2 / AVX-512 code, and parallel_chunks splits large arrays.
+// per-ISA builds turn them into AVX2 / AVX-512 code, and parallel_arrays splits large arrays.
 // Per element the arithmetic is float; the step-dependent scalars are worked out once in double.
+// With check_finite every update reads its gradients once more first and writes nothing at all if
+// one of them is NaN or ±Inf (returns false): a refused step leaves every array as it was.
 #include <cmath>
 
 #include "kernel_common.h"
+#include "vec.h"
 
 namespace fastdl {
 namespace FASTDL_ISA_NS {
@@ -41,33 +44,84 @@ static void sgd_range(float* param, float* momentum_buf, const float* grad, floa
   }
 }
 
-void sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
-                float weight_decay, int nesterov, int first_step, int64_t n) {
-  parallel_chunks(n, [=](int64_t lo, int64_t hi) {
+// grad (n): true when grad[lo, hi) holds no NaN or ±Inf. g - g is 0 for a finite g and NaN
+// otherwise, and a sum with a NaN term is NaN; four vector sums side by side, as losses.cpp's
+// all_finite does, since one would wait on each add's latency.
+static bool finite_range(const float* grad, int64_t lo, int64_t hi) {
+  reg acc[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
+  int64_t i = lo;
+  for (; i + 4 * kW <= hi; i += 4 * kW)
+    for (int j = 0; j < 4; ++j) {
+      const reg v = Vec::loadu(grad + i + j * kW);
+      acc[j] = Vec::add(acc[j], Vec::sub(v, v));
+    }
+  float tail = 0.0f;
+  for (; i < hi; i++) tail += grad[i] - grad[i];
+  return Vec::hsum(Vec::add(Vec::add(acc[0], acc[1]), Vec::add(acc[2], acc[3]))) + tail == 0.0f;
+}
+
+// body(t, a, b) on the part [a, b) of every array t that the range [lo, hi) of the concatenation
+// of count arrays of n[t] elements covers.
+template <class F>
+static void for_pieces(const int64_t* n, int64_t count, int64_t lo, int64_t hi, F&& body) {
+  int64_t off = 0;  // where array t starts in the concatenation
+  for (int64_t t = 0; t < count && off < hi; off += n[t], t++) {
+    const int64_t a = lo > off ? lo - off : 0, b = hi - off < n[t] ? hi - off : n[t];
+    if (a < b) body(t, a, b);
+  }
+}
+
+// count arrays of n[t] elements as one: threads split their concatenation as parallel_chunks
+// splits one array (one parallel region for a whole model, PyTorch's foreach), and each thread
+// runs body(t, lo, hi) on the part [lo, hi) of every array t its range covers. With check (the
+// gradients, non-null), each thread first checks check[t] over the same parts and, after one
+// barrier, no thread runs body if any found a NaN or Inf: returns false then, with nothing written.
+template <class F>
+static bool parallel_arrays(const int64_t* n, int64_t count, const float* const* check, F body) {
+  int64_t total = 0;
+  for (int64_t t = 0; t < count; t++) total += n[t];
+  auto finite = [=](int64_t lo, int64_t hi) {
+    bool ok = true;
+    for_pieces(n, count, lo, hi, [&](int64_t t, int64_t a, int64_t b) { ok = ok && finite_range(check[t], a, b); });
+    return ok;
+  };
+  const int nt = threads_for(total);
+  if (nt <= 1) {
+    DenormalsOff ftz;
+    if (check && !finite(0, total)) return false;
+    for_pieces(n, count, 0, total, body);
+    return true;
+  }
+  int refused = 0;  // set by any thread that found a non-finite gradient, read by all after the barrier
+  parallel_region(nt, [&](int64_t th, int64_t T) {
+    const int64_t per = ((total + T - 1) / T + 15) & ~int64_t(15);
+    const int64_t lo = th * per, hi = lo + per < total ? lo + per : total;
+    if (check) {  // the same value on every thread: all of them reach the barrier or none
+      if (lo < hi && !finite(lo, hi)) {
+#pragma omp atomic write
+        refused = 1;
+      }
+#pragma omp barrier
+    }
+    int stop;
+#pragma omp atomic read
+    stop = refused;
+    if (!stop && lo < hi) for_pieces(n, count, lo, hi, body);
+  });
+  return refused == 0;
+}
+
+bool sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
+                float weight_decay, int nesterov, int first_step, int check_finite, int64_t n) {
+  return parallel_arrays(&n, 1, check_finite ? &grad : nullptr, [=](int64_t, int64_t lo, int64_t hi) {
     sgd_range(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, lo, hi);
   });
 }
 
-// count arrays of n[t] elements as one: threads split their concatenation (one parallel region for
-// a whole model, PyTorch's foreach), and each thread runs body(t, lo, hi) on the part [lo, hi) of
-// every array t its range covers.
-template <class F>
-static void parallel_arrays(const int64_t* n, int64_t count, F body) {
-  int64_t total = 0;
-  for (int64_t t = 0; t < count; t++) total += n[t];
-  parallel_chunks(total, [=](int64_t lo, int64_t hi) {
-    int64_t off = 0;  // where array t starts in the concatenation
-    for (int64_t t = 0; t < count && off < hi; off += n[t], t++) {
-      const int64_t a = lo > off ? lo - off : 0, b = hi - off < n[t] ? hi - off : n[t];
-      if (a < b) body(t, a, b);
-    }
-  });
-}
-
-void sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
+bool sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
                      int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
-                     int first_step) {
-  parallel_arrays(n, count, [=](int64_t t, int64_t lo, int64_t hi) {
+                     int first_step, int check_finite) {
+  return parallel_arrays(n, count, check_finite ? grad : nullptr, [=](int64_t t, int64_t lo, int64_t hi) {
     sgd_range(param[t], momentum_buf ? momentum_buf[t] : nullptr, grad[t], lr, momentum, dampening, weight_decay,
               nesterov, first_step, lo, hi);
   });
@@ -119,18 +173,19 @@ static void adam_range(float* param, float* m, float* v, const float* grad, cons
   }
 }
 
-void adam_update(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
-                 float eps, float weight_decay, int decoupled, int64_t step, int64_t n) {
+bool adam_update(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
+                 float eps, float weight_decay, int decoupled, int64_t step, int check_finite, int64_t n) {
   const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step);
-  parallel_chunks(n, [&](int64_t lo, int64_t hi) { adam_range(param, m, v, grad, s, lo, hi); });
+  return parallel_arrays(&n, 1, check_finite ? &grad : nullptr,
+                         [&](int64_t, int64_t lo, int64_t hi) { adam_range(param, m, v, grad, s, lo, hi); });
 }
 
 // adam_update on count arrays, each with its own step count, in one parallel region over their
 // concatenation (PyTorch's foreach Adam): a 6-array MLP costs one region instead of six.
-void adam_update_many(float* const* param, float* const* m, float* const* v, const float* const* grad,
+bool adam_update_many(float* const* param, float* const* m, float* const* v, const float* const* grad,
                       const int64_t* n, const int64_t* step, int64_t count, float lr, double beta1, double beta2,
-                      float eps, float weight_decay, int decoupled) {
-  parallel_arrays(n, count, [=](int64_t t, int64_t lo, int64_t hi) {
+                      float eps, float weight_decay, int decoupled, int check_finite) {
+  return parallel_arrays(n, count, check_finite ? grad : nullptr, [=](int64_t t, int64_t lo, int64_t hi) {
     adam_range(param[t], m[t], v[t], grad[t], adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step[t]),
                lo, hi);
   });

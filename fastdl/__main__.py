@@ -317,7 +317,9 @@ def _positive_int(text):
     return v
 
 
-def _fraction(low_open=False):
+def _fraction(low_open=False, float32=False):
+    """A number in [0, 1) (or (0, 1)); with float32 (a value the kernels use, as --dropout) also once
+    rounded to float32, where 1 - 1e-9 becomes 1."""
     def parse(text):
         try:
             v = float(text)
@@ -325,17 +327,29 @@ def _fraction(low_open=False):
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not (0.0 < v < 1.0 if low_open else 0.0 <= v < 1.0):
             raise argparse.ArgumentTypeError(f"expected a number in {'(' if low_open else '['}0, 1), got {text!r}")
+        if float32 and not _kernel_float32(v) < 1.0:
+            raise argparse.ArgumentTypeError(f"expected a number below 1 in float32, which the kernels use, got "
+                                             f"{text!r} (1.0 in float32)")
         return v
     return parse
 
 
+def _kernel_float32(v):
+    from fastdl.nn.module import as_kernel_float32
+
+    return as_kernel_float32(v)
+
+
 def _nonnegative(text):
+    """A finite number >= 0 that fits in float32 (a hyper-parameter the kernels use: --weight-decay, --lr)."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not v >= 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    if _kernel_float32(v) == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number that fits in float32 (max 3.4028235e+38), got {text!r}")
     return v
 
 
@@ -343,6 +357,9 @@ def _positive(text):
     v = _nonnegative(text)
     if v == 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if _kernel_float32(v) == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 in float32, which the kernels use, got {text!r} "
+                                         f"(0 in float32)")
     return v
 
 
@@ -383,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Nesterov momentum (SGD)")
     t.add_argument("--weight-decay", type=_nonnegative, default=d["weight_decay"],
                    help="L2 penalty (SGD, Adam) or decoupled weight decay (AdamW)")
-    t.add_argument("--dropout", type=_fraction(), default=d["dropout"], help="dropout after each hidden layer")
+    t.add_argument("--dropout", type=_fraction(float32=True), default=d["dropout"],
+                   help="dropout after each hidden layer")
     t.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d["batch_norm"],
                    help="BatchNorm1d before each hidden activation")
     t.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="mini-batch size")

@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from fastdl import nn, ops, optim
+from fastdl.nn.module import as_kernel_float32
 from fastdl.train import EarlyStopping, _as_X, _numeric_array, fit, predict
 
 try:
@@ -156,16 +157,30 @@ def _check_int(value, who, name, minimum):
     return int(value)
 
 
-def _check_real(value, who, name, low=None, high=None, low_open=False, high_open=False):
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        raise ValueError(f"{who}: {name} must be a number {' and '.join(s for s in (lo, hi) if s)}, got {value!r}")
+def _check_real(value, who, name, low=None, high=None, low_open=False, high_open=False, float32=False):
+    """``value`` as a float within the bounds, else ValueError (scikit-learn's rule, for types too).
+    ``float32=True`` for a value the float32 kernels use: it must fit in float32 and keep within the
+    bounds once rounded as they see it (``nn.module.as_kernel_float32``: 1 - 1e-9 becomes 1.0)."""
+    def within(v):
+        ok = True
+        if low is not None:
+            ok = v > low if low_open else v >= low
+        if ok and high is not None:
+            ok = v < high if high_open else v <= high
+        return ok
+
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    bounds = " and ".join(s for s in (lo, hi) if s)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not within(value):
+        raise ValueError(f"{who}: {name} must be a number {bounds}, got {value!r}")
+    if float32:
+        f = as_kernel_float32(value)
+        if not math.isfinite(f):
+            raise ValueError(f"{who}: {name}={value!r} does not fit in float32 (max 3.4028235e+38)")
+        if not within(f):
+            raise ValueError(f"{who}: {name} must be a number {bounds} in float32, which the kernels use; "
+                             f"{value!r} becomes {f!r} there")
     return float(value)
 
 
@@ -297,7 +312,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):
             intercept = (y_mean - coef @ x_mean) if self.fit_intercept else np.zeros(len(coef))
             self.n_iter_ = 1   # one solve
         else:
-            lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True)
+            lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True, float32=True)
             max_iter = _check_int(self.max_iter, who, "max_iter", 1)
             tol = _check_real(self.tol, who, "tol", low=0.0)
             rng = _generator(self.random_state, who)
@@ -356,7 +371,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         who = "LogisticRegression.fit"
-        lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True)
+        lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True, float32=True)
         max_iter = _check_int(self.max_iter, who, "max_iter", 1)
         tol = _check_real(self.tol, who, "tol", low=0.0)
         _require_y(self, y)
@@ -472,18 +487,19 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError(f"{who}: {flag} must be a bool, got {getattr(self, flag)!r}")
         return {
             "hidden": tuple(int(h) for h in hidden),
-            "alpha": _check_real(self.alpha, who, "alpha", low=0.0),
-            "lr": _check_real(self.learning_rate_init, who, "learning_rate_init", low=0.0, low_open=True),
+            "alpha": _check_real(self.alpha, who, "alpha", low=0.0, float32=True),
+            "lr": _check_real(self.learning_rate_init, who, "learning_rate_init", low=0.0, low_open=True,
+                              float32=True),
             "max_iter": _check_int(self.max_iter, who, "max_iter", 1),
             "tol": _check_real(self.tol, who, "tol", low=0.0),
-            "momentum": _check_real(self.momentum, who, "momentum", low=0.0, high=1.0),
+            "momentum": _check_real(self.momentum, who, "momentum", low=0.0, high=1.0, float32=True),
             "validation_fraction": _check_real(self.validation_fraction, who, "validation_fraction",
                                                low=0.0, high=1.0, low_open=True, high_open=True),
             "beta_1": _check_real(self.beta_1, who, "beta_1", low=0.0, high=1.0, high_open=True),
             "beta_2": _check_real(self.beta_2, who, "beta_2", low=0.0, high=1.0, high_open=True),
-            "epsilon": _check_real(self.epsilon, who, "epsilon", low=0.0, low_open=True),
+            "epsilon": _check_real(self.epsilon, who, "epsilon", low=0.0, low_open=True, float32=True),
             "n_iter_no_change": _check_int(self.n_iter_no_change, who, "n_iter_no_change", 1),
-            "dropout": _check_real(self.dropout, who, "dropout", low=0.0, high=1.0, high_open=True),
+            "dropout": _check_real(self.dropout, who, "dropout", low=0.0, high=1.0, high_open=True, float32=True),
             "verbose": _check_verbose(self.verbose, who),
         }
 

@@ -220,7 +220,7 @@ __all__ += ["sgd_step", "sgd_step_many", "adam_step", "adam_step_many"]
 
 
 def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-             nesterov=False, first_step=False):
+             nesterov=False, first_step=False, check_finite=True):
     """One step of PyTorch's SGD, in place on ``param`` (and ``momentum_buf``); returns ``param``.
 
         g = grad + weight_decay * param
@@ -231,24 +231,29 @@ def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0,
 
     ``momentum_buf`` is required when momentum != 0 (its contents are ignored when first_step).
     In-place arrays must be float32, C-contiguous, writeable and must not overlap: never copied.
+    ``check_finite``: a ``grad`` holding NaN or Inf raises ValueError and nothing is written (the check
+    reads grad once more, in the same native call); False updates anyway, as PyTorch does.
     """
-    _C.sgd_update(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step)
+    _C.sgd_update(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                  check_finite)
     return param
 
 
 def sgd_step_many(params, grads, momentum_bufs=None, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                  nesterov=False, first_step=False):
+                  nesterov=False, first_step=False, check_finite=True):
     """``sgd_step`` on every array of ``params`` (a list) with the same hyper-parameters, in one native
     call whose threads split all the arrays together (PyTorch's foreach SGD): for a whole model this
     costs one parallel region instead of one per array. ``grads`` and ``momentum_bufs`` are lists
-    of the same length; nothing may share memory. Returns ``params``.
+    of the same length; nothing may share memory. Returns ``params``. ``check_finite``: as in
+    ``sgd_step``; when any of ``grads`` holds NaN or Inf no array at all is written.
     """
-    _C.sgd_update_many(params, grads, momentum_bufs, lr, momentum, dampening, weight_decay, nesterov, first_step)
+    _C.sgd_update_many(params, grads, momentum_bufs, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                       check_finite)
     return params
 
 
 def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-              decoupled=False):
+              decoupled=False, check_finite=True):
     """One Adam step (AdamW when ``decoupled``), in place on ``param``, ``m`` and ``v``; returns ``param``.
 
         g = grad + weight_decay * param        (Adam; AdamW instead does param *= 1 - lr * weight_decay)
@@ -256,20 +261,21 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
         v = beta2 * v + (1 - beta2) * g**2
         param -= lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1**step), v_hat = v / (1 - beta2**step)
 
-    ``step`` counts updates from 1 (the first call has step=1).
+    ``step`` counts updates from 1 (the first call has step=1). ``check_finite``: as in ``sgd_step``.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"adam_step: step must be an int, got {type(step).__name__}")
-    _C.adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled)
+    _C.adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, check_finite)
     return param
 
 
 def adam_step_many(params, grads, ms, vs, *, lr, steps, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                   decoupled=False):
+                   decoupled=False, check_finite=True):
     """``adam_step`` on every array of ``params`` (a list) with the same hyper-parameters, in one native
     call whose threads split all the arrays together (PyTorch's foreach Adam). ``grads``, ``ms``,
     ``vs`` and ``steps`` (each array's step count, from 1) are lists of the same length; nothing may
-    share memory. Returns ``params``.
+    share memory. Returns ``params``. ``check_finite``: as in ``sgd_step_many``.
     """
-    _C.adam_update_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled)
+    _C.adam_update_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled,
+                        check_finite)
     return params

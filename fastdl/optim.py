@@ -4,6 +4,9 @@ Optimizers update each parameter's ``.data`` in place from its ``.grad`` through
 kernel call per parameter group (``ops.sgd_step_many`` / ``ops.adam_step_many``). Their state (momentum buffers,
 Adam's moments and step counts) is kept per parameter in ``optimizer.state``.
 
+Every hyperparameter the kernels use must fit in float32 (``lr=1e39`` is refused where it is
+given), and ``step()`` refuses a gradient holding NaN or Inf (``check_finite``, below).
+
 Schedules change ``optimizer.lr``; call their ``step()`` once per epoch (``ReduceLROnPlateau``:
 ``step(val_loss)``). ``get_last_lr()`` returns the current learning rate as a float.
 """
@@ -28,10 +31,24 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
 class Optimizer:
     """Base class: holds ``param_groups`` (a list of dicts: ``"params"`` plus hyperparameters) and
     per-parameter ``state``. ``params`` is an iterable of Parameters (e.g. ``model.parameters()``)
-    or of dicts ``{"params": [...], "lr": ...}`` giving some parameters their own settings."""
+    or of dicts ``{"params": [...], "lr": ...}`` giving some parameters their own settings.
 
-    def __init__(self, params, defaults: dict):
+    ``check_finite`` (default True; the attribute may be changed later): ``step()`` raises
+    ValueError naming the parameter (its index across the groups and its shape) when a gradient
+    holds NaN or Inf, and updates no parameter at all, so a manual loop that backpropagates a
+    NaN stops there instead of writing NaN into the weights. SGD and Adam check inside their
+    update's native call (one more read of the gradients); False skips the check, as PyTorch does.
+    """
+
+    # True where _update_group's native call checks the gradients itself and writes nothing when one
+    # is not finite; otherwise step() checks every gradient first (one all_finite call each).
+    _kernel_checks_finite = False
+
+    def __init__(self, params, defaults: dict, *, check_finite: bool = True):
         who = type(self).__name__
+        if not isinstance(check_finite, (bool, np.bool_)):
+            raise TypeError(f"{who}: check_finite must be a bool, got {type(check_finite).__name__}")
+        self.check_finite = bool(check_finite)
         if isinstance(params, Module):
             raise TypeError(f"{who}: params must be an iterable of Parameters; pass model.parameters()")
         if isinstance(params, (Parameter, np.ndarray)):
@@ -86,7 +103,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        value = check_float(value, type(self).__name__, "lr", low=0.0)
+        value = check_float(value, type(self).__name__, "lr", low=0.0, float32=True)
         for g in self.param_groups:
             g["lr"] = value
 
@@ -106,14 +123,52 @@ class Optimizer:
             if not callable(closure):
                 raise TypeError(f"{type(self).__name__}.step: closure must be callable")
             loss = closure()
+        # A native update checks its own group's gradients before writing; with several groups (several
+        # calls), or no such update, every gradient is checked first, so a refused step changes nothing.
+        check = bool(self.check_finite)
+        if check and (len(self.param_groups) > 1 or not self._kernel_checks_finite):
+            self._require_finite_grads(self._params())
+            check = False
         for g in self.param_groups:
-            self._update_group(g)
+            self._update_group(g, check)
         return loss
 
-    def _update_group(self, g) -> None:
-        """Update every parameter of group ``g`` (one ``_update`` each, unless a subclass does better)."""
+    def _update_group(self, g, check_finite: bool) -> None:
+        """Update every parameter of group ``g`` (one ``_update`` each, unless a subclass does better).
+        ``check_finite``: refuse a non-finite gradient of the group before writing anything."""
+        if check_finite:
+            self._require_finite_grads(g["params"])
         for p in g["params"]:
             self._update(p, g)
+
+    def _nonfinite_grad_error(self, params):
+        """The ValueError naming the first of ``params`` whose gradient holds NaN or Inf, or None."""
+        for p in params:
+            grad = p.grad
+            if not ops.all_finite(grad):
+                index = next(i for i, q in enumerate(self._params()) if q is p)
+                k = int(np.flatnonzero(~np.isfinite(grad))[0])
+                return ValueError(
+                    f"{type(self).__name__}.step: the gradient of parameter {index} (shape {p.shape}) contains "
+                    f"NaN or Inf (first at flat index {k}: {grad.flat[k]}); no parameter was updated. The "
+                    f"backward pass met non-finite values (a diverged loss?); check_finite=False skips this check")
+        return None
+
+    def _require_finite_grads(self, params) -> None:
+        err = self._nonfinite_grad_error(params)
+        if err is not None:
+            raise err
+
+    def _native_update(self, params, check_finite, update, *args, **kwargs):
+        """``update(*args, check_finite=check_finite, **kwargs)``, one native call over ``params``; a
+        gradient it refuses (having written nothing) is reported by parameter, not by array."""
+        try:
+            update(*args, check_finite=check_finite, **kwargs)
+        except ValueError:
+            err = self._nonfinite_grad_error(params) if check_finite else None
+            if err is None:
+                raise
+            raise err from None
 
     # -------- state
     def state_dict(self) -> dict:
@@ -189,21 +244,23 @@ class SGD(Optimizer):
         θ   = θ - lr · g
 
     With momentum = 0 this is plain θ ← θ - lr · (∇ + weight_decay · θ). The momentum buffer b is
-    ``optimizer.state[p]["momentum_buffer"]``.
+    ``optimizer.state[p]["momentum_buffer"]``. ``check_finite``: see ``Optimizer``.
     """
 
+    _kernel_checks_finite = True
+
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
+                 weight_decay: float = 0.0, nesterov: bool = False, *, check_finite: bool = True):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov))
+                                      nesterov=nesterov), check_finite=check_finite)
 
     def _validate(self, g):
         who = "SGD"
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
-        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0)
-        out["dampening"] = check_float(g["dampening"], who, "dampening")
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
+        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0, float32=True)
+        out["dampening"] = check_float(g["dampening"], who, "dampening", float32=True)
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
         if not isinstance(g["nesterov"], (bool, np.bool_)):
             raise TypeError(f"{who}: nesterov must be a bool, got {type(g['nesterov']).__name__}")
         out["nesterov"] = bool(g["nesterov"])
@@ -212,33 +269,34 @@ class SGD(Optimizer):
                              f"momentum={out['momentum']}, dampening={out['dampening']}")
         return out
 
-    def _update_group(self, g):
+    def _update_group(self, g, check_finite):
         # One native call for the group's parameters (two on the step where some buffers are new:
-        # a new buffer starts as the gradient itself, PyTorch's first step).
+        # a new buffer starts as the gradient itself, PyTorch's first step). New buffers join the
+        # state once the update has run: after a refused step the next one is still a first step.
         params = g["params"]
-        if not params:
-            return
         kw = {"lr": g["lr"], "momentum": g["momentum"], "dampening": g["dampening"],
               "weight_decay": g["weight_decay"], "nesterov": g["nesterov"]}
         data, grads = [p.data for p in params], [p.grad for p in params]
         if g["momentum"] == 0.0:
-            ops.sgd_step_many(data, grads, None, **kw)
+            self._native_update(params, check_finite, ops.sgd_step_many, data, grads, None, **kw)
             return
         bufs, new = [], []
         for p in params:
-            st = self.state.setdefault(p, {})
-            buf = st.get("momentum_buffer")
+            buf = self.state.get(p, {}).get("momentum_buffer")
             new.append(buf is None)
-            if buf is None:
-                buf = st["momentum_buffer"] = np.zeros_like(p.data)
-            bufs.append(buf)
+            bufs.append(np.zeros_like(p.data) if buf is None else buf)
         if not any(new) or all(new):  # every step but a group's first: one call
-            ops.sgd_step_many(data, grads, bufs, first_step=new[0], **kw)
-            return
-        for first in (False, True):
-            pick = [i for i, n in enumerate(new) if n == first]
-            ops.sgd_step_many([data[i] for i in pick], [grads[i] for i in pick], [bufs[i] for i in pick],
-                              first_step=first, **kw)
+            self._native_update(params, check_finite, ops.sgd_step_many, data, grads, bufs, first_step=new[0], **kw)
+        else:
+            if check_finite:  # two calls: the first must not run when the second would refuse
+                self._require_finite_grads(params)
+            for first in (False, True):
+                pick = [i for i, n in enumerate(new) if n == first]
+                ops.sgd_step_many([data[i] for i in pick], [grads[i] for i in pick], [bufs[i] for i in pick],
+                                  first_step=first, check_finite=False, **kw)
+        for p, buf, is_new in zip(params, bufs, new):
+            if is_new:
+                self.state.setdefault(p, {})["momentum_buffer"] = buf
 
 
 class Adam(Optimizer):
@@ -248,20 +306,23 @@ class Adam(Optimizer):
         m = β1 · m + (1 - β1) · g                  v = β2 · v + (1 - β2) · g²
         θ = θ - lr · (m / (1 - β1^t)) / (sqrt(v / (1 - β2^t)) + eps)
 
-    State per parameter: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v).
+    State per parameter: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v). ``check_finite``: see ``Optimizer``.
     """
 
     _decoupled = False
+    _kernel_checks_finite = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 *, check_finite: bool = True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay),
+                         check_finite=check_finite)
 
     def _validate(self, g):
         who = type(self).__name__
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0)
-        out["eps"] = check_float(g["eps"], who, "eps", low=0.0)
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0)
+        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
+        out["eps"] = check_float(g["eps"], who, "eps", low=0.0, float32=True)
+        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
         betas = g["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
@@ -269,24 +330,25 @@ class Adam(Optimizer):
                         check_float(betas[1], who, "betas[1]", low=0.0, high=1.0, high_open=True))
         return out
 
-    def _update_group(self, g):
-        # One native call for the group's parameters; step counts move only once it has succeeded.
+    def _update_group(self, g, check_finite):
+        # One native call for the group's parameters; new states join and step counts move only once
+        # it has run.
+        params = g["params"]
         states = []
-        for p in g["params"]:
+        for p in params:
             st = self.state.get(p)
             if st is None:
-                st = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data),
-                                      "exp_avg_sq": np.zeros_like(p.data)}
+                st = {"step": 0, "exp_avg": np.zeros_like(p.data), "exp_avg_sq": np.zeros_like(p.data)}
             states.append(st)
-        if not states:
-            return
         b1, b2 = g["betas"]
-        ops.adam_step_many([p.data for p in g["params"]], [p.grad for p in g["params"]],
-                           [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states],
-                           lr=g["lr"], steps=[st["step"] + 1 for st in states], beta1=b1, beta2=b2, eps=g["eps"],
-                           weight_decay=g["weight_decay"], decoupled=self._decoupled)
-        for st in states:
+        self._native_update(params, check_finite, ops.adam_step_many, [p.data for p in params],
+                            [p.grad for p in params], [st["exp_avg"] for st in states],
+                            [st["exp_avg_sq"] for st in states], lr=g["lr"], steps=[st["step"] + 1 for st in states],
+                            beta1=b1, beta2=b2, eps=g["eps"], weight_decay=g["weight_decay"],
+                            decoupled=self._decoupled)
+        for p, st in zip(params, states):
             st["step"] += 1
+            self.state[p] = st
 
 
 class AdamW(Adam):
@@ -298,8 +360,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 *, check_finite: bool = True):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, check_finite=check_finite)
 
 
 # ================================================================ schedules
@@ -322,10 +385,13 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self) -> None:
-        """Advance one epoch and set the optimizer's learning rate."""
-        self.last_epoch += 1
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = float(self._lr_at(base, self.last_epoch))
+        """Advance one epoch and set the optimizer's learning rate (which must fit in float32)."""
+        t = self.last_epoch + 1
+        lrs = [check_float(self._lr_at(base, t), type(self).__name__, f"lr (epoch {t})", low=0.0, float32=True)
+               for base in self.base_lrs]
+        self.last_epoch = t
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
 
     def get_last_lr(self) -> float:
         """The learning rate set by the last ``step()`` (first parameter group)."""
@@ -368,7 +434,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         self.T_max = check_int(T_max, "CosineAnnealingLR", "T_max", minimum=1)
-        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0)
+        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0, float32=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -415,7 +481,7 @@ class ReduceLROnPlateau:
         self.threshold = check_float(threshold, who, "threshold", low=0.0)
         self.threshold_mode = threshold_mode
         self.cooldown = check_int(cooldown, who, "cooldown", minimum=0)
-        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0)
+        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0, float32=True)
         self.eps = check_float(eps, who, "eps", low=0.0)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0

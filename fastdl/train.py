@@ -535,9 +535,10 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
     verbose: 0 silent; 1 a progress bar per epoch (stderr) and one line per epoch (stdout);
     2 only the line per epoch.
 
-    The model is in training mode during fit and back in its previous mode afterwards. A loss or
-    model output that is not finite (a diverged run) raises FloatingPointError naming the epoch and
-    batch, before that batch's update is applied.
+    The model is in training mode during fit and back in its previous mode afterwards. A loss,
+    model output or gradient that is not finite (a diverged run) raises FloatingPointError naming
+    the epoch and batch, before that batch's update is applied (for a gradient: when the optimizer
+    refuses it, as fastdl's do unless built with ``check_finite=False``).
     """
     _check_parts("fit", model, loss_fn, optimizer)
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
@@ -606,7 +607,12 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
                             metric_totals[k] += float(fn(yb, out)) * m
                         optimizer.zero_grad()
                         model.backward(loss_fn.backward())
-                        optimizer.step()
+                        try:
+                            optimizer.step()
+                        except ValueError as e:  # the optimizer refuses a non-finite gradient (check_finite)
+                            if all(np.isfinite(p.grad).all() for p in model.parameters()):
+                                raise
+                            raise _diverged("a gradient is not finite", epoch, b, len(batches), lr) from e
                         seen += m
                         if bar is not None:
                             bar.update(1, loss=loss_total if summed else loss_total / seen)

@@ -335,6 +335,7 @@ def test_bad_forward_arrays(rng, name, value, exc, words, training):
         (dict(momentum=float("nan")), "momentum must be in"),
         (dict(eps=-1e-5), "eps must be finite and >= 0"),
         (dict(eps=float("inf")), "eps must be finite and >= 0"),
+        (dict(eps=1e39), r"eps=1e\+39 does not fit in float32"),
     ],
 )
 def test_bad_scalars(rng, kw, words):

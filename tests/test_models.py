@@ -302,6 +302,31 @@ def test_mlp_convergence_warning_and_bad_parameters():
         MLPRegressor().fit(X, np.full(len(X), np.nan))
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(alpha=1e308), r"alpha=1e\+308 does not fit in float32"),
+    (dict(learning_rate_init=1e39), r"learning_rate_init=1e\+39 does not fit in float32"),
+    (dict(learning_rate_init=1e-50), r"learning_rate_init must be a number > 0.0 in float32.*becomes 0.0"),
+    (dict(epsilon=1e-50), r"epsilon must be a number > 0.0 in float32.*becomes 0.0"),
+    (dict(dropout=1 - 1e-9), r"dropout must be a number >= 0.0 and < 1.0 in float32.*becomes 1.0"),
+    (dict(dropout=float("nan")), r"dropout must be a number"),
+    (dict(alpha="1e-4"), r"alpha must be a number"),
+])
+def test_mlp_refuses_hyperparameters_that_do_not_fit_in_float32(kw, match):
+    X, y = blobs(n_per=10)
+    for cls in (MLPClassifier, MLPRegressor):
+        with pytest.raises(ValueError, match=rf"{cls.__name__}.fit: {match}"):
+            cls(hidden_layer_sizes=(4,), max_iter=2, **kw).fit(X, y if cls is MLPClassifier else y.astype(float))
+
+
+def test_gradient_descent_estimators_refuse_an_lr_that_overflows_float32():
+    X, y = regression_data()
+    with pytest.raises(ValueError, match=r"LinearRegression.fit: lr=1e\+39 does not fit in float32"):
+        LinearRegression(solver="gd", lr=1e39).fit(X, y)
+    Xb, yb = blobs(n_per=10)
+    with pytest.raises(ValueError, match=r"LogisticRegression.fit: lr=1e\+39 does not fit in float32"):
+        LogisticRegression(lr=1e39).fit(Xb, yb)
+
+
 def test_fitted_estimators_pickle():
     import pickle
     X, y = blobs(n_per=30)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastdl import nn, optim
+from fastdl import nn, ops, optim
 from fastdl.nn import Parameter, init
 
 
@@ -382,6 +382,11 @@ def test_leaky_relu_validation():
         nn.LeakyReLU("0.1")
     with pytest.raises(ValueError, match="negative_slope"):
         nn.LeakyReLU(float("inf"))
+    with pytest.raises(ValueError, match="negative_slope"):
+        nn.LeakyReLU(float("nan"))
+    for slope in (1e308, -1e39):  # finite in float64, ±inf in float32
+        with pytest.raises(ValueError, match=r"LeakyReLU: negative_slope=-?1e\+(308|39) does not fit in float32"):
+            nn.LeakyReLU(slope)
 
 
 # ---------------------------------------------------------------- Dropout
@@ -430,6 +435,30 @@ def test_dropout_in_model_eval_is_deterministic():
 def test_dropout_rejects_bad_p(p, exc):
     with pytest.raises(exc, match="Dropout: p"):
         nn.Dropout(p)
+
+
+@pytest.mark.parametrize("p", [1 - 1e-9, 1 - 2**-25, 0.99999998])
+def test_dropout_refuses_at_construction_a_p_that_float32_makes_1(p):
+    # the kernel refuses p unless float32(p) < 1: Dropout says so where p is given, not at the first forward
+    with pytest.raises(ValueError, match=r"Dropout: p must be < 1.0 in float32.*becomes 1.0"):
+        nn.Dropout(p)
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-50, 0.5, 1 - 2**-24, 0.9999999, 1 - 2**-25, 1 - 1e-9, 1.0, -1e-300])
+def test_dropout_accepts_exactly_the_p_the_kernel_accepts(p):
+    try:
+        nn.Dropout(p, seed=0)
+        layer_ok = True
+    except ValueError:
+        layer_ok = False
+    try:
+        ops.dropout(np.ones(4, np.float32), p, 0)
+        kernel_ok = True
+    except ValueError:
+        kernel_ok = False
+    assert layer_ok == kernel_ok
+    if layer_ok:
+        nn.Dropout(p, seed=0)(np.ones((2, 3), np.float32))  # and it runs
 
 
 def test_register_buffer_and_manual_seed_validation():
@@ -500,8 +529,15 @@ def test_batchnorm_bad_inputs():
     for kw, exc, name in [(dict(num_features=0), ValueError, "num_features"),
                           (dict(num_features=4, eps=0), ValueError, "eps"),
                           (dict(num_features=4, momentum=1.5), ValueError, "momentum"),
-                          (dict(num_features="4"), TypeError, "num_features")]:
-        with pytest.raises(exc, match=name):
+                          (dict(num_features="4"), TypeError, "num_features"),
+                          (dict(num_features=4, eps="1e-5"), TypeError, "eps"),
+                          (dict(num_features=4, eps=float("nan")), ValueError, "eps"),
+                          (dict(num_features=4, momentum=float("nan")), ValueError, "momentum"),
+                          (dict(num_features=4, eps=1e39), ValueError, r"eps=1e\+39 does not fit in float32"),
+                          # > 0 in float64, 0 in float32 (1e-40 is subnormal there, and the kernels flush it)
+                          (dict(num_features=4, eps=1e-50), ValueError, r"eps must be > 0.0 in float32.*becomes 0.0"),
+                          (dict(num_features=4, eps=1e-40), ValueError, r"eps must be > 0.0 in float32.*becomes 0.0")]:
+        with pytest.raises(exc, match=f"BatchNorm1d: {name}"):
             nn.BatchNorm1d(**kw)
 
 

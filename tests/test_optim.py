@@ -526,3 +526,208 @@ def test_adam_refused_step_changes_nothing():
     assert [opt.state[p]["step"] for p in (a, b)] == [1, 1]
     opt.step()
     assert [opt.state[p]["step"] for p in (a, b)] == [2, 2]
+
+
+# ---------------------------------------------------------------- hyperparameters must fit in float32
+
+F32_OVERFLOW = [1e39, 1e308, 3.4028235677973366e38]  # the last: the smallest double float32 rounds to inf
+
+
+@pytest.mark.parametrize("value", F32_OVERFLOW)
+@pytest.mark.parametrize("name", ["lr", "momentum", "dampening", "weight_decay"])
+def test_sgd_refuses_hyperparameters_that_overflow_float32(name, value):
+    kw = {"lr": 0.1, name: value}
+    with pytest.raises(ValueError, match=rf"SGD: {name}=.* does not fit in float32 \(max 3.4028235e\+38\)"):
+        optim.SGD(_p(), **kw)
+
+
+def test_sgd_accepts_the_largest_double_that_float32_rounds_to_its_max():
+    optim.SGD(_p(), lr=3.4028235677973362e38)  # rounds to 3.4028235e38, not inf: it fits
+
+
+@pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("name", ["lr", "eps", "weight_decay"])
+def test_adam_refuses_hyperparameters_that_overflow_float32(cls, name):
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: {name}=1e\+39 does not fit in float32"):
+        cls(_p(), **{name: 1e39})
+
+
+def test_lr_setter_and_param_groups_refuse_float32_overflow():
+    opt = optim.SGD(_p(), lr=0.1)
+    with pytest.raises(ValueError, match=r"SGD: lr=1e\+39 does not fit in float32"):
+        opt.lr = 1e39
+    assert opt.lr == 0.1
+    with pytest.raises(ValueError, match=r"SGD: weight_decay=1e\+308 does not fit in float32"):
+        opt.add_param_group({"params": [Parameter(np.zeros(2))], "weight_decay": 1e308})
+    sd = opt.state_dict()
+    sd["param_groups"][0]["lr"] = 1e39
+    with pytest.raises(ValueError, match=r"SGD: lr=1e\+39 does not fit in float32"):
+        opt.load_state_dict(sd)
+
+
+def test_schedules_refuse_a_learning_rate_that_overflows_float32():
+    opt = _sgd(lr=1.0)
+    sched = optim.ExponentialLR(opt, gamma=1e20)
+    sched.step()                                        # 1e20: fits
+    with pytest.raises(ValueError, match=r"ExponentialLR: lr \(epoch 2\)=1e\+40 does not fit in float32"):
+        sched.step()
+    assert opt.lr == 1e20 and sched.last_epoch == 1    # the refused step changed nothing
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR: eta_min=1e\+39 does not fit in float32"):
+        optim.CosineAnnealingLR(_sgd(), T_max=5, eta_min=1e39)
+    with pytest.raises(ValueError, match=r"ReduceLROnPlateau: min_lr=1e\+39 does not fit in float32"):
+        optim.ReduceLROnPlateau(_sgd(), min_lr=1e39)
+
+
+# ---------------------------------------------------------------- non-finite gradients
+
+
+def _mlp_with_grads(bad=None, where=0):
+    """A small MLP whose gradients are set; ``bad`` (nan, inf) is put at flat index ``where`` of the
+    gradient of parameter 2."""
+    model = nn.Sequential(nn.Linear(4, 8, rng=0), nn.ReLU(), nn.Linear(8, 3, rng=1))
+    rng = np.random.default_rng(0)
+    for p in model.parameters():
+        p.grad = rng.standard_normal(p.shape).astype(np.float32)
+    if bad is not None:
+        model.parameters()[2].grad.flat[where] = bad
+    return model
+
+
+def _snapshot(model, opt):
+    return ([p.data.copy() for p in model.parameters()],
+            {id(p): {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in st.items()}
+             for p, st in opt.state.items()})
+
+
+def _same(a, b):
+    (da, sa), (db, sb) = a, b
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(da, db))
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].keys() == sb[k].keys()
+        for name in sa[k]:
+            x, y = sa[k][name], sb[k][name]
+            assert (x.tobytes() == y.tobytes()) if isinstance(x, np.ndarray) else x == y
+
+
+OPTIMIZERS = [
+    lambda ps: optim.SGD(ps, lr=0.1),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.5),
+    lambda ps: optim.Adam(ps, lr=0.1),
+    lambda ps: optim.AdamW(ps, lr=0.1),
+]
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("second_step", [False, True])
+def test_step_refuses_a_non_finite_gradient_and_changes_nothing(make, bad, second_step):
+    model = _mlp_with_grads()
+    opt = make(model.parameters())
+    if second_step:  # with momentum buffers / moments in the state
+        opt.step()
+    before = _snapshot(model, opt)
+    model.parameters()[2].grad.flat[5] = bad
+    name = type(opt).__name__
+    with pytest.raises(ValueError, match=rf"{name}.step: the gradient of parameter 2 \(shape \(3, 8\)\) contains "
+                                         rf"NaN or Inf \(first at flat index 5: -?(nan|inf)\); no parameter was updated"
+                                         rf".*check_finite=False"):
+        opt.step()
+    _same(before, _snapshot(model, opt))
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+def test_a_refused_step_leaves_the_next_one_as_if_it_had_not_happened(make):
+    # the refused first step must not leave a momentum buffer or a step count behind
+    good = _mlp_with_grads()
+    ref = _mlp_with_grads()
+    opt, opt_ref = make(good.parameters()), make(ref.parameters())
+    saved = [p.grad.copy() for p in good.parameters()]
+    good.parameters()[2].grad.flat[0] = np.nan
+    with pytest.raises(ValueError, match="parameter 2"):
+        opt.step()
+    for p, g in zip(good.parameters(), saved):
+        p.grad = g
+    for _ in range(2):
+        opt.step()
+        opt_ref.step()
+    for a, b in zip(good.parameters(), ref.parameters()):
+        assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_check_finite_false_updates_with_the_non_finite_gradient():
+    model = _mlp_with_grads(np.nan, where=3)
+    opt = optim.SGD(model.parameters(), lr=0.1, check_finite=False)
+    opt.step()
+    assert np.isnan(model.parameters()[2].data.flat[3])
+    assert np.isfinite(np.delete(model.parameters()[2].data.ravel(), 3)).all()
+    # the attribute can be switched later
+    opt.check_finite = True
+    with pytest.raises(ValueError, match="parameter 2"):
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_check_finite_must_be_a_bool(cls, value):
+    with pytest.raises(TypeError, match=f"{cls.__name__}: check_finite must be a bool"):
+        cls(_p(), lr=0.1, check_finite=value)
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS)
+def test_a_non_finite_gradient_in_a_later_group_leaves_earlier_groups_untouched(make):
+    model = _mlp_with_grads()
+    ps = model.parameters()
+    opt = make([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.01}])
+    before = _snapshot(model, opt)
+    ps[3].grad[1] = np.inf
+    with pytest.raises(ValueError, match=r"parameter 3 \(shape \(3,\)\)"):
+        opt.step()
+    _same(before, _snapshot(model, opt))
+
+
+def test_sgd_step_with_some_new_momentum_buffers_is_refused_whole():
+    # one buffer exists, the others are new: two native calls, the gradients checked before both
+    model = _mlp_with_grads()
+    ps = model.parameters()
+    opt = optim.SGD(ps, lr=0.1, momentum=0.9)
+    opt.state[ps[0]] = {"momentum_buffer": np.ones(ps[0].shape, np.float32)}
+    before = _snapshot(model, opt)
+    ps[3].grad[0] = np.nan
+    with pytest.raises(ValueError, match="parameter 3"):
+        opt.step()
+    _same(before, _snapshot(model, opt))
+
+
+def test_a_custom_optimizer_gets_the_check_too():
+    class SignSGD(optim.Optimizer):
+        def __init__(self, params, lr):
+            super().__init__(params, {"lr": lr})
+
+        def _validate(self, g):
+            return dict(g)
+
+        def _update(self, p, g):
+            p.data -= g["lr"] * np.sign(p.grad)
+
+    model = _mlp_with_grads()
+    opt = SignSGD(model.parameters(), lr=0.1)
+    before = _snapshot(model, opt)
+    model.parameters()[2].grad[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"SignSGD.step: the gradient of parameter 2"):
+        opt.step()
+    _same(before, _snapshot(model, opt))
+
+
+def test_manual_loop_with_a_nan_stops_at_step():
+    # the issue's case: a NaN reaches model.backward in a hand-written loop
+    model = nn.Sequential(nn.Linear(3, 4, rng=0), nn.ReLU(), nn.Linear(4, 2, rng=1))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    out = model(np.ones((5, 3), np.float32))
+    opt.zero_grad()
+    model.backward(np.full_like(out, np.nan))
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="SGD.step: the gradient of parameter"):
+        opt.step()
+    assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))

@@ -534,3 +534,120 @@ def test_step_many_finds_any_overlapping_pair():
         ops.adam_step_many(ps[:3], gs[:3], ms[:3], vs[:3], lr=0.1, steps=[1, 1, 1])
     ops.adam_step_many(ps[:3], gs[:3], ms[:3], [np.zeros(p.shape, np.float32) for p in ps[:3]], lr=0.1,
                        steps=[1, 1, 1])  # disjoint: accepted
+
+
+# ---------------------------------------------------------------- float32 hyperparameters, non-finite gradients
+
+
+@pytest.mark.parametrize("arg, value, shown", [
+    ("lr", 1e39, r"1e\+39"), ("momentum", 1e308, r"1e\+308"), ("dampening", -1e39, r"-1e\+39"),
+    ("weight_decay", 1e39, r"1e\+39"),
+    ("lr", 3.4028235677973366e38, r"3\.4028235677973366e\+38"),  # the smallest double float32 rounds to inf
+])
+@pytest.mark.parametrize("many", [False, True])
+def test_sgd_hyperparameters_must_fit_in_float32(many, arg, value, shown):
+    kw = {"lr": 0.1, "momentum": 0.9, arg: value}
+    name = "sgd_step_many" if many else "sgd_step"
+    with pytest.raises(ValueError, match=rf"{name}: {arg}={shown} does not fit in float32 \(max 3\.4028235e\+38\)"):
+        if many:
+            ops.sgd_step_many(*[[a] for a in sgd_args()], **kw)
+        else:
+            ops.sgd_step(*sgd_args(), **kw)
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize("arg", ["lr", "eps", "weight_decay"])
+def test_adam_hyperparameters_must_fit_in_float32(many, arg):
+    z = lambda: np.zeros(5, np.float32)  # noqa: E731
+    kw = {"lr": 0.1, arg: 1e39}
+    with pytest.raises(ValueError, match=rf"adam_step{'_many' if many else ''}: {arg}=1e\+39 does not fit in float32 "
+                                         r"\(max 3\.4028235e\+38\)"):
+        if many:
+            ops.adam_step_many([z()], [z()], [z()], [z()], steps=[1], **kw)
+        else:
+            ops.adam_step(z(), z(), z(), z(), step=1, **kw)
+
+
+def test_the_largest_double_that_float32_rounds_to_its_max_is_accepted():
+    p = np.zeros(3, np.float32)
+    ops.sgd_step(p, np.zeros(3, np.float32), lr=3.4028235677973362e38)
+    np.testing.assert_array_equal(p, 0)
+
+
+def _many_arrays(rng, sizes):
+    ps = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    gs = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    state = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(2)]
+    state[1] = [np.abs(v) for v in state[1]]  # Adam's v >= 0
+    return ps, gs, state
+
+
+# a NaN / Inf at the first element, inside a thread's range, in the last tail element, in a tiny array
+NONFINITE_PLACES = [(0, 0), (2, 123_457), (4, 200_002), (3, 1)]
+
+
+@pytest.mark.parametrize("where", NONFINITE_PLACES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["sgd", "sgd_momentum", "adam"])
+def test_many_updates_refuse_a_non_finite_gradient_and_write_nothing(isa, rng, kind, threads, bad, where):
+    sizes = [1, 17, 240_000, 3, 200_003, 256]
+    ps, gs, state = _many_arrays(rng, sizes)
+    gs[where[0]][where[1]] = bad
+    before = [a.tobytes() for a in ps + state[0] + state[1]]
+    prev = _C.get_num_threads()
+    try:
+        _C.set_num_threads(threads)
+        fn = "adam_step_many" if kind == "adam" else "sgd_step_many"
+        with pytest.raises(ValueError, match=rf"{fn}: grads\[{where[0]}\] contains NaN or Inf \(first at flat index "
+                                             rf"{where[1]}: -?(nan|inf)\); nothing was updated"):
+            if kind == "adam":
+                ops.adam_step_many(ps, gs, state[0], state[1], lr=0.1, steps=[3] * len(sizes))
+            else:
+                ops.sgd_step_many(ps, gs, state[0] if kind == "sgd_momentum" else None, lr=0.1,
+                                  momentum=0.9 if kind == "sgd_momentum" else 0.0)
+    finally:
+        _C.set_num_threads(prev)
+    assert [a.tobytes() for a in ps + state[0] + state[1]] == before
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_single_updates_refuse_a_non_finite_gradient_and_write_nothing(rng, bad):
+    p, m, v = rng.standard_normal(100_000).astype(np.float32), np.zeros(100_000, np.float32), np.ones(100_000, np.float32)
+    g = rng.standard_normal(100_000).astype(np.float32)
+    g[77_777] = bad
+    before = [a.tobytes() for a in (p, m, v)]
+    with pytest.raises(ValueError, match=r"sgd_step: grad contains NaN or Inf \(first at flat index 77777"):
+        ops.sgd_step(p, g, m, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"adam_step: grad contains NaN or Inf \(first at flat index 77777"):
+        ops.adam_step(p, g, m, v, lr=0.1, step=1)
+    assert [a.tobytes() for a in (p, m, v)] == before
+
+
+def test_check_finite_false_propagates_the_non_finite_gradient(rng):
+    ps, gs, state = _many_arrays(rng, [10, 50_000])
+    gs[1][7] = np.nan
+    ops.sgd_step_many(ps, gs, lr=0.1, check_finite=False)
+    assert np.isnan(ps[1][7]) and np.isfinite(np.delete(ps[1], 7)).all() and np.isfinite(ps[0]).all()
+    ops.adam_step_many(ps[:1], gs[:1], state[0][:1], state[1][:1], lr=0.1, steps=[1], check_finite=False)
+    p = np.zeros(3, np.float32)
+    ops.sgd_step(p, f32(1.0, np.inf, 1.0), lr=0.1, check_finite=False)
+    assert np.isinf(p[1])
+
+
+@pytest.mark.parametrize("kw", SGD_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_check_does_not_change_the_update(isa, rng, kw, threads):
+    # finite gradients: the checked and the unchecked update give the same bits
+    sizes = [1, 17, 240_000, 3, 200_003, 256]
+    ps, gs, state = _many_arrays(rng, sizes)
+    ps2, bufs2 = [p.copy() for p in ps], [b.copy() for b in state[0]]
+    bufs = state[0] if kw.get("momentum") else None
+    prev = _C.get_num_threads()
+    try:
+        _C.set_num_threads(threads)
+        ops.sgd_step_many(ps, gs, bufs, **kw)
+        ops.sgd_step_many(ps2, gs, bufs2 if bufs is not None else None, check_finite=False, **kw)
+    finally:
+        _C.set_num_threads(prev)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(ps, ps2))

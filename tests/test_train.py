@@ -371,6 +371,33 @@ def test_non_finite_loss_raises_naming_epoch_batch_and_learning_rate():
     assert model.training
 
 
+class NanGradientLoss(SquaredLoss):
+    """A finite loss whose gradient holds a NaN at one call: only the optimizer can see it."""
+
+    def __init__(self, nan_grad_at_call):
+        super().__init__()
+        self.nan_grad_at_call = nan_grad_at_call
+
+    def backward(self):
+        g = super().backward()
+        if self.calls == self.nan_grad_at_call:
+            g[0, 0] = np.nan
+        return g
+
+
+def test_a_non_finite_gradient_raises_fits_error_and_no_update():
+    # output and loss finite, the gradient not: the optimizer refuses it and fit reports the batch
+    X, y = linreg_data(64)
+    model = NumpyLinear(3)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match=r"fit: a gradient is not finite at epoch 2, batch 3 of 4.*lower "
+                                                 r"learning rate \(now 0.1\)") as e:
+        fit(model, NanGradientLoss(nan_grad_at_call=7), opt, X, y, epochs=5, batch_size=16, verbose=0)
+    assert "SGD.step: the gradient of parameter 0" in str(e.value.__cause__)
+    assert np.isfinite(model.weight.data).all() and np.isfinite(model.bias.data).all()  # the NaN was not applied
+    assert model.training
+
+
 @pytest.mark.parametrize("loss_fn", [nn.MSELoss(), nn.L1Loss()])
 def test_a_diverging_real_network_raises_floating_point_error(loss_fn):
     rng = np.random.default_rng(0)

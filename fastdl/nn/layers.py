@@ -241,7 +241,7 @@ class LeakyReLU(_Layer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = check_float(negative_slope, "LeakyReLU", "negative_slope")
+        self.negative_slope = check_float(negative_slope, "LeakyReLU", "negative_slope", float32=True)
         object.__setattr__(self, "_x", None)
 
     def _forward(self, x, reuse):
@@ -292,7 +292,7 @@ class Dropout(_Layer):
 
     def __init__(self, p: float = 0.5, *, seed=None):
         super().__init__()
-        self.p = check_float(p, "Dropout", "p", low=0.0, high=1.0, high_open=True)
+        self.p = check_float(p, "Dropout", "p", low=0.0, high=1.0, high_open=True, float32=True)
         if seed is not None and not isinstance(seed, np.random.Generator) and (
                 isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"Dropout: seed must be an int, a numpy.random.Generator or None, got {type(seed).__name__}")
@@ -344,8 +344,8 @@ class BatchNorm1d(_Layer):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         self.num_features = check_int(num_features, "BatchNorm1d", "num_features", minimum=1)
-        self.eps = check_float(eps, "BatchNorm1d", "eps", low=0.0, low_open=True)
-        self.momentum = check_float(momentum, "BatchNorm1d", "momentum", low=0.0, high=1.0)
+        self.eps = check_float(eps, "BatchNorm1d", "eps", low=0.0, low_open=True, float32=True)
+        self.momentum = check_float(momentum, "BatchNorm1d", "momentum", low=0.0, high=1.0, float32=True)
         c = self.num_features
         self.weight = Parameter(np.ones(c, dtype=np.float32))
         self.bias = Parameter(np.zeros(c, dtype=np.float32))

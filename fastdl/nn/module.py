@@ -64,8 +64,26 @@ def check_int(value, who: str, name: str, *, minimum: int | None = None) -> int:
     return value
 
 
-def check_float(value, who: str, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    """``value`` as a finite float within [low, high] (open ends when asked)."""
+F32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
+
+
+def as_kernel_float32(value: float) -> float:
+    """The float32 number a kernel computes with for the Python float ``value``: ±inf where it
+    overflows float32 (|value| >= 3.4028235677973366e38), 0 where float32 makes it subnormal
+    (|value| < 1.1754944e-38: the kernels flush subnormals to zero), else ``value`` rounded."""
+    with np.errstate(over="ignore"):
+        f = float(np.float32(value))
+    return 0.0 if abs(f) < F32_TINY else f
+
+
+def check_float(value, who: str, name: str, *, low=None, high=None, low_open=False, high_open=False,
+                float32=False) -> float:
+    """``value`` as a finite float within [low, high] (open ends when asked).
+
+    ``float32=True`` for a value that a float32 kernel uses: it must also fit in float32 and lie
+    within the bounds once rounded as the kernel sees it (``as_kernel_float32``), so that
+    ``Dropout(1 - 1e-9)`` (p = 1.0 in float32) or ``lr=1e39`` (inf) are refused here, where they are given.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
@@ -75,6 +93,16 @@ def check_float(value, who: str, name: str, *, low=None, high=None, low_open=Fal
         raise ValueError(f"{who}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (value >= high if high_open else value > high):
         raise ValueError(f"{who}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
+    if float32:
+        f = as_kernel_float32(value)
+        if not np.isfinite(f):
+            raise ValueError(f"{who}: {name}={value!r} does not fit in float32 (max 3.4028235e+38)")
+        if low is not None and (f <= low if low_open else f < low):
+            raise ValueError(f"{who}: {name} must be {'>' if low_open else '>='} {low} in float32, which the "
+                             f"kernels use; {value!r} becomes {f!r} there")
+        if high is not None and (f >= high if high_open else f > high):
+            raise ValueError(f"{who}: {name} must be {'<' if high_open else '<='} {high} in float32, which the "
+                             f"kernels use; {value!r} becomes {f!r} there")
     return value
 
 
