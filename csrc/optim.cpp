@@ -85,15 +85,8 @@ static bool parallel_arrays(const int64_t* n, int64_t count, const float* const*
     for_pieces(n, count, lo, hi, [&](int64_t t, int64_t a, int64_t b) { ok = ok && finite_range(check[t], a, b); });
     return ok;
   };
-  const int nt = threads_for(total);
-  if (nt <= 1) {
-    DenormalsOff ftz;
-    if (check && !finite(0, total)) return false;
-    for_pieces(n, count, 0, total, body);
-    return true;
-  }
   int refused = 0;  // set by any thread that found a non-finite gradient, read by all after the barrier
-  parallel_region(nt, [&](int64_t th, int64_t T) {
+  parallel_region(threads_for(total), [&](int64_t th, int64_t T) {
     const int64_t per = ((total + T - 1) / T + 15) & ~int64_t(15);
     const int64_t lo = th * per, hi = lo + per < total ? lo + per : total;
     if (check) {  // the same value on every thread: all of them reach the barrier or none
