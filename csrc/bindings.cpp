@@ -604,11 +604,13 @@ void bind_losses(py::module_& m) {
         py::array la = in_i64(labels, fn, "labels");
         require_shape(fn, "labels", la, {B}, "(batch,)");
         const int64_t* lp = ci(la);
+        auto label_error = [&](int64_t b, int64_t label) {
+          value_error(std::string(fn) + ": labels[" + std::to_string(b) + "] = " + std::to_string(label) +
+                      " is out of range [0, " + std::to_string(NC) + ") for logits of shape " +
+                      shape_str(shape_of(xa)));
+        };
         for (int64_t b = 0; b < B; b++)
-          if (lp[b] < 0 || lp[b] >= NC)
-            value_error(std::string(fn) + ": labels[" + std::to_string(b) + "] = " + std::to_string(lp[b]) +
-                        " is out of range [0, " + std::to_string(NC) + ") for logits of shape " +
-                        shape_str(shape_of(xa)));
+          if (lp[b] < 0 || lp[b] >= NC) label_error(b, lp[b]);
         py::object g = grad_out(out, grad, fn, shape_of(xa), "logits.shape");
         float* gp = nullptr;
         if (grad) {
@@ -619,10 +621,13 @@ void bind_losses(py::module_& m) {
         }
         const float* xp = cf(xa);
         double loss;
+        BadLabel bad;
         {
           py::gil_scoped_release nogil;
-          loss = FASTDL_KERNEL(softmax_crossentropy_forward_backward)(gp, xp, lp, red, B, NC);
+          loss = FASTDL_KERNEL(softmax_crossentropy_forward_backward)(gp, &bad, xp, lp, red, B, NC);
         }
+        // labels changed by another thread after the check above: the kernel refused what it read
+        if (bad.row >= 0) label_error(bad.row, bad.label);
         if (!std::isfinite(loss)) {
           require_finite(fn, "logits", xa);
           value_error(std::string(fn) + ": the loss is not finite");
