@@ -164,3 +164,34 @@ def test_from_frombuffer():
     x = np.frombuffer(buf, np.float32, offset=1)
     with pytest.raises(ValueError, match="sigmoid_forward: x is not aligned"):
         ops.sigmoid(x)
+
+
+# ---------------------------------------------------------------- the Python layer converts instead
+# fastdl.nn, fit/predict and the estimators convert their inputs once (dtype, layout): a misaligned
+# array is copied there like a float64 one, so only fastdl.ops refuses it.
+def test_nn_layers_and_losses_take_misaligned_arrays():
+    from fastdl import nn
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5)).astype(F32)
+    y = np.array([0, 2, 1, 1, 0, 2])
+    model = nn.Sequential(nn.Linear(5, 4, rng=rng), nn.ReLU(), nn.Linear(4, 3, rng=rng))
+    want = model(x)
+    np.testing.assert_array_equal(model(misaligned(x)), want)
+    for loss_fn, target in [(nn.CrossEntropyLoss(), y), (nn.MSELoss(), np.ones((6, 3), F32))]:
+        assert loss_fn(misaligned(want), misaligned(target)) == loss_fn(want, target)
+        model.backward(loss_fn.backward())
+        model.backward(misaligned(loss_fn.backward()))
+
+
+def test_fit_and_predict_take_misaligned_arrays():
+    import fastdl
+    from fastdl import nn, optim
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((32, 4)).astype(F32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(4, 2, rng=np.random.default_rng(1)))
+    fastdl.fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), misaligned(X), misaligned(y),
+               epochs=1, batch_size=None, verbose=0)
+    np.testing.assert_array_equal(fastdl.predict(model, misaligned(X)), fastdl.predict(model, X))
