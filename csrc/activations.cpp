@@ -18,21 +18,21 @@ inline int64_t row_grain(int64_t C, int64_t grain) { return C >= grain ? 1 : gra
 
 // inp, out, dinp, dout: (n)
 
-// out = max(inp, 0)
+// out = max(0, inp), NaN kept (np.maximum(inp, 0)): 0 > x ? 0 : x is x86's max(0, x), x when x is NaN
 void relu_forward(float* out, const float* inp, int64_t n) {
   map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
     const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = 0; i < hi - lo; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = 0.0f > x[i] ? 0.0f : x[i];
   });
 }
 
-// dinp = dout * [inp > 0]
+// dinp = dout * heaviside(inp, 0): a NaN in dout or inp gives NaN (dout * (inp > 0) would zero a NaN inp)
 void relu_backward(float* dinp, const float* dout, const float* inp, int64_t n) {
   map_chunks(3, dinp, n, [&](int64_t lo, int64_t hi, float* g) {
     const float *d = dout + lo, *x = inp + lo;
 #pragma omp simd
-    for (int64_t i = 0; i < hi - lo; i++) g[i] = select(x[i] > 0.0f, d[i], 0.0f);
+    for (int64_t i = 0; i < hi - lo; i++) g[i] = d[i] * heaviside0(x[i]);
   });
 }
 
@@ -182,12 +182,12 @@ void softmax_backward(float* dinp, const float* dout, const float* out, int64_t 
 }
 
 // inp, out: (n)
-// out = inp >= 0 ? 1 : 0   (the Heaviside step; forward only, it has no useful gradient)
+// out = inp >= 0 ? 1 : 0, NaN kept (np.heaviside(inp, 1); forward only, it has no useful gradient)
 void step_forward(float* out, const float* inp, int64_t n) {
   map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
     const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = 0; i < hi - lo; i++) y[i] = x[i] >= 0.0f ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = select(x[i] >= 0.0f, 1.0f, select(x[i] != x[i], x[i], 0.0f));
   });
 }
 

@@ -1,14 +1,15 @@
 // bindings.cpp - the only file that includes pybind11; builds fastdl._C.
 //
-// Contract for every function here: arrays arrive as exact float32 (int64 for labels), C-contiguous,
-// never converted or copied (a silent copy of an in-place argument would lose the update); every
-// shape is checked; errors name the function and the argument (TypeError for types and dtypes,
-// ValueError for values and shapes); the GIL is released around each kernel only.
+// Contract for every function here: arrays arrive as exact float32 (int64 for labels), C-contiguous and
+// aligned to their elements, never converted or copied (a silent copy of an in-place argument would lose
+// the update); every shape is checked; errors name the function and the argument (TypeError for types and
+// dtypes, ValueError for values and shapes); the GIL is released around each kernel only.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <iomanip>
 #include <sstream>
@@ -50,7 +51,14 @@ int64_t size_of(const Shape& s) {
 
 enum class DType { F32, I64 };
 
-// The argument as a NumPy array of exactly this dtype, C-contiguous (and writeable for outputs).
+// Whether p is aligned to the elements of dt: kernels read float* and int64_t*, and a misaligned one is
+// undefined behaviour (and a fault for aligned vector loads).
+bool aligned_for(const void* p, DType dt) {
+  return reinterpret_cast<uintptr_t>(p) % (dt == DType::F32 ? alignof(float) : alignof(int64_t)) == 0;
+}
+
+// The argument as a NumPy array of exactly this dtype, C-contiguous, aligned to its elements (and writeable
+// for outputs).
 py::array take_array(py::handle h, const char* fn, const char* arg, DType dt, bool writeable) {
   // Fast path (most calls): a C-contiguous array of the native-order dtype, read from NumPy's structs.
   if (py::detail::npy_api::get().PyArray_Check_(h.ptr())) {
@@ -59,7 +67,7 @@ py::array take_array(py::handle h, const char* fn, const char* arg, DType dt, bo
     const int type_num = dt == DType::F32 ? py::detail::npy_api::NPY_FLOAT32_ : py::detail::npy_api::NPY_INT64_;
     const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
                      (writeable ? py::detail::npy_api::NPY_ARRAY_WRITEABLE_ : 0);
-    if (d->type_num == type_num && d->byteorder != '>' && (ap->flags & need) == need)
+    if (d->type_num == type_num && d->byteorder != '>' && (ap->flags & need) == need && aligned_for(ap->data, dt))
       return py::reinterpret_borrow<py::array>(h);
   }
   const char* want = dt == DType::F32 ? "float32" : "int64";
@@ -76,6 +84,13 @@ py::array take_array(py::handle h, const char* fn, const char* arg, DType dt, bo
   if (!(a.flags() & py::array::c_style))
     type_error(std::string(fn) + ": " + arg + " must be C-contiguous, got a strided view of shape " +
                shape_str(shape_of(a)) + " (use np.ascontiguousarray(" + arg + "))");
+  if (!aligned_for(a.data(), dt)) {
+    const std::string size = dt == DType::F32 ? "4" : "8";
+    // np.ascontiguousarray would hand back the same misaligned array; np.require(..., 'A') copies it
+    value_error(std::string(fn) + ": " + arg + " is not aligned to its " + size + "-byte elements (as from " +
+                "np.frombuffer at an offset that is not a multiple of " + size + "); pass an aligned copy, " +
+                "np.require(" + arg + ", requirements='A')");
+  }
   if (writeable && !a.writeable()) value_error(std::string(fn) + ": " + arg + " is read-only");
   return a;
 }
@@ -641,11 +656,13 @@ void bind_losses(py::module_& m) {
         py::array la = in_i64(labels, fn, "labels");
         require_shape(fn, "labels", la, {B}, "(batch,)");
         const int64_t* lp = ci(la);
+        auto label_error = [&](int64_t b, int64_t label) {
+          value_error(std::string(fn) + ": labels[" + std::to_string(b) + "] = " + std::to_string(label) +
+                      " is out of range [0, " + std::to_string(NC) + ") for logits of shape " +
+                      shape_str(shape_of(xa)));
+        };
         for (int64_t b = 0; b < B; b++)
-          if (lp[b] < 0 || lp[b] >= NC)
-            value_error(std::string(fn) + ": labels[" + std::to_string(b) + "] = " + std::to_string(lp[b]) +
-                        " is out of range [0, " + std::to_string(NC) + ") for logits of shape " +
-                        shape_str(shape_of(xa)));
+          if (lp[b] < 0 || lp[b] >= NC) label_error(b, lp[b]);
         py::object g = grad_out(out, grad, fn, shape_of(xa), "logits.shape");
         float* gp = nullptr;
         if (grad) {
@@ -656,10 +673,13 @@ void bind_losses(py::module_& m) {
         }
         const float* xp = cf(xa);
         double loss;
+        BadLabel bad;
         {
           py::gil_scoped_release nogil;
-          loss = FASTDL_KERNEL(softmax_crossentropy_forward_backward)(gp, xp, lp, red, B, NC);
+          loss = FASTDL_KERNEL(softmax_crossentropy_forward_backward)(gp, &bad, xp, lp, red, B, NC);
         }
+        // labels changed by another thread after the check above: the kernel refused what it read
+        if (bad.row >= 0) label_error(bad.row, bad.label);
         if (!std::isfinite(loss)) {
           require_finite(fn, "logits", xa);
           value_error(std::string(fn) + ": the loss is not finite");

@@ -25,6 +25,13 @@ enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_SIGMOID = 2, ACT_TANH = 3 };
 // Loss reductions.
 enum Reduction : int { RED_MEAN = 0, RED_SUM = 1 };
 
+// A class label that a kernel read outside [0, NC): the lowest such row (-1: none) and the value read
+// there. The caller's range check ran before another thread could change the labels; the kernel reports
+// what it read itself, and skips that row.
+struct BadLabel {
+  int64_t row = -1, label = 0;
+};
+
 // BatchNorm's training forward and backward sum each column over blocks of kBatchNormRows rows
 // into a scratch buffer that the caller allocates: two block sums per column and block, and two
 // per-column vectors.

@@ -109,7 +109,7 @@ constexpr int64_t kInPlaceB = 256 * 1024;
 // ------------------------------------------------------------------ activation on a vector
 FASTDL_INLINE reg activate(reg v, int act) {
   switch (act) {
-    case ACT_RELU: return Vec::max(v, Vec::zero());  // NaN -> 0, like relu_forward
+    case ACT_RELU: return Vec::max(Vec::zero(), v);  // v second: a NaN stays NaN, like relu_forward
     case ACT_SIGMOID: return sigmoid_v(v);
     case ACT_TANH: return tanh_v(v);
     default: return v;
@@ -120,7 +120,7 @@ FASTDL_INLINE reg activate(reg v, int act) {
 // relu/sigmoid/tanh_backward, in the same order of operations).
 FASTDL_INLINE reg dactivate(reg v, reg y, int act) {
   switch (act) {
-    case ACT_RELU: return Vec::select_pos(y, v);  // y > 0 exactly where the input was
+    case ACT_RELU: return Vec::mul(v, Vec::heaviside0(y));  // y > 0 exactly where the input was; NaN y: NaN
     case ACT_SIGMOID: return Vec::mul(Vec::mul(v, y), Vec::sub(Vec::set1(1.0f), y));
     case ACT_TANH: return Vec::mul(v, Vec::sub(Vec::set1(1.0f), Vec::mul(y, y)));
     default: return v;
@@ -716,7 +716,7 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int act, 
 }
 
 // c = (op(a)·op(b)) ⊙ act'(y): each tile of c, once stored, is multiplied by the derivative of act,
-// read from its output y (M,N) (ACT_RELU: y > 0, ACT_SIGMOID: y(1-y), ACT_TANH: 1-y²).
+// read from its output y (M,N) (ACT_RELU: heaviside(y, 0), ACT_SIGMOID: y(1-y), ACT_TANH: 1-y²).
 void gemm_dact(float* c, const float* a, const float* b, const float* y, int act, int64_t M, int64_t N, int64_t K,
                int trans_a, int trans_b) {
   if (M <= 0 || N <= 0) return;
@@ -749,7 +749,7 @@ void gemm_naive(float* c, const float* a, const float* b, const float* bias, int
         s += av * bv;
       }
       if (bias) s += bias[n];
-      if (act == ACT_RELU) s = s > 0.0 ? s : 0.0;
+      if (act == ACT_RELU) s = 0.0 > s ? 0.0 : s;  // NaN stays NaN
       if (act == ACT_SIGMOID) s = s >= 0.0 ? 1.0 / (1.0 + std::exp(-s)) : std::exp(s) / (1.0 + std::exp(s));
       if (act == ACT_TANH) s = std::tanh(s);
       c[m * N + n] = static_cast<float>(s);

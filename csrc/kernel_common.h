@@ -200,6 +200,10 @@ inline float select(bool c, float a, float b) {
   return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
 }
 
+// np.heaviside(x, 0): 1 for x > 0, 0 for x <= 0, x itself for NaN. relu's derivative, so that a NaN
+// input gives a NaN gradient (as Vec::heaviside0 in the GEMM epilogue).
+inline float heaviside0(float x) { return select(x > 0.0f, 1.0f, select(x != x, x, 0.0f)); }
+
 // exp(x), Cephes expf's method: x = n·ln2 + r with n = round(x·log2 e) and |r| <= ln2/2 (ln2 split
 // in two, Cody-Waite), exp(r) = 1 + r + r²·P(r) with a degree-5 minimax P, 2^n written into the
 // exponent bits. Max relative error 8.5e-8 (under 1 ulp) over every float in [-87.33, 88.72], on the

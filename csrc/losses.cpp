@@ -233,15 +233,25 @@ static double crossentropy_short_row(float* d, const float* x, int64_t label, do
 // Rows [lo, hi) of softmax_crossentropy_forward_backward, one row at a time by Row (crossentropy_row or
 // crossentropy_short_row<NV>). Each S is in [1, NC] (the max term is exp(0) = 1), so sum log S = log of
 // their product, taken once the product passes 1e200 instead of once per row (a log costs as much as a
-// row of 10).
+// row of 10). The first row whose label is out of range goes to bad.
 using CrossentropyRow = double (*)(float*, const float*, int64_t, double, int64_t, double&);
 template <CrossentropyRow row>
-static double crossentropy_chunk(float* dlogits, const float* logits, const int64_t* labels,
+static double crossentropy_chunk(float* dlogits, BadLabel& bad, const float* logits, const int64_t* labels,
                                  double scale, int64_t NC, int64_t lo, int64_t hi) {
   double acc = 0.0, prod = 1.0;
   for (int64_t b = lo; b < hi; b++) {
+    // Read once, checked here: another Python thread may write labels while the GIL is released.
+    const int64_t label = labels[b];
+    float* d = dlogits ? dlogits + b * NC : nullptr;
+    if (static_cast<uint64_t>(label) >= static_cast<uint64_t>(NC)) {
+      if (bad.row < 0) bad = BadLabel{b, label};
+      if (d)
+        for (int64_t i = 0; i < NC; i++) d[i] = __builtin_nanf("");
+      acc += __builtin_nan("");
+      continue;
+    }
     double S;
-    acc += row(dlogits ? dlogits + b * NC : nullptr, logits + b * NC, labels[b], scale, NC, S);
+    acc += row(d, logits + b * NC, label, scale, NC, S);
     prod *= S;
     if (!(prod < 1e200)) {  // also flushes a NaN at once
       acc += std::log(prod);
@@ -251,21 +261,30 @@ static double crossentropy_chunk(float* dlogits, const float* logits, const int6
   return acc + std::log(prod);
 }
 
-double softmax_crossentropy_forward_backward(float* dlogits, const float* logits, const int64_t* labels,
-                                             int reduction, int64_t B, int64_t NC) {
+double softmax_crossentropy_forward_backward(float* dlogits, BadLabel* bad, const float* logits,
+                                             const int64_t* labels, int reduction, int64_t B, int64_t NC) {
   const double scale = reduction == RED_MEAN ? 1.0 / static_cast<double>(B) : 1.0;
   // A short row costs ~25 ns (a chain of dependent vector steps), not 10 elements' worth: from 200 rows
   // on, a second thread pays (512 rows of 10: 12.6 us on one thread).
   const int64_t row_grain = short_row_vectors(NC) ? kExpGrain / 4 : kExpGrain;
   const int64_t grain = NC >= row_grain ? 1 : row_grain / NC;
+  auto chunk = [=](BadLabel& first, int64_t lo, int64_t hi) {
+    if (short_row_vectors(NC) == 1)
+      return crossentropy_chunk<crossentropy_short_row<1>>(dlogits, first, logits, labels, scale, NC, lo, hi);
+    if (short_row_vectors(NC) == 2)
+      return crossentropy_chunk<crossentropy_short_row<2>>(dlogits, first, logits, labels, scale, NC, lo, hi);
+    return crossentropy_chunk<crossentropy_row>(dlogits, first, logits, labels, scale, NC, lo, hi);
+  };
   double s = parallel_sum(
       B,
       [=](int64_t lo, int64_t hi) {
-        if (short_row_vectors(NC) == 1)
-          return crossentropy_chunk<crossentropy_short_row<1>>(dlogits, logits, labels, scale, NC, lo, hi);
-        if (short_row_vectors(NC) == 2)
-          return crossentropy_chunk<crossentropy_short_row<2>>(dlogits, logits, labels, scale, NC, lo, hi);
-        return crossentropy_chunk<crossentropy_row>(dlogits, logits, labels, scale, NC, lo, hi);
+        BadLabel first;
+        const double r = chunk(first, lo, hi);
+        if (first.row >= 0) {  // only when a label is bad: keep the lowest row of all chunks
+#pragma omp critical(fastdl_bad_label)
+          if (bad->row < 0 || first.row < bad->row) *bad = first;
+        }
+        return r;
       },
       grain);
   return reduction == RED_MEAN ? s / static_cast<double>(B) : s;

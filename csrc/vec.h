@@ -44,9 +44,10 @@ struct Vec {
   static FASTDL_INLINE reg select_neg(reg s, reg a, reg b) {
     return _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(s)), b, a);
   }
-  // s > 0 ? a : 0 (0 where s is NaN)
-  static FASTDL_INLINE reg select_pos(reg s, reg a) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ), a);
+  // np.heaviside(s, 0): 1 where s > 0, 0 where s <= 0, s itself where it is NaN
+  static FASTDL_INLINE reg heaviside0(reg s) {
+    const reg nan = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q), s);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, _mm512_setzero_ps(), _CMP_GT_OQ), nan, set1(1.0f));
   }
   // 2^n for integral n in [-127, 127] (2^-127 comes out as 0)
   static FASTDL_INLINE reg pow2i(reg n) {
@@ -92,8 +93,9 @@ struct Vec {
   static FASTDL_INLINE reg max(reg a, reg b) { return _mm256_max_ps(a, b); }  // b when either is NaN
   static FASTDL_INLINE reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static FASTDL_INLINE reg select_neg(reg s, reg a, reg b) { return _mm256_blendv_ps(b, a, s); }
-  static FASTDL_INLINE reg select_pos(reg s, reg a) {
-    return _mm256_and_ps(_mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_GT_OQ), a);
+  static FASTDL_INLINE reg heaviside0(reg s) {
+    return _mm256_or_ps(_mm256_and_ps(_mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_GT_OQ), set1(1.0f)),
+                        _mm256_and_ps(_mm256_cmp_ps(s, s, _CMP_UNORD_Q), s));
   }
   static FASTDL_INLINE reg pow2i(reg n) {
     __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
@@ -143,7 +145,9 @@ struct Vec {
   static FASTDL_INLINE reg max(reg a, reg b) { return a > b ? a : b; }  // b when either is NaN
   static FASTDL_INLINE reg abs(reg a) { return (reg)((v4si)a & v4si{0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff}); }
   static FASTDL_INLINE reg select_neg(reg s, reg a, reg b) { return (v4si)s < v4si{0, 0, 0, 0} ? a : b; }
-  static FASTDL_INLINE reg select_pos(reg s, reg a) { return (reg)((v4si)(s > zero()) & (v4si)a); }
+  static FASTDL_INLINE reg heaviside0(reg s) {
+    return (reg)(((v4si)(s > zero()) & (v4si)set1(1.0f)) | ((v4si)(s != s) & (v4si)s));
+  }
   static FASTDL_INLINE reg pow2i(reg n) {
     v4si e = __builtin_convertvector(n, v4si) + v4si{127, 127, 127, 127};
     return (reg)(e << 23);

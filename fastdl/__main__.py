@@ -220,7 +220,7 @@ def _read_images(path: Path) -> np.ndarray:
         return arr.astype(np.float32) / np.float32(255)
     if not np.issubdtype(arr.dtype, np.floating):
         raise CLIError(f"{path}: expected pixel numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.require(arr, np.float32, "CA")
 
 
 def _read_labels(path: Path) -> np.ndarray:

@@ -218,7 +218,7 @@ def _regression_targets(y, n, who):
     if y.ndim not in (1, 2) or len(y) != n:
         raise ValueError(f"{who}: y must have shape ({n},) or ({n}, n_targets), got {y.shape}")
     one_d = y.ndim == 1
-    y2 = np.ascontiguousarray(y.reshape(n, -1), dtype=np.float32)
+    y2 = np.require(y.reshape(n, -1), np.float32, "CA")
     if y2.shape[1] == 0:
         raise ValueError(f"{who}: y has no targets (shape {y.shape})")
     if not np.isfinite(y2).all():

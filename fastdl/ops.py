@@ -69,12 +69,12 @@ __all__ += [
 
 
 def relu(x, out=None):
-    """max(x, 0), elementwise."""
+    """max(x, 0), elementwise; NaN stays NaN, as with np.maximum(x, 0)."""
     return _C.relu_forward(x, out)
 
 
 def relu_backward(dout, x, out=None):
-    """Gradient of relu: dout where x > 0, else 0."""
+    """Gradient of relu: dout * heaviside(x, 0), i.e. dout where x > 0, else 0; a NaN in dout or x gives NaN."""
     return _C.relu_backward(dout, x, out)
 
 
@@ -119,7 +119,8 @@ def softmax_backward(dout, y, out=None):
 
 
 def step(x, out=None):
-    """Heaviside step: 1 where x >= 0, else 0 (forward only; it has no useful gradient)."""
+    """Heaviside step: 1 where x >= 0, else 0, NaN where x is NaN (np.heaviside(x, 1)); forward only, it has
+    no useful gradient."""
     return _C.step_forward(x, out)
 
 

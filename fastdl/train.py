@@ -210,7 +210,7 @@ def _numeric_array(a, where, name):
 
 
 def _as_X(X, where, name="X", dtype=np.float32):
-    """2-D float32 (or ``dtype``) C-contiguous, finite; converted once (no copy when it already is)."""
+    """2-D float32 (or ``dtype``) C-contiguous and aligned, finite; converted once (no copy when it already is)."""
     arr = _numeric_array(X, where, name)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
@@ -221,7 +221,7 @@ def _as_X(X, where, name="X", dtype=np.float32):
     if arr.shape[1] == 0:
         raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
                          "required.")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
     return arr
@@ -243,7 +243,7 @@ def _as_y(y, n, int_labels, where, name="y", xname="X"):
         if not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"{where}: CrossEntropyLoss wants integer class labels in {name}, got dtype "
                              f"{arr.dtype}; convert with {name}.astype(np.int64)")
-        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        arr = np.require(arr, np.int64, "CA")
         if arr.min() < 0:
             raise ValueError(f"{where}: class labels in {name} must be >= 0, found {arr.min()}")
         return arr
@@ -251,7 +251,7 @@ def _as_y(y, n, int_labels, where, name="y", xname="X"):
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 1-D or 2-D (n_samples, n_outputs), got shape {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.require(arr, np.float32, "CA")
     if not np.isfinite(arr).all():
         raise ValueError(f"{where}: {name} contains NaN or infinity")
     return arr

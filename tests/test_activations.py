@@ -99,7 +99,7 @@ def ref_softmax(x):
 
 
 def ref_step(x):
-    return (f64(x) >= 0).astype(np.float64)
+    return np.heaviside(f64(x), 1.0)  # NaN -> NaN
 
 
 def assert_close_flushed(got, want, rtol):
@@ -117,6 +117,37 @@ def numeric_grad_elementwise(f, x, h=1e-2):
     input i only); the step is the one float32 actually took."""
     xp, xm = (x + np.float32(h)).astype(np.float32), (x - np.float32(h)).astype(np.float32)
     return (f64(f(xp)) - f64(f(xm))) / (f64(xp) - f64(xm))
+
+
+# ================================================================ NaN through relu and step
+# relu is np.maximum(x, 0) and step np.heaviside(x, 1): NaN in, NaN out (both gave 0 before). relu's
+# backward is dout * heaviside(x, 0): a NaN in dout or in x gives NaN wherever it is. 7 floats: the
+# masked tail only; 100_003: full vectors, on two threads.
+def nan_sprinkled(rng, n):
+    x = rng.standard_normal(n).astype(np.float32)
+    x[::5] = np.nan
+    x[1::10] = 0.0
+    x[2::10] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("n", [7, 100_003])
+def test_relu_and_step_propagate_nan(isa, rng, n):
+    x = nan_sprinkled(rng, n)
+    for got, want in [(ops.relu(x), np.maximum(f64(x), 0)), (ops.step(x), ref_step(x))]:
+        assert np.isnan(got[::5]).all()
+        np.testing.assert_array_equal(got, want.astype(np.float32))  # NaN where want is NaN, equal elsewhere
+
+
+@pytest.mark.parametrize("n", [7, 100_003])
+def test_relu_backward_propagates_nan(isa, rng, n):
+    x = nan_sprinkled(rng, n)
+    d = rng.standard_normal(n).astype(np.float32)
+    d[3::7] = np.nan  # at active and inactive x alike
+    want = f64(d) * np.heaviside(f64(x), 0.0)
+    got = ops.relu_backward(d, x)
+    assert np.isnan(got[::5]).all() and np.isnan(got[3::7]).all()
+    np.testing.assert_array_equal(got, want.astype(np.float32))
 
 
 # ================================================================ relu: backward in place

@@ -188,12 +188,24 @@ def test_matmul_activation_values(isa, act):
         assert (np.sign(got[:, 0]) == np.sign(np.tanh(x64).astype(np.float32))).all()
 
 
-def test_matmul_nan_propagates(isa):
-    a = np.array([[np.nan], [1.0]], np.float32)
-    b = np.ones((1, 3), np.float32)
-    for act in (None, "sigmoid", "tanh"):
-        c = ops.matmul(a, b, activation=act)
-        assert np.isnan(c[0]).all() and np.isfinite(c[1]).all()
+# A NaN in a row of a (or in the bias) gives a NaN row (column) of c under every activation, relu
+# included (relu turned it into 0 before, unlike np.maximum). Shapes: the one-vector tile (N <= 16),
+# the 4-row tile, the full tile over several K-blocks, the dot products of M <= 4 rows with b
+# transposed, and the full tile with b transposed; the reference kernel alike.
+@pytest.mark.parametrize("M,N,K,trans_b", [(2, 3, 1, False), (3, 40, 20, False), (50, 70, 900, False),
+                                           (3, 20, 30, True), (30, 20, 30, True)])
+@pytest.mark.parametrize("act", ACTS)
+def test_matmul_nan_propagates(isa, rng, M, N, K, trans_b, act):
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    a[1, K // 2] = np.nan
+    b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    bias[N - 1] = np.nan
+    for f in (ops.matmul, ops.matmul_reference):
+        c = f(a, b, trans_b=trans_b, bias=bias, activation=act)
+        nan = np.zeros((M, N), bool)
+        nan[1, :] = nan[:, N - 1] = True
+        assert np.isnan(c[nan]).all() and np.isfinite(c[~nan]).all(), (f.__name__, c)
 
 
 # ---------------------------------------------------------------- the naive kernel as a second oracle

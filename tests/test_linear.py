@@ -71,6 +71,16 @@ def test_linear_forward_out(isa, rng):
     np.testing.assert_array_equal(out, ops.linear_forward(x, w, b, "relu"))
 
 
+# The fused relu keeps NaN as np.maximum does (it gave 0 before): a batch of 3 runs the dot-product
+# path, 40 the blocked product.
+@pytest.mark.parametrize("B", [3, 40])
+def test_linear_forward_relu_propagates_nan(isa, rng, B):
+    x, w, b = layer(rng, B, 30, 20)
+    x[1, 7] = np.nan
+    y = ops.linear_forward(x, w, b, "relu")
+    assert np.isnan(y[1]).all() and not np.isnan(np.delete(y, 1, axis=0)).any()
+
+
 def test_linear_forward_is_matmul_with_trans_b(isa, rng):
     x, w, b = layer(rng, 50, 70, 90)
     np.testing.assert_array_equal(ops.linear_forward(x, w, b, "tanh"),
@@ -183,6 +193,25 @@ def test_linear_backward_input_activation(isa, rng, B, C, OC, act):
     assert_close(dx, want_dx * deriv, s_dx * np.abs(deriv) + 0.05 * np.abs(want_dx))
     if act == "relu":
         assert (dx[x == 0] == 0).all()
+
+
+# relu's derivative in the product's epilogue is heaviside(x, 0), as in relu_backward: a NaN in x (the
+# relu's output) gives NaN there, a NaN in a row of dout a NaN row of dx, at x = 0 too (x * (x > 0)
+# would zero both).
+@pytest.mark.parametrize("B,C,OC", [(2, 50, 20), (37, 10, 50), (70, 200, 900), (128, 256, 128)])
+def test_linear_backward_input_relu_propagates_nan(isa, rng, B, C, OC):
+    z, w, _ = layer(rng, B, C, OC)
+    x = np.maximum(z, 0)
+    x[0, 3] = np.nan
+    x[B - 1, :] = 0.0
+    dout = rng.standard_normal((B, OC)).astype(F32)
+    dout[B - 1, OC // 2] = np.nan
+    dx, _, _ = ops.linear_backward(dout, x, w, input_activation="relu")
+    d64 = dout.astype(np.float64) @ w.astype(np.float64)
+    want = d64 * np.heaviside(x.astype(np.float64), 0.0)
+    assert np.isnan(dx[0, 3]) and np.isnan(dx[B - 1]).all()
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(want))
+    np.testing.assert_allclose(dx, ops.relu_backward(ops.linear_backward(dout, x, w)[0], x), rtol=2e-7, atol=0)
 
 
 @pytest.mark.parametrize("none", [None, "none"])

@@ -394,6 +394,69 @@ def test_cross_entropy_labels_out_of_range(value, index):
         ops.softmax_cross_entropy(np.zeros((3, 4), np.float32), labels)
 
 
+# A Python thread rewrites the labels while the main thread computes the loss on them: the binding's
+# range check (GIL held) passes, then the kernel (GIL released) reads other values. The kernel must
+# check each label it reads itself and report an out-of-range one as the binding's own error; it may
+# never index with it (before the fix: a segfault in an OpenMP worker in every run). In a child
+# process, so that a crash fails this test instead of killing pytest.
+RACING_LABELS = r"""
+import re, threading
+import numpy as np
+from fastdl import ops
+
+B, NC = 50_000, 10  # ~1 ms a call: the writer's wake-up and its 400 kB write land inside it
+x = np.random.default_rng(0).standard_normal((B, NC)).astype(np.float32)
+good = np.random.default_rng(1).integers(0, NC, B)
+labels = good.copy()
+bad = [np.full(B, v, np.int64) for v in (2**62, -(2**62), NC, -1, 2**31, -(2**31))]
+go, returned, restored = threading.Event(), threading.Event(), threading.Event()
+stop = False
+
+def writer():
+    i = 0
+    while True:
+        go.wait(); go.clear()
+        if stop:
+            return
+        labels[:] = bad[i % len(bad)]  # runs once the call has released the GIL, after the range check
+        i += 1
+        returned.wait(); returned.clear()
+        labels[:] = good
+        restored.set()
+
+t = threading.Thread(target=writer)
+t.start()
+refused = 0
+try:
+    for _ in range(200):
+        go.set()
+        try:
+            ops.softmax_cross_entropy(x, labels)
+        except ValueError as e:
+            assert re.fullmatch(r"softmax_crossentropy_forward_backward: labels\[\d+\] = -?\d+ is out of range "
+                                r"\[0, 10\) for logits of shape \(50000, 10\)", str(e)), str(e)
+            refused += 1
+        returned.set()
+        restored.wait(); restored.clear()
+finally:
+    stop = True
+    go.set()
+    t.join()
+print("refused", refused)
+"""
+
+
+def test_cross_entropy_labels_written_during_the_call_never_crash(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", RACING_LABELS], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"exit code {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    # the kernel saw (and refused) labels written after the range check: the race was really run
+    assert int(r.stdout.split()[-1]) > 0, r.stdout
+
+
 @pytest.mark.parametrize("name", list(PAIR) + ["ce"])
 def test_bad_reduction_grad_out(name):
     if name == "ce":

@@ -108,7 +108,7 @@ class CrossEntropyLoss(_Loss):
         if labels.shape != (output.shape[0],):
             raise ValueError(f"{who}: target has shape {labels.shape}, expected ({output.shape[0]},): one label per "
                              f"row of the output {output.shape}")
-        return np.ascontiguousarray(labels, dtype=np.int64)  # their range is checked by the kernel
+        return np.require(labels, np.int64, "CA")  # their range is checked by the kernel
 
     def _kernel(self, output, labels):
         try:

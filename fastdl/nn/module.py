@@ -28,12 +28,13 @@ __all__ = ["Parameter", "Module", "register_module", "module_from_config", "num_
 
 
 def as_float32(x, who: str, what: str = "input", *, check_finite: bool = True) -> np.ndarray:
-    """``x`` as a float32 C-contiguous array (no copy when it already is one).
+    """``x`` as a float32 C-contiguous, aligned array (no copy when it already is one; the kernels refuse
+    a misaligned array, as ``np.frombuffer`` at an odd offset gives).
 
     TypeError for non-numeric data, ValueError for an empty array or (with ``check_finite``)
     NaN/Inf values; messages start with ``who``.
     """
-    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous:
+    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned:
         arr = x
     else:
         if isinstance(x, Parameter):
@@ -46,7 +47,7 @@ def as_float32(x, who: str, what: str = "input", *, check_finite: bool = True) -
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{who}: {what} must be a numeric array (float32 preferred), got dtype {a.dtype}")
         with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: reported below
-            arr = np.ascontiguousarray(a, dtype=np.float32)
+            arr = np.require(a, np.float32, "CA")
     if arr.size == 0:
         raise ValueError(f"{who}: {what} is empty (shape {arr.shape})")
     if check_finite and not ops.all_finite(arr):
