@@ -18,12 +18,14 @@ inline int64_t row_grain(int64_t C, int64_t grain) { return C >= grain ? 1 : gra
 
 // inp, out, dinp, dout: (n)
 
-// out = max(0, inp), NaN kept (np.maximum(inp, 0)): 0 > x ? 0 : x is x86's max(0, x), x when x is NaN
+// out = max(0, inp), NaN kept (np.maximum(inp, 0)): 0 > x ? 0 : x is x86's max(0, x), x when x is NaN.
+// max only selects, so a subnormal x (0 to the compare under DAZ) would pass as it is, negative ones
+// too; + 0 flushes it to +0 like every other kernel's subnormals (README).
 void relu_forward(float* out, const float* inp, int64_t n) {
   map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
     const float* x = inp + lo;
 #pragma omp simd
-    for (int64_t i = 0; i < hi - lo; i++) y[i] = 0.0f > x[i] ? 0.0f : x[i];
+    for (int64_t i = 0; i < hi - lo; i++) y[i] = (0.0f > x[i] ? 0.0f : x[i]) + 0.0f;
   });
 }
 
