@@ -49,28 +49,6 @@ class Busy:
             p.wait()
 
 
-def timed_rounds(contenders: dict, rounds: int, phase: float, sleep: float, loads: list) -> dict:
-    """contenders: {name: (setup, fn)}; per round and contender: setup(), sleep (measuring the other
-    load meanwhile), one untimed call, then calls filling about `phase` seconds. Returns {name: [s/call]}."""
-    batch = {}
-    for name, (setup, fn) in contenders.items():
-        setup()
-        batch[name] = common.calls_for(fn, phase)
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, (setup, fn) in contenders.items():
-            setup()
-            if sleep:
-                loads.append(common.other_load(sleep))
-            fn()
-            n = batch[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            times[name].append((time.perf_counter() - t0) / n)
-    return times
-
-
 def product_cases(np, rng, batch):
     """(name, a, b, trans_b, flops): the products of one training step of the MLP's layers."""
     x = rng.standard_normal((batch, 784), dtype=np.float32)
@@ -137,14 +115,15 @@ def run(cfg: common.Config, *, busy=1, batches=(32, 128), mnist=None, use_torch=
             common.check(name, ops.matmul(a, b, trans_b=tb, out=out), ref, 1e-5)
             bt_ = np.ascontiguousarray(b.T) if tb else b
             fd = lambda a=a, b=b, tb=tb, out=out: ops.matmul(a, b, trans_b=tb, out=out)  # noqa: E731
-            contenders = {label_n: (use(threads), fd), "fastdl 1 thread": (use(1), fd)}
+            fns, setups = {label_n: fd, "fastdl 1 thread": fd}, {label_n: use(threads), "fastdl 1 thread": use(1)}
             if threads > 1:
-                contenders[f"{label_n}, guard off"] = (use(threads, guard=False), fd)
-            contenders["numpy"] = (nothing, lambda a=a, b=b, tb=tb, out=out: np.matmul(a, b.T if tb else b, out=out))
+                fns[f"{label_n}, guard off"], setups[f"{label_n}, guard off"] = fd, use(threads, guard=False)
+            fns["numpy"] = lambda a=a, b=b, tb=tb, out=out: np.matmul(a, b.T if tb else b, out=out)
+            setups["numpy"] = nothing
             if bt.TorchNet in classes:
                 ta, tb_t, to = torch.from_numpy(a), torch.from_numpy(bt_), torch.from_numpy(out)
-                contenders["torch"] = (nothing, lambda ta=ta, tb_t=tb_t, to=to: torch.mm(ta, tb_t, out=to))
-            t = timed_rounds(contenders, rounds, phase, sleep, loads)
+                fns["torch"], setups["torch"] = lambda ta=ta, tb_t=tb_t, to=to: torch.mm(ta, tb_t, out=to), nothing
+            t = common.interleaved(fns, rounds=rounds, phase_seconds=phase, sleep=sleep, setups=setups, loads=loads)
             nothing()
             rec = {"case": name, "kind": "product", "flops": flops}
             for k, v in t.items():

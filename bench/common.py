@@ -133,17 +133,28 @@ def warm_up(fns, seconds: float) -> None:
             fn()
 
 
-def interleaved(fns: dict, rounds: int = 5, phase_seconds: float = 0.2, sleep: float = 0.2) -> dict:
-    """Time each named function in alternating phases: for each round, for each function: sleep,
-    one call untimed, then a batch of calls filling about `phase_seconds`.
+def interleaved(fns: dict, rounds: int = 5, phase_seconds: float = 0.2, sleep: float = 0.2, setups=None,
+                loads=None) -> dict:
+    """Time each named function in alternating phases: for each round, for each function: its setup
+    (``setups[name]()``, when given: thread counts, say), sleep (measuring the other load meanwhile
+    into ``loads`` when it is a list), one call untimed, then a batch of calls filling about
+    `phase_seconds`.
 
     Returns {name: [seconds per call, one per round]}; summarise with statistics.median.
     """
-    batch = {name: calls_for(fn, phase_seconds) for name, fn in fns.items()}
+    setups = setups or {}
+    batch = {}
+    for name, fn in fns.items():
+        setups.get(name, lambda: None)()
+        batch[name] = calls_for(fn, phase_seconds)
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            time.sleep(sleep)
+            setups.get(name, lambda: None)()
+            if loads is not None and sleep:
+                loads.append(other_load(sleep))
+            else:
+                time.sleep(sleep)
             fn()
             n = batch[name]
             t0 = time.perf_counter()

@@ -44,22 +44,6 @@ static void sgd_range(float* param, float* momentum_buf, const float* grad, floa
   }
 }
 
-// grad (n): true when grad[lo, hi) holds no NaN or ±Inf. g - g is 0 for a finite g and NaN
-// otherwise, and a sum with a NaN term is NaN; four vector sums side by side, as losses.cpp's
-// all_finite does, since one would wait on each add's latency.
-static bool finite_range(const float* grad, int64_t lo, int64_t hi) {
-  reg acc[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
-  int64_t i = lo;
-  for (; i + 4 * kW <= hi; i += 4 * kW)
-    for (int j = 0; j < 4; ++j) {
-      const reg v = Vec::loadu(grad + i + j * kW);
-      acc[j] = Vec::add(acc[j], Vec::sub(v, v));
-    }
-  float tail = 0.0f;
-  for (; i < hi; i++) tail += grad[i] - grad[i];
-  return Vec::hsum(Vec::add(Vec::add(acc[0], acc[1]), Vec::add(acc[2], acc[3]))) + tail == 0.0f;
-}
-
 // body(t, a, b) on the part [a, b) of every array t that the range [lo, hi) of the concatenation
 // of count arrays of n[t] elements covers.
 template <class F>
@@ -82,7 +66,8 @@ static bool parallel_arrays(const int64_t* n, int64_t count, const float* const*
   for (int64_t t = 0; t < count; t++) total += n[t];
   auto finite = [=](int64_t lo, int64_t hi) {
     bool ok = true;
-    for_pieces(n, count, lo, hi, [&](int64_t t, int64_t a, int64_t b) { ok = ok && finite_range(check[t], a, b); });
+    for_pieces(n, count, lo, hi,
+               [&](int64_t t, int64_t a, int64_t b) { ok = ok && nonfinite_sum(check[t], a, b) == 0.0f; });
     return ok;
   };
   int refused = 0;  // set by any thread that found a non-finite gradient, read by all after the barrier

@@ -1,5 +1,6 @@
 """Shared fixtures. Run `pytest` from the repository root: it tests the installed package."""
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,17 @@ def mnist_path():
     if not (p / "train-images-idx3-ubyte.gz").exists() and not (p / "train-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST files not found in {p} (set FASTDL_MNIST_DIR)")
     return p
+
+
+def traced_peak(fn):
+    """(the exception fn raised or None, peak bytes Python and NumPy allocated while it ran)."""
+    tracemalloc.start()
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the caller checks what it was
+        err = e
+    else:
+        err = None
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return err, peak

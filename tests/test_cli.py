@@ -317,7 +317,10 @@ def _start_training(tmp_path, mnist_path, *extra):
     err = open(tmp_path / "stderr.txt", "w")
     p = subprocess.Popen([sys.executable, "-u", "-m", "fastdl", "train", "--data", str(mnist_path),
                           "--limit-test", "500", "--hidden", "32", "--out", str(tmp_path / "m.npz"), *extra],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True,
+                         # a shell's background job starts with SIGINT ignored, and Python then keeps
+                         # ignoring it: give the child the default disposition, as a terminal would
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err.close()
     return p
 

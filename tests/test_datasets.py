@@ -6,13 +6,12 @@ import os
 import shutil
 import socket
 import threading
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import mnist_dir
+from conftest import mnist_dir, traced_peak
 from fastdl import datasets
 from fastdl.datasets import MNIST_FILES, MNISTNotFoundError, load_mnist
 
@@ -216,18 +215,6 @@ def _idx_header(magic, *dims):
     return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
 
 
-def _peak(fn):
-    """(the exception fn raised, peak bytes traced while it ran)."""
-    tracemalloc.start()
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - the caller checks what it was
-        err = e
-    else:
-        err = None
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return err, peak
 
 
 BOMB = 64 << 20
@@ -237,7 +224,7 @@ def test_gzip_bomb_stops_at_the_size_its_header_declares(tmp_path):
     """10 images declared, 64 MiB in the stream: decompression stops after the 10 images."""
     path = _gzip_bomb(tmp_path / "imgs-idx3-ubyte.gz", _idx_header(2051, 10, 28, 28), BOMB)
     assert path.stat().st_size < 200_000
-    err, peak = _peak(lambda: datasets.read_idx(path))
+    err, peak = traced_peak(lambda: datasets.read_idx(path))
     assert isinstance(err, ValueError) and str(path) in str(err), err
     assert "has trailing bytes: more than the 7856 bytes uncompressed that the header (10, 28, 28)" in str(err)
     assert peak < 4 << 20, peak
@@ -246,7 +233,7 @@ def test_gzip_bomb_stops_at_the_size_its_header_declares(tmp_path):
 def test_gzip_header_declaring_more_than_the_file_can_hold(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(gzip.compress(_idx_header(2051, 10**6, 28, 28) + bytes(1000)))
-    err, peak = _peak(lambda: datasets.read_idx(path))
+    err, peak = traced_peak(lambda: datasets.read_idx(path))
     assert isinstance(err, ValueError) and str(path) in str(err), err
     assert "declares 784000016 bytes, more than" in str(err) and "bytes of gzip data can hold" in str(err)
     assert peak < 1 << 20
@@ -258,7 +245,7 @@ def test_raw_file_size_is_checked_before_reading(tmp_path):
     with open(path, "wb") as f:
         f.write(_idx_header(2051, 10, 28, 28))
         f.truncate(256 << 20)
-    err, peak = _peak(lambda: datasets.read_idx(path))
+    err, peak = traced_peak(lambda: datasets.read_idx(path))
     assert isinstance(err, ValueError) and str(path) in str(err) and "has trailing bytes: 268435456 bytes" in str(err)
     assert peak < 1 << 20, peak
 
@@ -267,13 +254,13 @@ def test_mnist_dimensions_are_checked_before_the_data_is_decompressed(tmp_path):
     d, target = _broken_dir(tmp_path, "train-images-idx3-ubyte", b"")
     target.unlink()
     target = _gzip_bomb(d / "train-images-idx3-ubyte.gz", _idx_header(2051, 70000, 28, 28), BOMB)
-    err, peak = _peak(lambda: load_mnist(d))
+    err, peak = traced_peak(lambda: load_mnist(d))
     assert isinstance(err, ValueError) and str(target) in str(err), err
     assert "IDX dimensions (70000, 28, 28), expected (60000, 28, 28)" in str(err)
     assert peak < 8 << 20, peak  # (the label files, read first, are 10 and 60 KB)
     # the right dimensions, then a bomb: stops after the 47 MB the header declares
     target = _gzip_bomb(target, _idx_header(2051, 60000, 28, 28), 128 << 20)
-    err, peak = _peak(lambda: load_mnist(d))
+    err, peak = traced_peak(lambda: load_mnist(d))
     assert isinstance(err, ValueError) and "has trailing bytes" in str(err), err
     assert peak < 60 << 20, peak
 

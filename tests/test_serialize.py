@@ -9,12 +9,12 @@ import stat
 import subprocess
 import sys
 import time
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
+from conftest import traced_peak
 from fastdl import nn, optim
 
 
@@ -241,16 +241,7 @@ def _linear_arch(n_in, n_out, count=1):
 
 def _load_peak(path, **kw):
     """(the exception load raised, peak bytes traced while it ran)."""
-    tracemalloc.start()
-    try:
-        nn.load(path, **kw)
-    except Exception as e:  # noqa: BLE001 - the caller checks what it was
-        err = e
-    else:
-        err = None
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return err, peak
+    return traced_peak(lambda: nn.load(path, **kw))
 
 
 SMALL = 50 << 20  # every hostile file below fails within this much memory (NumPy's arrays are traced)
