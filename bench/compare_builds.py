@@ -33,9 +33,9 @@ def child(args) -> int:
 
     import bench_training as bt  # noqa: PLC0415
 
-    cfg = common.Config(threads=threads, quick=args.rows < 60000)
-    _, xtr, ytr, _, _ = bt.load_data(cfg, args.mnist)
-    xtr, ytr = xtr[:args.rows], ytr[:args.rows]
+    if args.rows:
+        _, xtr, ytr, _, _ = bt.load_data(common.Config(threads=threads, quick=args.rows < 60000), args.mnist)
+        xtr, ytr = xtr[:args.rows], ytr[:args.rows]
     layers = bt.initial_layers()
     out = {"fastdl": fastdl.__file__, "threads": fastdl.get_num_threads(), "cases": {}}
     rng = np.random.default_rng(0)
@@ -77,13 +77,15 @@ def child(args) -> int:
                 fn()
             ts.append((time.perf_counter() - t0) / n)
         out["cases"][name] = common.median(ts)
-    for batch in (32, 128, 512):
+    for batch in (32, 128, 512) if args.rows else ():
         net = bt.FastdlNet(layers)
         for i in range(0, batch * 20, batch):
             net.step(xtr[i:i + batch], ytr[i:i + batch])
         time.sleep(0.1)
         sec, _ = bt.run_epoch(net, xtr, ytr, batch, 0)
         out["cases"][f"MNIST epoch ({xtr.shape[0]} rows), batch {batch}"] = sec
+    if hasattr(fastdl._C, "contention_stats"):
+        out["guard"] = fastdl._C.contention_stats()
     print("RESULT " + json.dumps(out))
     return 0
 
@@ -94,7 +96,7 @@ def parent(args) -> int:
         ["--threads", str(args.threads)] if args.threads else [])
     runs = {k: [] for k in builds}
     loads = {k: [] for k in builds}
-    versions = {}
+    versions, guard = {}, []
     for r in range(args.rounds):
         for k, py in builds.items():
             loads[k].append(common.other_load(0.3))
@@ -105,6 +107,8 @@ def parent(args) -> int:
             res = json.loads(line[0][7:])
             versions[k] = res["fastdl"]
             runs[k].append(res["cases"])
+            if "guard" in res:
+                guard.append(res["guard"])
             print(f"round {r + 1} {k}: " + ", ".join(f"{c} {v * (1e6 if c.startswith('µs') else 1):.4g}"
                                                      for c, v in res["cases"].items()), flush=True)
     info = common.machine()
@@ -125,12 +129,15 @@ def parent(args) -> int:
         f"CPU: {info['cpu']}, {info['cpus_usable']} CPUs usable; {runs['new'] and len(runs['new'])} rounds, "
         f"children alternating base/new; date {info['date']}.",
         f"base: `{versions.get('base')}`; new: `{versions.get('new')}`.",
+        (f"The new build's contention guard engaged {sum(g['stalls'] for g in guard)} times in its "
+         f"{len(guard)} children (stalled regions: {sum(g['stalled_regions'] for g in guard)} of "
+         f"{sum(g['regions'] for g in guard)}).\n" if guard else "") +
         "Other load before each child: " + (f"median {common.median(all_loads):.2f} CPUs, max {max(all_loads):.2f}"
                                             if all_loads else "?") + ".", "",
         common.markdown_table(["case", "base (median)", "new (median)", "new / base (median of rounds)",
                                "range of per-round ratios"], rows)])
     common.write_report(args.out, args.name, md, {"machine": info, "builds": versions, "rounds": args.rounds,
-                                                  "other_load": loads, "results": data})
+                                                  "other_load": loads, "guard": guard, "results": data})
     print(md)
     return 0
 
@@ -140,7 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help="python interpreter whose fastdl is the baseline")
     ap.add_argument("--new", default=None, help="python interpreter of the build under test (default: this one)")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--rows", type=int, default=60000, help="MNIST training rows per epoch (default all)")
+    ap.add_argument("--rows", type=int, default=60000, help="MNIST training rows per epoch (default all; 0: "
+                    "no epochs, the products alone)")
     ap.add_argument("--name", default="compare_builds", help="report name (<out>/<name>.md and .json)")
     ap.add_argument("--out", default=None, help="directory for the report (default bench/results)")
     ap.add_argument("--mnist", default=None, help="directory of the MNIST IDX files")

@@ -187,10 +187,13 @@ void bind_config(py::module_& m) {
         const TeamStats s = team_stats();
         py::dict d;
         d["regions"] = s.regions;
+        d["stalled_regions"] = s.stalled_regions;
         d["stalls"] = s.stalls;
         d["guarded_regions"] = s.guarded_regions;
         d["threads_cap"] = s.cap;
         d["waited_s"] = static_cast<double>(s.lost_ns) * 1e-9;
+        d["waited_in_stalls_s"] = static_cast<double>(s.stalled_lost_ns) * 1e-9;
+        d["longest_wait_s"] = static_cast<double>(s.max_lost_ns) * 1e-9;
         return d;
       },
       "Parallel regions run, stalls seen, kernel calls limited by the guard and the time masters waited for their team, since the process started; threads_cap is the limit now (0: none).");

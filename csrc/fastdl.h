@@ -59,7 +59,8 @@ void team_report(int64_t wall_ns, int64_t lost_ns);
 void set_contention_guard(bool on);
 bool contention_guard();
 struct TeamStats {
-  int64_t regions, stalls, guarded_regions, cap, lost_ns;  // cap 0: not guarding
+  int64_t regions, stalled_regions, stalls, guarded_regions, cap, lost_ns, stalled_lost_ns, max_lost_ns;
+  // stalls: times the guard engaged; cap 0: not guarding
 };
 TeamStats team_stats();
 

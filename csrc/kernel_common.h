@@ -54,29 +54,33 @@ inline void parallel_region(int nt, F&& body) {
     body(0, 1);
     return;
   }
-  const int64_t t0 = now_ns();
-  int64_t master_end = t0;
-  std::atomic<int64_t> late_start{t0}, late_end{t0};
-  auto raise_to = [](std::atomic<int64_t>& a, int64_t v) {
-    int64_t cur = a.load(std::memory_order_relaxed);
-    while (v > cur && !a.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
-    }
+  // when each thread started and ended; threads past kTimed are not timed (they start together)
+  constexpr int kTimed = 8;
+  struct alignas(64) Times {
+    int64_t start, end;
   };
+  Times times[kTimed];
+  const int timed = nt < kTimed ? nt : kTimed;
+  for (int t = 0; t < timed; t++) times[t] = Times{0, 0};
+  const int64_t t0 = now_ns();
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    if (t != 0) raise_to(late_start, now_ns());
+    const int64_t s = t == 0 ? t0 : now_ns();
     {
       DenormalsOff ftz;
       body(t, omp_get_num_threads());
     }
-    if (t == 0)
-      master_end = now_ns();
-    else
-      raise_to(late_end, now_ns());
+    if (t < kTimed) times[t] = Times{s, now_ns()};
   }
-  const int64_t wall = now_ns() - t0, start_wait = late_start.load() - t0, end_wait = late_end.load() - master_end;
-  team_report(wall, start_wait > end_wait ? start_wait : end_wait);
+  int64_t start_wait = 0, end_wait = 0, end = times[0].end;
+  for (int t = 1; t < timed; t++) {  // threads the runtime did not give (T < nt) left theirs unset
+    if (times[t].start < t0 || times[t].end < times[t].start) continue;
+    start_wait = times[t].start - t0 > start_wait ? times[t].start - t0 : start_wait;
+    end_wait = times[t].end - times[0].end > end_wait ? times[t].end - times[0].end : end_wait;
+    end = times[t].end > end ? times[t].end : end;
+  }
+  team_report(end - t0, start_wait > end_wait ? start_wait : end_wait);
 }
 
 // Run body(lo, hi) over [0, n) split into one contiguous, 64-byte-aligned chunk per thread; below
