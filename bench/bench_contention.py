@@ -73,6 +73,7 @@ def run(cfg: common.Config, *, busy=1, batches=(32, 128), mnist=None, use_torch=
     info = common.machine()
     info["cpus_available_to_fastdl"] = _C.available_cpus()
     threads = cfg.threads
+    load_average = common.load_average()
     load_quiet = common.other_load(0.5) if not cfg.tiny else None
     classes, missing = bt.available_contenders(use_torch, threads)
     if bt.TorchNet in classes:
@@ -164,8 +165,9 @@ def run(cfg: common.Config, *, busy=1, batches=(32, 128), mnist=None, use_torch=
     stats_after = _C.contention_stats()
     loads = [x for x in loads if x is not None]
     bars = contention_bars(records, label_n)
-    md = markdown(cfg, info, load_quiet, loads, busy, records, bars, label_n, stats_before, stats_after)
-    data = {"machine": info, "config": cfg.as_dict(), "busy_processes": busy, "other_load_before_busy": load_quiet,
+    md = markdown(cfg, info, load_average, load_quiet, loads, busy, records, bars, label_n, stats_before, stats_after)
+    data = {"machine": info, "config": cfg.as_dict(), "busy_processes": busy, "load_average_before": load_average,
+            "other_load_before_busy": load_quiet,
             "other_load_between_phases": loads, "load_average_after": common.load_average(), "missing": missing,
             "mnist": str(d) if d else None, "results": records, "bars": bars,
             "guard_stats": {"before": stats_before, "after": stats_after}}
@@ -174,15 +176,20 @@ def run(cfg: common.Config, *, busy=1, batches=(32, 128), mnist=None, use_torch=
     return {"name": "contention", "markdown": md, "data": data, "bars": bars}
 
 
+def paired(r, a, b):
+    """Median over rounds of a's time / b's time in the same round (the load moves between rounds)."""
+    return common.median([x / y for x, y in zip(r[a]["rounds"], r[b]["rounds"])])
+
+
 def contention_bars(records, label_n):
     bars = []
     for r in records:
         if label_n not in r or "fastdl 1 thread" not in r:
             continue
-        ratio = r[label_n]["seconds"] / r["fastdl 1 thread"]["seconds"]
+        ratio = paired(r, label_n, "fastdl 1 thread")
         bars.append(common.bar(f"under load: {r['case']}, {label_n} vs 1 thread", f"<= {TOLERANCE:.2f}x",
                                f"{ratio:.2f}x", ratio <= TOLERANCE))
-        others = {k: r[k]["seconds"] / r[label_n]["seconds"] for k in ("numpy", "torch") if k in r}
+        others = {k: paired(r, k, label_n) for k in ("numpy", "torch") if k in r}
         if others:
             bars.append(common.bar(f"under load: {r['case']}, fastdl ahead of " + " and ".join(others),
                                    "> 1x each", ", ".join(f"{v:.2f}x {k}" for k, v in others.items()),
@@ -190,8 +197,8 @@ def contention_bars(records, label_n):
     return bars
 
 
-def markdown(cfg, info, load_quiet, loads, busy, records, bars, label_n, before, after):
-    lines = common.header_lines("Contention: fastdl with other processes on the CPUs", cfg, info, [])
+def markdown(cfg, info, load_average, load_quiet, loads, busy, records, bars, label_n, before, after):
+    lines = common.header_lines("Contention: fastdl with other processes on the CPUs", cfg, info, load_average)
     lines += [
         f"{busy} busy-loop process(es) ran for the whole benchmark. Other load measured before they started: "
         f"{common.load_str(load_quiet)} CPUs; between phases (the busy loops included): "
@@ -211,11 +218,12 @@ def markdown(cfg, info, load_quiet, loads, busy, records, bars, label_n, before,
         cells = [r["case"]]
         for k in names:
             cells.append(f"{r[k]['seconds'] * scale:.3g} {unit}" if k in r else "")
-        base = r.get(label_n, {}).get("seconds")
-        one = r.get("fastdl 1 thread", {}).get("seconds")
-        cells.append(f"{base / one:.2f}x" if base and one else "")
+        cells.append(f"{paired(r, label_n, 'fastdl 1 thread'):.2f}x" if label_n in r and "fastdl 1 thread" in r else "")
         rows.append(cells)
-    lines.append(common.markdown_table(["case", *names, f"{label_n} / 1 thread"], rows))
+    lines.append(common.markdown_table(["case", *names, f"{label_n} / 1 thread (median of per-round ratios)"],
+                                       rows))
+    lines += ["", "Times are medians over rounds; ratios (the last column, the bars) are medians of the ratios "
+              "within each round, where both contenders saw the same minute of load."]
     lines += ["", "## Bars", "", common.bars_markdown(bars)]
     return "\n".join(lines)
 

@@ -193,7 +193,10 @@ int team_threads() {
   if (now_ns() >= g_next_check.load(std::memory_order_relaxed) && g_guard_mutex.try_lock()) {
     const int64_t now = now_ns();
     if (now >= g_next_check.load(std::memory_order_relaxed)) {
-      cap = free_cpus(now);
+      // A window far longer than the period (no kernel wanted threads meanwhile) says more about
+      // then than now, and this process's own other threads may have kept the other work off the
+      // CPUs: measure a fresh one first.
+      cap = now - g_snap_at > 2 * g_period ? cap : free_cpus(now);
       if (cap >= n) {
         cap = 0;  // every thread has a CPU again
         g_next_check.store(INT64_MAX, std::memory_order_relaxed);
