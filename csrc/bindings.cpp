@@ -196,7 +196,9 @@ void bind_config(py::module_& m) {
         d["longest_wait_s"] = static_cast<double>(s.max_lost_ns) * 1e-9;
         return d;
       },
-      "Parallel regions run, stalls seen, kernel calls limited by the guard and the time masters waited for their team, since the process started; threads_cap is the limit now (0: none).");
+      "The contention guard since the process started: parallel regions run, stalled regions, times it "
+      "engaged, kernel calls it limited, time masters waited for their team; threads_cap is its limit now "
+      "(0: none).");
   m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "Best instruction set this CPU runs.");
   m.def("get_isa", [] { return std::string(isa_name(active_isa())); }, "Instruction set the kernels use now.");
   m.def(

@@ -32,7 +32,7 @@ def restore_threads():
 
 
 def test_thread_count_is_capped_at_the_cpus_available(restore_threads):
-    assert CPUS == len(os.sched_getaffinity(0)) or CPUS < len(os.sched_getaffinity(0))  # cgroup quota may lower it
+    assert 1 <= CPUS <= len(os.sched_getaffinity(0))  # a cgroup CPU quota may lower it
     fastdl.set_num_threads(65536)
     assert fastdl.get_num_threads() == CPUS
     fastdl.set_num_threads(1)
