@@ -178,7 +178,7 @@ void bind_config(py::module_& m) {
       py::arg("n"), "Set the threads parallel kernels may use (default: the CPUs this process may use).");
   m.def("default_num_threads", &default_num_threads);
   m.def("available_cpus", &available_cpus, "CPUs this process may use (affinity mask, cgroup CPU quota).");
-  m.def("set_contention_guard", &set_contention_guard, py::arg("on"),
+  m.def("set_contention_guard", &set_contention_guard, py::arg("on").noconvert(),
         "Turn the contention guard on (default) or off.");
   m.def("contention_guard", &contention_guard);
   m.def(

@@ -168,3 +168,17 @@ def test_pytorch_and_fastdl_in_one_process():
     for first, second in (("import torch", "import fastdl"), ("import fastdl", "import torch")):
         r = run_py(code.format(first=first, second=second), timeout=120)
         assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_guard_switch_takes_a_bool(restore_threads):
+    for bad in ("yes", [1], 2.5j, 1, None):  # a bool, nothing that converts to one
+        with pytest.raises(TypeError):
+            _C.set_contention_guard(bad)
+    _C.set_contention_guard(False)
+    assert _C.contention_guard() is False and _C.config()["contention_guard"] is False
+    _C.set_contention_guard(True)
+    assert _C.contention_guard() is True
+    stats = _C.contention_stats()
+    assert set(stats) == {"regions", "stalled_regions", "stalls", "guarded_regions", "threads_cap", "waited_s",
+                          "waited_in_stalls_s", "longest_wait_s"}
+    assert all(v >= 0 for v in stats.values())
