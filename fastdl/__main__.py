@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -181,21 +180,11 @@ def _load_mnist(data):
 
 def _load_npy(path: Path) -> np.ndarray:
     """A .npy array (no pickles), its header's size checked against the file's before anything is read."""
+    from fastdl.nn.serialize import read_npy_header
+
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                raise ValueError(f".npy format version {version} (1.0 and 2.0 are read)")
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read_header(f)
-            if dtype.hasobject:
-                raise ValueError(f"dtype {dtype} (objects are not read)")
-            need = f.tell() + math.prod(shape) * dtype.itemsize
-            size = os.fstat(f.fileno()).st_size
-            if size != need:
-                raise ValueError(f"its header declares shape {shape} of {dtype} ({need} bytes with the header), "
-                                 f"but the file has {size} bytes")
+            read_npy_header(f, os.fstat(f.fileno()).st_size, "the file")
         return np.load(path, allow_pickle=False)
     except (ValueError, EOFError) as e:
         raise CLIError(f"{path}: not a readable .npy array ({e})") from None

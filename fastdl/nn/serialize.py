@@ -348,28 +348,38 @@ def _entries(zf, file_size, bad):
     return {info.filename: info for info in infos}
 
 
+def read_npy_header(f, size: int, holder: str):
+    """(shape, fortran_order, dtype) of the .npy stream ``f``, read from its start, of ``size`` bytes
+    in all; ``f`` is left at the data. ValueError (saying what is wrong, of ``holder``: "its entry",
+    "the file") unless it is format 1.0 or 2.0, of a plain dtype, and its declared data fills exactly
+    the rest. Nothing past the header is read, so a header that lies costs no allocation."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"has .npy format version {version}, which fastdl does not read")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"declares the shape {shape}")
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise ValueError(f"has dtype {dtype}")
+    need = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if need != held:
+        raise ValueError(f"declares shape {shape} of {dtype} ({need} bytes), but {holder} holds {held} bytes of data")
+    return shape, fortran, dtype
+
+
 def _read_header(zf, info, what, bad):
     """(shape, fortran_order, dtype, offset of the data) from an entry's .npy header, the data's
     declared size checked against the entry's size before anything is read."""
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise bad(f"the array for {what} has .npy format version {version}, which fastdl does not read")
-        offset = f.tell()
-    if any(d < 0 for d in shape):
-        raise bad(f"the array for {what} declares the shape {shape}")
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise bad(f"the array for {what} has dtype {dtype}")
-    need = math.prod(shape) * dtype.itemsize
-    held = info.file_size - offset
-    if need != held:
-        raise bad(f"the array for {what} declares shape {shape} of {dtype} ({need} bytes), "
-                  f"but its entry holds {held} bytes of data")
-    return shape, fortran, dtype, offset
+        try:
+            shape, fortran, dtype = read_npy_header(f, info.file_size, "its entry")
+        except ValueError as e:
+            raise bad(f"the array for {what} {e}") from None
+        return shape, fortran, dtype, f.tell()
 
 
 def _read_data(zf, info, header, what, bad):
