@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import ops
+from .._validation import F32_TINY, as_float32, as_kernel_float32, check_int, check_real  # noqa: F401
 
 __all__ = ["Parameter", "Module", "register_module", "module_from_config", "num_parameters"]
 
@@ -27,84 +28,8 @@ __all__ = ["Parameter", "Module", "register_module", "module_from_config", "num_
 # ---------------------------------------------------------------- array helpers
 
 
-def as_float32(x, who: str, what: str = "input", *, check_finite: bool = True) -> np.ndarray:
-    """``x`` as a float32 C-contiguous, aligned array (no copy when it already is one; the kernels refuse
-    a misaligned array, as ``np.frombuffer`` at an odd offset gives).
-
-    TypeError for non-numeric data, ValueError for an empty array or (with ``check_finite``)
-    NaN/Inf values; messages start with ``who``.
-    """
-    if isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned:
-        arr = x
-    else:
-        if isinstance(x, Parameter):
-            x = x.data
-        try:
-            a = np.asarray(x)
-        except (ValueError, TypeError) as e:
-            raise TypeError(f"{who}: {what} must be a numeric array, could not convert "
-                            f"{type(x).__name__} ({e})") from None
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{who}: {what} must be a numeric array (float32 preferred), got dtype {a.dtype}")
-        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf: reported below
-            arr = np.require(a, np.float32, "CA")
-    if arr.size == 0:
-        raise ValueError(f"{who}: {what} is empty (shape {arr.shape})")
-    if check_finite and not ops.all_finite(arr):
-        raise ValueError(f"{who}: {what} contains NaN or Inf")
-    return arr
-
-
-def check_int(value, who: str, name: str, *, minimum: int | None = None) -> int:
-    """``value`` as an int (TypeError for anything but an integer, ValueError below ``minimum``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{who}: {name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{who}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-F32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
-
-
-def as_kernel_float32(value: float) -> float:
-    """The float32 number a kernel computes with for the Python float ``value``: ±inf where it
-    overflows float32 (|value| >= 3.4028235677973366e38), 0 where float32 makes it subnormal
-    (|value| < 1.1754944e-38: the kernels flush subnormals to zero), else ``value`` rounded."""
-    with np.errstate(over="ignore"):
-        f = float(np.float32(value))
-    return 0.0 if abs(f) < F32_TINY else f
-
-
-def check_float(value, who: str, name: str, *, low=None, high=None, low_open=False, high_open=False,
-                float32=False) -> float:
-    """``value`` as a finite float within [low, high] (open ends when asked).
-
-    ``float32=True`` for a value that a float32 kernel uses: it must also fit in float32 and lie
-    within the bounds once rounded as the kernel sees it (``as_kernel_float32``), so that
-    ``Dropout(1 - 1e-9)`` (p = 1.0 in float32) or ``lr=1e39`` (inf) are refused here, where they are given.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{who}: {name} must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{who}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{who}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
-    if float32:
-        f = as_kernel_float32(value)
-        if not np.isfinite(f):
-            raise ValueError(f"{who}: {name}={value!r} does not fit in float32 (max 3.4028235e+38)")
-        if low is not None and (f <= low if low_open else f < low):
-            raise ValueError(f"{who}: {name} must be {'>' if low_open else '>='} {low} in float32, which the "
-                             f"kernels use; {value!r} becomes {f!r} there")
-        if high is not None and (f >= high if high_open else f > high):
-            raise ValueError(f"{who}: {name} must be {'<' if high_open else '<='} {high} in float32, which the "
-                             f"kernels use; {value!r} becomes {f!r} there")
-    return value
+# the checks live in fastdl._validation (one rule for the package); these names stay importable from here
+check_float = check_real
 
 
 # ---------------------------------------------------------------- Parameter
