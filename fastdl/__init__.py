@@ -8,7 +8,15 @@ from __future__ import annotations
 import os as _os
 import warnings as _warnings
 
-from . import _C
+try:
+    from . import _C
+except ImportError as _error:
+    # a source checkout without its build, e.g. `python -m fastdl bench` from the repository root: the
+    # installed fastdl is imported instead (fastdl/_bootstrap.py); this file's remaining lines then bind
+    # names of that package and the import returns it
+    from ._bootstrap import use_installed as _use_installed
+
+    _C = _use_installed(__name__, __file__, _error)
 from . import ops
 from . import nn, optim
 from . import datasets, models

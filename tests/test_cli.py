@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 import tracemalloc
 
 import numpy as np
@@ -369,3 +370,40 @@ def test_ctrl_c_in_the_first_epoch(mnist_path, tmp_path):
     assert "training interrupted after 0 epochs (Ctrl-C)" in err
     assert "after 0 epochs (stopped: interrupted)" in out and "nan" not in out and "per epoch" not in out
     nn.load(tmp_path / "m.npz")
+
+
+# ---------------------------------------------------------------- run from a source checkout
+
+def _bare_checkout(tmp_path):
+    """A copy of the package's Python files without the compiled extension, as a fresh clone's
+    fastdl/ folder is (what `python -m fastdl` finds first when run from the repository root)."""
+    import shutil
+
+    import fastdl
+
+    installed = Path(fastdl.__file__).resolve().parent
+    root = tmp_path / "checkout"
+    shutil.copytree(installed, root / "fastdl", ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
+    return root, installed
+
+
+def test_python_m_fastdl_from_a_source_checkout_uses_the_installed_package(tmp_path):
+    root, installed = _bare_checkout(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(installed.parent))
+    code = "import fastdl; print(fastdl.__file__); print(fastdl._C.__file__); print(fastdl.get_num_threads() >= 1)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    pkg, ext, ok = r.stdout.split()
+    assert Path(pkg).resolve().parent == installed and Path(ext).resolve().parent == installed and ok == "True"
+    r = subprocess.run([sys.executable, "-m", "fastdl", "info"], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "fastdl" in r.stdout, r.stderr
+
+
+def test_a_source_checkout_without_an_installed_package_says_what_to_do(tmp_path):
+    root, _ = _bare_checkout(tmp_path)
+    # -S: no site-packages, so no installed fastdl either
+    r = subprocess.run([sys.executable, "-S", "-c", "import fastdl"], cwd=root, capture_output=True, text=True,
+                       timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert r.returncode == 1
+    assert "is not built" in r.stderr and "pip install ." in r.stderr and "dev_build.sh" in r.stderr
