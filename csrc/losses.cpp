@@ -1,6 +1,6 @@
 // losses.cpp - loss value and gradient in one pass; see csrc/kernels.inc for the contract.
-// Sums are kept in double. Parallel sums go through parallel_sum: fixed chunks, one double partial
-// per chunk, added in chunk order, so a result depends only on the inputs and the thread count.
+// Sums are kept in double. Parallel sums go through parallel_sum: chunks fixed by the length, one double
+// partial per chunk, added in chunk order, so a result depends only on the inputs, not on the thread count.
 // exp/log1p are the vectorisable versions in kernel_common.h; rows of <= 2 vectors use vec.h.
 #include "kernel_common.h"
 #include "vec.h"
@@ -12,27 +12,31 @@ constexpr int kMaxPartials = 64;
 // An exp and a log1p cost ~20x an add: such losses pay for a second thread at a smaller grain.
 constexpr int64_t kExpGrain = kParallelGrain / 4;
 
-// sum over [0, n) of body(lo, hi) -> double, split into nt fixed chunks of 16-aligned length;
-// below `grain` it runs inline with no parallel region. The chunks depend only on n and the thread
-// count, never on which thread runs which, so a result is reproducible bit for bit.
+// sum over [0, n) of body(lo, hi) -> double, in chunks of 16-aligned length fixed by n alone (about
+// grain/8 each, at most kMaxPartials), one double partial per chunk added in chunk order. Threads take
+// chunks t, t+T, ...; which thread runs a chunk, and how many threads there are (the contention guard may
+// lower the count mid-run), never changes a result: the same bits at any thread count.
 template <class F>
 double parallel_sum(int64_t n, F&& body, int64_t grain) {
-  int nt = threads_for(n, grain);
-  if (nt > kMaxPartials) nt = kMaxPartials;
-  if (nt <= 1) {
+  const int64_t piece = grain / 8 > 16 ? grain / 8 : 16;
+  int64_t chunks = n / piece;
+  if (chunks > kMaxPartials) chunks = kMaxPartials;
+  if (chunks <= 1) {
     DenormalsOff ftz;
     return body(int64_t(0), n);
   }
+  const int64_t per = ((n + chunks - 1) / chunks + 15) & ~int64_t(15);
   double partial[kMaxPartials];
-  const int64_t per = ((n + nt - 1) / nt + 15) & ~int64_t(15);
+  int nt = threads_for(n, grain);
+  if (nt > chunks) nt = static_cast<int>(chunks);
   parallel_region(nt, [&](int t, int T) {
-    for (int c = t; c < nt; c += T) {  // also right if the runtime gave fewer threads than asked
-      int64_t lo = c * per, hi = lo + per < n ? lo + per : n;
+    for (int64_t c = t; c < chunks; c += T) {
+      const int64_t lo = c * per, hi = lo + per < n ? lo + per : n;
       partial[c] = lo < hi ? body(lo, hi) : 0.0;
     }
   });
   double s = 0.0;
-  for (int c = 0; c < nt; c++) s += partial[c];
+  for (int64_t c = 0; c < chunks; c++) s += partial[c];
   return s;
 }
 

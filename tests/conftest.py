@@ -13,9 +13,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import fastdl  # noqa: E402
 from fastdl import _C  # noqa: E402
-
-_ORDER = ["generic", "avx2", "avx512"]
-ISAS = _ORDER[: _ORDER.index(_C.best_isa()) + 1]
+from reference import ISAS  # noqa: E402
 
 
 @pytest.fixture(params=ISAS)

@@ -62,61 +62,15 @@ import threading  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fastdl import _C  # noqa: E402
+from reference import (F32_MAX, assert_close_flushed, f64, numeric_grad_elementwise, ref_leaky,  # noqa: E402
+                       ref_sigmoid, ref_softmax, ref_step, ref_tanh)
 
-F32_MAX = float(np.finfo(np.float32).max)
-F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal: kernels run with denormals flushed
 EXTREMES = np.array(
     [0.0, -0.0, 1e-30, -1e-30, 1e-4, -1e-4, 0.29, -0.31, 1.0, -1.0, 80, -80, 87.5, -87.5, 88.7, -88.7,
      89, -89, 100, -100, 1e4, -1e4, 1e30, -1e30, F32_MAX, -F32_MAX],
     dtype=np.float32,
 )
 fuzz = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-def f64(a):
-    return np.asarray(a, dtype=np.float64)
-
-
-# ---- float64 references, written the naive way
-def ref_leaky(x, s):
-    x = f64(x)
-    return np.where(x > 0, x, s * x)
-
-
-def ref_sigmoid(x):
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-f64(x)))
-
-
-def ref_tanh(x):
-    return np.tanh(f64(x))
-
-
-def ref_softmax(x):
-    x = f64(x)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def ref_step(x):
-    return np.heaviside(f64(x), 1.0)  # NaN -> NaN
-
-
-def assert_close_flushed(got, want, rtol):
-    """got (float32) == want (float64) to rtol, except that values below the smallest normal float32
-    may come out as 0 (the kernels run with denormals flushed to zero)."""
-    got, want = f64(got), f64(want)
-    assert np.all(np.isfinite(got))
-    tiny = np.abs(want) < F32_TINY
-    np.testing.assert_allclose(got[~tiny], want[~tiny], rtol=rtol, atol=0)
-    assert np.all(np.abs(got[tiny]) <= F32_TINY)
-
-
-def numeric_grad_elementwise(f, x, h=1e-2):
-    """Central differences of an elementwise float32 function, all elements at once (output i depends on
-    input i only); the step is the one float32 actually took."""
-    xp, xm = (x + np.float32(h)).astype(np.float32), (x - np.float32(h)).astype(np.float32)
-    return (f64(f(xp)) - f64(f(xm))) / (f64(xp) - f64(xm))
 
 
 # ================================================================ NaN through relu and step

@@ -6,51 +6,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastdl import _C, ops
+from reference import ref_batchnorm_backward, ref_batchnorm_eval, ref_batchnorm_train
 
 # ---------------------------------------------------------------- float64 references (naive loops)
-
-
-def ref_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5):
-    x = x.astype(np.float64)
-    B, C = x.shape
-    y = np.empty((B, C))
-    mean, invstd = np.empty(C), np.empty(C)
-    rm, rv = running_mean.astype(np.float64).copy(), running_var.astype(np.float64).copy()
-    for c in range(C):
-        col = x[:, c]
-        mu = sum(col) / B
-        var = sum((v - mu) ** 2 for v in col) / B  # biased: used to normalise
-        mean[c], invstd[c] = mu, 1.0 / np.sqrt(var + eps)
-        y[:, c] = (col - mu) * invstd[c] * gamma[c] + beta[c]
-        rm[c] = (1 - momentum) * rm[c] + momentum * mu
-        rv[c] = (1 - momentum) * rv[c] + momentum * var * B / (B - 1)  # unbiased in the running estimate
-    return y, mean, invstd, rm, rv
-
-
-def ref_forward_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
-    x = x.astype(np.float64)
-    y = np.empty_like(x)
-    for c in range(x.shape[1]):
-        y[:, c] = (x[:, c] - running_mean[c]) / np.sqrt(float(running_var[c]) + eps) * gamma[c] + beta[c]
-    return y
-
-
-def ref_backward(dout, x, gamma, eps=1e-5):
-    """Gradients of the training forward, from its batch statistics in float64."""
-    dout, x = dout.astype(np.float64), x.astype(np.float64)
-    B, C = x.shape
-    dx, dgamma, dbeta = np.empty((B, C)), np.empty(C), np.empty(C)
-    for c in range(C):
-        mu = x[:, c].mean()
-        invstd = 1.0 / np.sqrt(((x[:, c] - mu) ** 2).mean() + eps)
-        xhat = (x[:, c] - mu) * invstd
-        dbeta[c] = dout[:, c].sum()
-        dgamma[c] = (dout[:, c] * xhat).sum()
-        # y = gamma*xhat + beta; d xhat_i / d x_j = invstd*(delta_ij - 1/B - xhat_i xhat_j / B)
-        dxhat = dout[:, c] * gamma[c]
-        for j in range(B):
-            dx[j, c] = invstd * sum(dxhat[i] * ((i == j) - 1.0 / B - xhat[i] * xhat[j] / B) for i in range(B))
-    return dx, dgamma, dbeta
 
 
 def make(rng, B, C, offset=0.0, scale=1.0):
@@ -68,7 +26,7 @@ def make(rng, B, C, offset=0.0, scale=1.0):
 @pytest.mark.parametrize("B, C", [(2, 1), (5, 3), (32, 100), (7, 129), (3, 1100)])  # 1100: 3 column tiles
 def test_forward_train_matches_reference(isa, rng, B, C):
     x, g, b, rm, rv = make(rng, B, C)
-    want_y, want_mean, want_invstd, want_rm, want_rv = ref_forward_train(x, g, b, rm, rv, momentum=0.2, eps=1e-3)
+    want_y, want_mean, want_invstd, want_rm, want_rv = ref_batchnorm_train(x, g, b, rm, rv, momentum=0.2, eps=1e-3)
     y, mean, invstd = ops.batchnorm_forward(x, g, b, rm, rv, training=True, momentum=0.2, eps=1e-3)
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-6, atol=1e-7)
@@ -82,7 +40,7 @@ def test_forward_eval_matches_reference(isa, rng):
     rm0, rv0 = rm.copy(), rv.copy()
     y, mean, invstd = ops.batchnorm_forward(x, g, b, rm, rv, training=False, eps=1e-4)
     assert mean is None and invstd is None
-    np.testing.assert_allclose(y, ref_forward_eval(x, g, b, rm, rv, eps=1e-4), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref_batchnorm_eval(x, g, b, rm, rv, eps=1e-4), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(rm, rm0)  # eval never touches the running statistics
     np.testing.assert_array_equal(rv, rv0)
 
@@ -90,13 +48,13 @@ def test_forward_eval_matches_reference(isa, rng):
 def test_eval_batch_of_one(rng):
     x, g, b, rm, rv = make(rng, 1, 10)
     y, _, _ = ops.batchnorm_forward(x, g, b, rm, rv, training=False)
-    np.testing.assert_allclose(y, ref_forward_eval(x, g, b, rm, rv), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref_batchnorm_eval(x, g, b, rm, rv), rtol=1e-5, atol=1e-5)
 
 
 def test_statistics_are_accurate_with_a_large_offset(isa, rng):
     # mean 1e4, std 1: a float32 one-pass E[x²] - E[x]² would lose the variance entirely.
     x, g, b, rm, rv = make(rng, 4096, 24, offset=1e4)
-    want_y, want_mean, want_invstd, _, want_rv = ref_forward_train(x, g, b, rm, rv)
+    want_y, want_mean, want_invstd, _, want_rv = ref_batchnorm_train(x, g, b, rm, rv)
     y, mean, invstd = ops.batchnorm_forward(x, g, b, rm, rv, training=True)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-7)
     np.testing.assert_allclose(invstd, want_invstd, rtol=1e-6)
@@ -111,7 +69,7 @@ def test_running_stats_over_several_steps(rng):
     rm_id, rv_id = rm.__array_interface__["data"][0], rv.__array_interface__["data"][0]
     for step in range(5):
         x = (x0 * (1 + step) + step).astype(np.float32)
-        _, _, _, rm_ref, rv_ref = ref_forward_train(x, g, b, rm_ref, rv_ref, momentum=0.1)
+        _, _, _, rm_ref, rv_ref = ref_batchnorm_train(x, g, b, rm_ref, rv_ref, momentum=0.1)
         ops.batchnorm_forward(x, g, b, rm, rv, training=True)
     assert rm.__array_interface__["data"][0] == rm_id and rv.__array_interface__["data"][0] == rv_id
     np.testing.assert_allclose(rm, rm_ref, rtol=1e-5, atol=1e-6)
@@ -133,7 +91,7 @@ def test_running_stats_in_a_view_of_a_flat_buffer(rng):
 
 def test_out_in_place_and_out_array(rng):
     x, g, b, rm, rv = make(rng, 9, 17)
-    want, _, _, _, _ = ref_forward_train(x, g, b, rm.copy(), rv.copy())
+    want, _, _, _, _ = ref_batchnorm_train(x, g, b, rm.copy(), rv.copy())
     out = np.empty_like(x)
     y, _, _ = ops.batchnorm_forward(x, g, b, rm.copy(), rv.copy(), training=True, out=out)
     assert y is out
@@ -159,7 +117,7 @@ def test_parallel_path_same_at_1_and_2_threads(rng):
         _C.set_num_threads(prev)
     for a, b_ in zip(*res):  # each column is computed by one thread whatever the split: same bits
         assert a.tobytes() == b_.tobytes()
-    want_y, want_mean, _, _, _ = ref_forward_train(x[:, :40], g[:40], b[:40], rm[:40], rv[:40])
+    want_y, want_mean, _, _, _ = ref_batchnorm_train(x[:, :40], g[:40], b[:40], rm[:40], rv[:40])
     np.testing.assert_allclose(res[0][0][:, :40], want_y, rtol=1e-5, atol=1e-5)
 
 
@@ -172,7 +130,7 @@ def test_backward_matches_reference(isa, rng, B, C):
     d = rng.standard_normal((B, C)).astype(np.float32)
     _, mean, invstd = ops.batchnorm_forward(x, g, b, rm, rv, training=True, eps=1e-5)
     dx, dg, db = ops.batchnorm_backward(d, x, g, mean, invstd)
-    want_dx, want_dg, want_db = ref_backward(d, x, g)
+    want_dx, want_dg, want_db = ref_batchnorm_backward(d, x, g)
     np.testing.assert_allclose(db, want_db, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dg, want_dg, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-5)
@@ -228,7 +186,7 @@ def test_train_forward_and_backward_any_shape(B, C, seed):
     rng = np.random.default_rng(seed)
     x, g, b, rm, rv = make(rng, B, C, offset=float(rng.uniform(-3, 3)))
     d = rng.standard_normal((B, C)).astype(np.float32)
-    want_y, want_mean, want_invstd, want_rm, want_rv = ref_forward_train(x, g, b, rm, rv)
+    want_y, want_mean, want_invstd, want_rm, want_rv = ref_batchnorm_train(x, g, b, rm, rv)
     y, mean, invstd = ops.batchnorm_forward(x, g, b, rm, rv, training=True)
     np.testing.assert_allclose(y, want_y, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(invstd, want_invstd, rtol=1e-5)
@@ -249,7 +207,7 @@ def test_eval_any_shape(B, C):
     rng = np.random.default_rng(B * 1000 + C)
     x, g, b, rm, rv = make(rng, B, C)
     y, _, _ = ops.batchnorm_forward(x, g, b, rm, rv, training=False)
-    np.testing.assert_allclose(y, ref_forward_eval(x, g, b, rm, rv), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, ref_batchnorm_eval(x, g, b, rm, rv), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -7,49 +7,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastdl import _C, ops
-
-M32 = 0xFFFFFFFF
-M64 = 0xFFFFFFFFFFFFFFFF
-_ORDER = ["generic", "avx2", "avx512"]
-ISAS = _ORDER[: _ORDER.index(_C.best_isa()) + 1]
-
-
-# ---------------------------------------------------------------- the reference generator
-# Written from the description at the top of csrc/dropout.cpp, independently of the kernel.
-
-def splitmix64(x):
-    x = (x + 0x9E3779B97F4A7C15) & M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
-    return x ^ (x >> 31)
-
-
-def fmix32(h):
-    h = h.astype(np.uint64)  # products of two uint32 fit in uint64; keep the low 32 bits
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & M32
-    h ^= h >> 16
-    return h
-
-
-def reference_keep(n, p, seed, start=0):
-    """Boolean keep mask for flat indices start .. start+n-1."""
-    key = splitmix64(seed)
-    k0, k1 = key & M32, key >> 32
-    i = np.arange(start, start + n, dtype=np.uint64)
-    lo, hi = i & np.uint64(M32), i >> np.uint64(32)
-    hikey = np.uint64(k1) ^ ((hi * np.uint64(0x9E3779B9)) & np.uint64(M32))
-    bits = fmix32(fmix32(lo ^ np.uint64(k0)) ^ hikey)
-    threshold = math.floor(float(np.float32(p)) * 2.0**32)
-    return bits >= threshold
-
-
-def reference_dropout(x, p, seed):
-    keep = reference_keep(x.size, p, seed).reshape(x.shape)
-    return np.where(keep, x.astype(np.float64) / (1.0 - float(np.float32(p))), 0.0)
-
+from reference import ISAS, reference_dropout, reference_keep
 
 # ---------------------------------------------------------------- against the reference
 

@@ -17,55 +17,13 @@ from hypothesis import given, strategies as st
 
 import fastdl
 from fastdl import _C, ops
+from reference import ISAS, act64, assert_close, ref_matmul
 
-ISAS = ["generic", "avx2", "avx512"][: ["generic", "avx2", "avx512"].index(_C.best_isa()) + 1]
 
-RTOL = 4e-6
-ACT_RTOL = 1e-6
 ACTS = [None, "relu", "sigmoid", "tanh"]
 
 
 # ---------------------------------------------------------------- float64 reference, written plainly
-
-
-def act64(z, act):
-    if act in (None, "none"):
-        return z
-    if act == "relu":
-        return np.maximum(z, 0.0)
-    if act == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if act == "tanh":
-        return np.tanh(z)
-    raise AssertionError(act)
-
-
-def reference(a, b, trans_a=False, trans_b=False, c0=None, bias=None, act=None):
-    """(value, scale): value = act([c0 +] op(a) @ op(b) [+ bias]) in float64, scale as in the docstring."""
-    A = a.astype(np.float64).T if trans_a else a.astype(np.float64)
-    B = b.astype(np.float64).T if trans_b else b.astype(np.float64)
-    z = A @ B
-    scale = np.abs(A) @ np.abs(B)
-    if c0 is not None:
-        z = z + c0
-        scale = scale + np.abs(c0)
-    if bias is not None:
-        z = z + bias
-        scale = scale + np.abs(bias)
-    return act64(z, act), scale
-
-
-def assert_close(got, want, scale, act=None):
-    assert got.dtype == np.float32
-    tol = RTOL * scale + (ACT_RTOL * np.abs(want) if act in ("sigmoid", "tanh") else 0.0) + 1e-30
-    err = np.abs(got.astype(np.float64) - want)
-    bad = ~(err <= tol)  # NaN counts as bad
-    if bad.any():
-        i = np.unravel_index(np.argmax(np.where(bad, err / tol, 0)), got.shape)
-        raise AssertionError(
-            f"{bad.sum()} of {got.size} elements off; worst at {i}: got {got[i]!r}, want {want[i]!r}, "
-            f"tolerance {tol[i]:.3g}"
-        )
 
 
 def operands(rng, M, N, K, trans_a, trans_b):
@@ -107,7 +65,7 @@ SIZES = [
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 def test_matmul_sizes(isa, rng, M, N, K, trans_a, trans_b):
     a, b = operands(rng, M, N, K, trans_a, trans_b)
-    want, scale = reference(a, b, trans_a, trans_b)
+    want, scale = ref_matmul(a, b, trans_a, trans_b)
     assert_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), want, scale)
 
 
@@ -124,7 +82,7 @@ def test_matmul_epilogue(isa, rng, M, N, K, trans_a, trans_b, accumulate, with_b
     bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
     c0 = rng.standard_normal((M, N)).astype(np.float32) if accumulate else None
     out = c0.copy() if accumulate else None
-    want, scale = reference(a, b, trans_a, trans_b, c0, bias, act)
+    want, scale = ref_matmul(a, b, trans_a, trans_b, c0, bias, act)
     got = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate, bias=bias,
                      activation=act)
     if accumulate:
@@ -138,11 +96,11 @@ def test_matmul_accumulate_adds_in_place(isa, rng):
     c0 = c.astype(np.float64)
     r = ops.matmul(a, b, out=c, accumulate=True)
     assert r is c and np.shares_memory(r, c)
-    want, scale = reference(a, b, c0=c0)
+    want, scale = ref_matmul(a, b, c0=c0)
     assert_close(c, want, scale)
     # twice: c0 + 2ab
     ops.matmul(a, b, out=c, accumulate=True)
-    want2, scale2 = reference(a, b, c0=want)
+    want2, scale2 = ref_matmul(a, b, c0=want)
     assert_close(c, want2, scale2 + scale)
 
 
@@ -151,7 +109,7 @@ def test_matmul_out_is_overwritten_without_accumulate(isa, rng):
     out = np.full((20, 30), np.nan, np.float32)
     r = ops.matmul(a, b, trans_b=True, out=out)
     assert r is out
-    want, scale = reference(a, b, trans_b=True)
+    want, scale = ref_matmul(a, b, trans_b=True)
     assert_close(out, want, scale)
 
 
@@ -220,8 +178,8 @@ def test_matmul_matches_reference_kernel(isa, rng, trans_a, trans_b):
     kw = dict(trans_a=trans_a, trans_b=trans_b, bias=bias, activation="tanh", accumulate=True)
     fast = ops.matmul(a, b, out=c0.copy(), **kw)
     naive = ops.matmul_reference(a, b, out=c0.copy(), **kw)
-    _, scale = reference(a, b, trans_a, trans_b, c0, bias)
-    want, _ = reference(a, b, trans_a, trans_b, c0, bias, "tanh")
+    _, scale = ref_matmul(a, b, trans_a, trans_b, c0, bias)
+    want, _ = ref_matmul(a, b, trans_a, trans_b, c0, bias, "tanh")
     assert_close(naive, want, scale, "tanh")  # the oracle itself is right
     assert_close(fast, naive.astype(np.float64), scale, "tanh")
 
@@ -243,7 +201,7 @@ def test_matmul_fuzz(M, N, K, trans_a, trans_b, accumulate):
     rng = np.random.default_rng(M * 10007 + N * 101 + K)
     a, b = operands(rng, M, N, K, trans_a, trans_b)
     c0 = rng.standard_normal((M, N)).astype(np.float32)
-    want, scale = reference(a, b, trans_a, trans_b, c0 if accumulate else None)
+    want, scale = ref_matmul(a, b, trans_a, trans_b, c0 if accumulate else None)
     prev = _C.get_isa()
     try:
         for isa in ISAS:
@@ -260,7 +218,7 @@ def test_matmul_fuzz_parallel_sizes(M, N, K, trans_b):
     # big enough to run on several threads (by rows or by columns, depending on N)
     rng = np.random.default_rng(M + 1000 * N + K)
     a, b = operands(rng, M, N, K, False, trans_b)
-    want, scale = reference(a, b, False, trans_b)
+    want, scale = ref_matmul(a, b, False, trans_b)
     assert_close(ops.matmul(a, b, trans_b=trans_b), want, scale)
 
 
@@ -283,7 +241,7 @@ def test_matmul_one_and_two_threads_agree(isa, rng, M, N, K, trans_a, trans_b):
         again = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, bias=bias, activation="relu")
     finally:
         fastdl.set_num_threads(prev)
-    want, scale = reference(a, b, trans_a, trans_b, bias=bias, act="relu")
+    want, scale = ref_matmul(a, b, trans_a, trans_b, bias=bias, act="relu")
     assert_close(one, want, scale)
     assert_close(two, want, scale)
     np.testing.assert_array_equal(two, again)  # same inputs, same thread count: same bits

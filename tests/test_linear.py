@@ -10,28 +10,9 @@ from hypothesis import given, strategies as st
 
 import fastdl
 from fastdl import ops
+from reference import act64, assert_close
 
-RTOL = 4e-6
 F32 = np.float32
-
-
-def act64(z, act):
-    if act in (None, "none"):
-        return z
-    if act == "relu":
-        return np.maximum(z, 0.0)
-    if act == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if act == "tanh":
-        return np.tanh(z)
-    raise AssertionError(act)
-
-
-def assert_close(got, want, scale, act=None):
-    assert got.dtype == np.float32 and got.shape == want.shape
-    tol = RTOL * scale + (1e-6 * np.abs(want) if act in ("sigmoid", "tanh") else 0.0) + 1e-30
-    err = np.abs(got.astype(np.float64) - want)
-    assert (err <= tol).all(), f"max error / tolerance {np.max(err / tol):.3g}"
 
 
 def layer(rng, B, C, OC):

@@ -6,38 +6,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fastdl import _C, ops
+from reference import ref_adam_step, ref_sgd_step
 
 # ---------------------------------------------------------------- float64 references (PyTorch's formulas)
-
-
-def ref_sgd(param, grad, buf, *, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-            first_step=False):
-    """torch.optim.SGD for one parameter, element by element; returns (param, buf)."""
-    param, buf = param.astype(np.float64).copy(), None if buf is None else buf.astype(np.float64).copy()
-    for i in range(param.size):
-        g = float(grad.flat[i]) + weight_decay * param.flat[i]
-        if momentum != 0:
-            buf.flat[i] = g if first_step else momentum * buf.flat[i] + (1 - dampening) * g
-            g = g + momentum * buf.flat[i] if nesterov else buf.flat[i]
-        param.flat[i] -= lr * g
-    return param, buf
-
-
-def ref_adam(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
-    """torch.optim.Adam / AdamW for one parameter; returns (param, m, v)."""
-    param, m, v = (a.astype(np.float64).copy() for a in (param, m, v))
-    for i in range(param.size):
-        g = float(grad.flat[i])
-        if decoupled:
-            param.flat[i] *= 1 - lr * weight_decay
-        else:
-            g += weight_decay * param.flat[i]
-        m.flat[i] = beta1 * m.flat[i] + (1 - beta1) * g
-        v.flat[i] = beta2 * v.flat[i] + (1 - beta2) * g * g
-        m_hat = m.flat[i] / (1 - beta1**step)
-        v_hat = v.flat[i] / (1 - beta2**step)
-        param.flat[i] -= lr * m_hat / (np.sqrt(v_hat) + eps)
-    return param, m, v
 
 
 f32 = lambda *a: np.array(a, dtype=np.float32)  # noqa: E731
@@ -133,7 +104,7 @@ def test_sgd_steps_match_reference(isa, rng, kw):
     p_ref, buf_ref = p.copy(), None if buf is None else buf.copy()
     for step in range(5):
         g = rng.standard_normal(n).astype(np.float32)
-        p_ref, buf_ref = ref_sgd(p_ref, g, buf_ref, first_step=step == 0, **kw)
+        p_ref, buf_ref = ref_sgd_step(p_ref, g, buf_ref, first_step=step == 0, **kw)
         ops.sgd_step(p, g, buf, first_step=step == 0, **kw)
     np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
     if buf is not None:
@@ -157,7 +128,7 @@ def test_adam_steps_match_reference(isa, rng, kw):
     p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
     for step in range(1, 7):
         g = rng.standard_normal(n).astype(np.float32)
-        p_ref, m_ref, v_ref = ref_adam(p_ref, g, m_ref, v_ref, step=step, **kw)
+        p_ref, m_ref, v_ref = ref_adam_step(p_ref, g, m_ref, v_ref, step=step, **kw)
         ops.adam_step(p, g, m, v, step=step, **kw)
     np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)
@@ -168,7 +139,7 @@ def test_adam_large_step_count(rng):
     # at step 10^6 both bias corrections are 1 (beta^step underflows to 0)
     p, g = rng.standard_normal(50).astype(np.float32), rng.standard_normal(50).astype(np.float32)
     m, v = (0.1 * g).astype(np.float32), (0.01 * g * g).astype(np.float32)
-    want = ref_adam(p, g, m, v, lr=1e-3, step=10**6)
+    want = ref_adam_step(p, g, m, v, lr=1e-3, step=10**6)
     ops.adam_step(p, g, m, v, lr=1e-3, step=10**6)
     for got, w in zip((p, m, v), want):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-8)
@@ -185,7 +156,7 @@ def test_sgd_any_length(n, momentum, nesterov, wd, seed):
     p_ref, buf_ref = p.copy(), None if buf is None else buf.copy()
     for step in range(3):
         g = rng.standard_normal(n).astype(np.float32)
-        p_ref, buf_ref = ref_sgd(p_ref, g, buf_ref, first_step=step == 0, **kw)
+        p_ref, buf_ref = ref_sgd_step(p_ref, g, buf_ref, first_step=step == 0, **kw)
         ops.sgd_step(p, g, buf, first_step=step == 0, **kw)
     np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
 
@@ -200,7 +171,7 @@ def test_adam_any_length(n, decoupled, wd, seed):
     p_ref, m_ref, v_ref = p.copy(), m.copy(), v.copy()
     for step in range(1, 4):
         g = rng.standard_normal(n).astype(np.float32)
-        p_ref, m_ref, v_ref = ref_adam(p_ref, g, m_ref, v_ref, step=step, **kw)
+        p_ref, m_ref, v_ref = ref_adam_step(p_ref, g, m_ref, v_ref, step=step, **kw)
         ops.adam_step(p, g, m, v, step=step, **kw)
     np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-6)
 
@@ -225,7 +196,7 @@ def test_parallel_path_same_bits_at_1_and_2_threads(rng):
         _C.set_num_threads(prev)
     for a, b in zip(*res):
         assert a.tobytes() == b.tobytes()
-    p_ref, buf_ref = ref_sgd(p0[:100], g[:100], np.ones(100), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    p_ref, buf_ref = ref_sgd_step(p0[:100], g[:100], np.ones(100), lr=0.1, momentum=0.9, weight_decay=1e-3)
     np.testing.assert_allclose(res[0][1][:100], buf_ref, rtol=1e-6)
 
 
@@ -475,7 +446,7 @@ def test_adam_step_many_against_the_reference(rng):
     for step in range(1, 5):
         gs = [rng.standard_normal(s).astype(np.float32) for s in sizes]
         ops.adam_step_many(ps, gs, ms, vs, lr=1e-2, steps=(step,) * 3, weight_decay=0.1)
-        ref = [ref_adam(p, g, m, v, lr=1e-2, step=step, weight_decay=0.1) for (p, m, v), g in zip(ref, gs)]
+        ref = [ref_adam_step(p, g, m, v, lr=1e-2, step=step, weight_decay=0.1) for (p, m, v), g in zip(ref, gs)]
     for (p_ref, m_ref, v_ref), p, m, v in zip(ref, ps, ms, vs):
         np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-9)
