@@ -11,7 +11,7 @@ import warnings as _warnings
 from . import _C
 from . import ops
 from . import nn, optim
-from . import datasets, models
+from . import datasets, estimators, models
 from .plot import plot_history
 from .nn import load, save
 from .train import EarlyStopping, History, Trainer, evaluate, fit, predict
@@ -72,7 +72,7 @@ def _isa_from_env() -> None:
 _isa_from_env()
 
 __all__ = [
-    "ops", "nn", "optim", "models", "datasets", "plot_history",
+    "ops", "nn", "optim", "models", "estimators", "datasets", "plot_history",
     "fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping", "save", "load",
     "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
 ]

@@ -1,23 +1,28 @@
-"""fastdl.models: classic models as scikit-learn estimators, trained with fastdl's kernels.
+"""fastdl.estimators: classic models as scikit-learn estimators, trained with fastdl's kernels.
 
-    from fastdl.models import LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor
+    from fastdl.estimators import LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor
 
     clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=50, random_state=0).fit(X, y)
     clf.predict(X_test); clf.predict_proba(X_test); clf.score(X_test, y_test); clf.loss_curve_
 
 The conventions are scikit-learn's: hyperparameters only in ``__init__`` (stored as given,
 checked by ``fit``), learned attributes end in ``_``, ``get_params`` / ``set_params``, and one
-``random_state`` (None, an int or a ``np.random.Generator``) drives initialization, shuffling,
-the validation split and dropout; the global ``np.random`` is never used. With scikit-learn
-installed the estimators derive from its ``BaseEstimator`` and mixins, so they work in
-``Pipeline``, ``GridSearchCV`` and ``clone``; without it a small equivalent base class is used.
+``random_state`` (None, an int, a ``np.random.Generator`` or a ``RandomState``) drives
+initialization, shuffling, the validation split and dropout; the global ``np.random`` is never used.
+With scikit-learn installed the estimators derive from its ``BaseEstimator`` and mixins, so they work
+in ``Pipeline``, ``GridSearchCV`` and ``clone`` and pass its ``check_estimator``; without it a small
+equivalent base class is used.
+
+A bad hyperparameter raises ``InvalidParameterError`` (from ``fastdl._validation``), a subclass of both
+ValueError and TypeError, as scikit-learn's estimators do; bad data raises TypeError (wrong type) or
+ValueError (wrong value), with scikit-learn's wording where its checks look for it.
 
 - ``LinearRegression``: least squares, closed form (``solver="normal"``: the normal equations solved
   stably by ``numpy.linalg.lstsq``, an SVD, never an explicit inverse) or gradient descent
   (``solver="gd"``) on a fastdl ``nn.Linear`` with ``MSELoss`` and ``optim.SGD``.
 - ``LogisticRegression``: two classes, binary cross-entropy on the logit, gradient descent.
-- ``MLPClassifier`` / ``MLPRegressor``: multi-layer perceptrons with scikit-learn's parameters,
-  plus ``dropout`` and ``batch_norm``.
+- ``MLPClassifier`` / ``MLPRegressor``: multi-layer perceptrons (``fastdl.models.mlp``) with
+  scikit-learn's parameters, plus ``dropout`` and ``batch_norm``.
 """
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ import warnings
 
 import numpy as np
 
-from fastdl import nn, ops, optim
-from fastdl.nn.module import as_kernel_float32
-from fastdl.train import EarlyStopping, _as_X, _numeric_array, fit, predict
+from fastdl import models, nn, ops, optim
+from fastdl._validation import (InvalidParameterError, check_bool, check_choice, check_int, check_real, check_rng,
+                                invalid_parameters, numeric_array)
+from fastdl.train import EarlyStopping, fit, predict
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -40,7 +46,7 @@ except ImportError:  # the small stand-ins below keep the same conventions
     HAVE_SKLEARN = False
 
 __all__ = ["LinearRegression", "LogisticRegression", "MLPClassifier", "MLPRegressor",
-           "NotFittedError", "ConvergenceWarning"]
+           "NotFittedError", "ConvergenceWarning", "InvalidParameterError"]
 
 
 # ---------------------------------------------------------------- estimator base (without scikit-learn)
@@ -137,59 +143,43 @@ def _r2_score(y, pred, sample_weight=None):
 
 # ---------------------------------------------------------------- shared helpers
 
-def _generator(random_state, who):
-    """np.random.Generator from None (fresh), an int seed, a Generator or a legacy RandomState."""
-    if random_state is None:
-        return np.random.default_rng()
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, np.random.RandomState):  # scikit-learn's convention: draw a seed from it
-        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
-    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0:
-        return np.random.default_rng(int(random_state))
-    raise ValueError(f"{who}: random_state must be None, an int >= 0 or a numpy.random.Generator, "
-                     f"got {random_state!r}")
-
-
-def _check_int(value, who, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{who}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_real(value, who, name, low=None, high=None, low_open=False, high_open=False, float32=False):
-    """``value`` as a float within the bounds, else ValueError (scikit-learn's rule, for types too).
-    ``float32=True`` for a value the float32 kernels use: it must fit in float32 and keep within the
-    bounds once rounded as they see it (``nn.module.as_kernel_float32``: 1 - 1e-9 becomes 1.0)."""
-    def within(v):
-        ok = True
-        if low is not None:
-            ok = v > low if low_open else v >= low
-        if ok and high is not None:
-            ok = v < high if high_open else v <= high
-        return ok
-
-    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-    bounds = " and ".join(s for s in (lo, hi) if s)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not within(value):
-        raise ValueError(f"{who}: {name} must be a number {bounds}, got {value!r}")
-    if float32:
-        f = as_kernel_float32(value)
-        if not math.isfinite(f):
-            raise ValueError(f"{who}: {name}={value!r} does not fit in float32 (max 3.4028235e+38)")
-        if not within(f):
-            raise ValueError(f"{who}: {name} must be a number {bounds} in float32, which the kernels use; "
-                             f"{value!r} becomes {f!r} there")
-    return float(value)
-
-
 def _check_verbose(value, who):
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, numbers.Integral) and 0 <= value <= 2:
-        return int(value)
-    raise ValueError(f"{who}: verbose must be a bool or 0, 1, 2, got {value!r}")
+    """verbose: a bool or 0, 1, 2 (InvalidParameterError otherwise)."""
+    with invalid_parameters():
+        if isinstance(value, (bool, np.bool_)):
+            return int(value)
+        return check_int(value, who, "verbose", minimum=0, maximum=2)
+
+
+def _as_X(X, who, dtype=np.float32):
+    """X as a 2-D ``dtype`` (float32 by default) C-contiguous, aligned, finite array; no copy when it is one."""
+    arr = numeric_array(X, who, "X")
+    if arr.ndim != 2:
+        raise ValueError(f"{who}: X must be 2-D (n_samples, n_features), got shape {arr.shape}"
+                         + (". Reshape your data: X.reshape(-1, 1) for one feature, X.reshape(1, -1) for one "
+                            "sample" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{who}: X is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{who}: X is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{who}: X contains NaN or infinity (or values too large for {np.dtype(dtype)})")
+    return arr
+
+
+def _gd_params(est, who):
+    """The hyperparameters of LinearRegression / LogisticRegression, checked (InvalidParameterError)."""
+    with invalid_parameters():
+        return {
+            "fit_intercept": check_bool(est.fit_intercept, who, "fit_intercept"),
+            "lr": check_real(est.lr, who, "lr", low=0.0, low_open=True, float32=True),
+            "max_iter": check_int(est.max_iter, who, "max_iter", minimum=1),
+            "tol": check_real(est.tol, who, "tol", low=0.0),
+            "batch_size": check_int(est.batch_size, who, "batch_size", minimum=1, allow_none=True),
+            "verbose": _check_verbose(est.verbose, who),
+            "rng": check_rng(est.random_state, who, "random_state"),
+        }
 
 
 def _check_fitted(est, attr):
@@ -214,7 +204,7 @@ def _require_y(est, y):
 
 def _regression_targets(y, n, who):
     """float32 (n, k) targets and whether y was 1-D."""
-    y = _numeric_array(y, who, "y")
+    y = numeric_array(y, who, "y")
     if y.ndim not in (1, 2) or len(y) != n:
         raise ValueError(f"{who}: y must have shape ({n},) or ({n}, n_targets), got {y.shape}")
     one_d = y.ndim == 1
@@ -295,8 +285,9 @@ class LinearRegression(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y):
         who = "LinearRegression.fit"
-        if self.solver not in ("normal", "gd"):
-            raise ValueError(f"{who}: solver must be 'normal' or 'gd', got {self.solver!r}")
+        with invalid_parameters():
+            check_choice(self.solver, who, "solver", ("normal", "gd"))
+        p = _gd_params(self, who)
         _require_y(self, y)
         X = _as_X(X, who, dtype=np.float64 if self.solver == "normal" else np.float32)
         y2, one_d = _regression_targets(y, len(X), who)
@@ -304,22 +295,19 @@ class LinearRegression(RegressorMixin, BaseEstimator):
         if self.solver == "normal":
             Xd = X
             yd = np.asarray(y, dtype=np.float64).reshape(len(X), -1)
-            if self.fit_intercept:  # centring removes the intercept from the solve
+            if p["fit_intercept"]:  # centring removes the intercept from the solve
                 x_mean, y_mean = Xd.mean(axis=0), yd.mean(axis=0)
                 Xd, yd = Xd - x_mean, yd - y_mean
             coef, _, self.rank_, self.singular_ = np.linalg.lstsq(Xd, yd, rcond=None)
             coef = coef.T                                            # (n_targets, n_features)
-            intercept = (y_mean - coef @ x_mean) if self.fit_intercept else np.zeros(len(coef))
+            intercept = (y_mean - coef @ x_mean) if p["fit_intercept"] else np.zeros(len(coef))
             self.n_iter_ = 1   # one solve
         else:
-            lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True, float32=True)
-            max_iter = _check_int(self.max_iter, who, "max_iter", 1)
-            tol = _check_real(self.tol, who, "tol", low=0.0)
-            rng = _generator(self.random_state, who)
-            lin = nn.Linear(X.shape[1], y2.shape[1], bias=bool(self.fit_intercept), init="zeros")
-            history = fit(lin, nn.MSELoss(), optim.SGD(lin.parameters(), lr=lr), X, y2, epochs=max_iter,
-                          batch_size=self.batch_size, seed=rng, tol=tol, metrics=(),
-                          verbose=_check_verbose(self.verbose, who))
+            max_iter = p["max_iter"]
+            lin = nn.Linear(X.shape[1], y2.shape[1], bias=p["fit_intercept"], init="zeros")
+            history = fit(lin, nn.MSELoss(), optim.SGD(lin.parameters(), lr=p["lr"]), X, y2, epochs=max_iter,
+                          batch_size=p["batch_size"], seed=p["rng"], tol=p["tol"], metrics=(),
+                          verbose=p["verbose"])
             self.model_ = lin
             self.n_iter_ = len(history)
             self.loss_curve_ = list(history["loss"])
@@ -371,9 +359,8 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         who = "LogisticRegression.fit"
-        lr = _check_real(self.lr, who, "lr", low=0.0, low_open=True, float32=True)
-        max_iter = _check_int(self.max_iter, who, "max_iter", 1)
-        tol = _check_real(self.tol, who, "tol", low=0.0)
+        p = _gd_params(self, who)
+        max_iter = p["max_iter"]
         _require_y(self, y)
         X = _as_X(X, who)
         y = _class_labels(y, len(X), who)
@@ -381,16 +368,14 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"{who}: needs samples of at least 2 classes, but the data contains only one class: "
                              f"{classes[0]!r}")
-        rng = _generator(self.random_state, who)
         binary = len(classes) == 2
-        lin = nn.Linear(X.shape[1], 1 if binary else len(classes), bias=bool(self.fit_intercept), init="zeros")
+        lin = nn.Linear(X.shape[1], 1 if binary else len(classes), bias=p["fit_intercept"], init="zeros")
         if binary:
             loss_fn, target = nn.BCEWithLogitsLoss(), labels.astype(np.float32).reshape(-1, 1)
         else:
             loss_fn, target = nn.CrossEntropyLoss(), labels.astype(np.int64)
-        history = fit(lin, loss_fn, optim.SGD(lin.parameters(), lr=lr), X, target, epochs=max_iter,
-                      batch_size=self.batch_size, seed=rng, tol=tol, metrics=(),
-                      verbose=_check_verbose(self.verbose, who))
+        history = fit(lin, loss_fn, optim.SGD(lin.parameters(), lr=p["lr"]), X, target, epochs=max_iter,
+                      batch_size=p["batch_size"], seed=p["rng"], tol=p["tol"], metrics=(), verbose=p["verbose"])
         if history.stop_reason == "epochs":
             warnings.warn(f"{who}: gradient descent reached max_iter={max_iter} before |L_new - L_old| < tol",
                           ConvergenceWarning, stacklevel=2)
@@ -429,8 +414,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
 
 # ---------------------------------------------------------------- MLPs
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "logistic": nn.Sigmoid, "identity": None,
-                "leaky_relu": nn.LeakyReLU}
+_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu")  # scikit-learn's names (models.mlp's too)
 
 
 class _BaseMLP(BaseEstimator):
@@ -466,59 +450,46 @@ class _BaseMLP(BaseEstimator):
 
     # ---- hyperparameters, checked when fitting (scikit-learn's rule)
     def _checked_params(self, who):
-        hidden = self.hidden_layer_sizes
-        if isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
-            hidden = (hidden,)
-        try:
-            hidden = tuple(hidden)
-        except TypeError:
-            raise ValueError(f"{who}: hidden_layer_sizes must be a sequence of ints, got {hidden!r}") from None
-        for h in hidden:
-            if isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1:
-                raise ValueError(f"{who}: hidden_layer_sizes must hold ints >= 1, got {self.hidden_layer_sizes!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"{who}: activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver not in ("adam", "sgd"):
-            raise ValueError(f"{who}: solver must be 'adam' or 'sgd', got {self.solver!r}")
-        if self.batch_size != "auto":
-            _check_int(self.batch_size, who, "batch_size", 1)
-        for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping", "batch_norm"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise ValueError(f"{who}: {flag} must be a bool, got {getattr(self, flag)!r}")
-        return {
-            "hidden": tuple(int(h) for h in hidden),
-            "alpha": _check_real(self.alpha, who, "alpha", low=0.0, float32=True),
-            "lr": _check_real(self.learning_rate_init, who, "learning_rate_init", low=0.0, low_open=True,
-                              float32=True),
-            "max_iter": _check_int(self.max_iter, who, "max_iter", 1),
-            "tol": _check_real(self.tol, who, "tol", low=0.0),
-            "momentum": _check_real(self.momentum, who, "momentum", low=0.0, high=1.0, float32=True),
-            "validation_fraction": _check_real(self.validation_fraction, who, "validation_fraction",
-                                               low=0.0, high=1.0, low_open=True, high_open=True),
-            "beta_1": _check_real(self.beta_1, who, "beta_1", low=0.0, high=1.0, high_open=True),
-            "beta_2": _check_real(self.beta_2, who, "beta_2", low=0.0, high=1.0, high_open=True),
-            "epsilon": _check_real(self.epsilon, who, "epsilon", low=0.0, low_open=True, float32=True),
-            "n_iter_no_change": _check_int(self.n_iter_no_change, who, "n_iter_no_change", 1),
-            "dropout": _check_real(self.dropout, who, "dropout", low=0.0, high=1.0, high_open=True, float32=True),
-            "verbose": _check_verbose(self.verbose, who),
-        }
+        with invalid_parameters():
+            hidden = self.hidden_layer_sizes
+            if isinstance(hidden, numbers.Integral) and not isinstance(hidden, (bool, np.bool_)):
+                hidden = (hidden,)
+            if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+                raise TypeError(f"{who}: hidden_layer_sizes must be an int or a sequence of ints, "
+                                f"got {type(hidden).__name__}")
+            hidden = tuple(check_int(h, who, f"hidden_layer_sizes[{i}]", minimum=1) for i, h in enumerate(hidden))
+            check_choice(self.activation, who, "activation", _ACTIVATIONS)
+            check_choice(self.solver, who, "solver", ("adam", "sgd"))
+            if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+                check_int(self.batch_size, who, "batch_size", minimum=1)
+            flags = {flag: check_bool(getattr(self, flag), who, flag)
+                     for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping", "batch_norm")}
+            return {
+                "hidden": hidden,
+                **flags,
+                "alpha": check_real(self.alpha, who, "alpha", low=0.0, float32=True),
+                "lr": check_real(self.learning_rate_init, who, "learning_rate_init", low=0.0, low_open=True,
+                                 float32=True),
+                "max_iter": check_int(self.max_iter, who, "max_iter", minimum=1),
+                "tol": check_real(self.tol, who, "tol", low=0.0),
+                "momentum": check_real(self.momentum, who, "momentum", low=0.0, high=1.0, float32=True),
+                "validation_fraction": check_real(self.validation_fraction, who, "validation_fraction",
+                                                  low=0.0, high=1.0, low_open=True, high_open=True),
+                "beta_1": check_real(self.beta_1, who, "beta_1", low=0.0, high=1.0, high_open=True),
+                "beta_2": check_real(self.beta_2, who, "beta_2", low=0.0, high=1.0, high_open=True),
+                "epsilon": check_real(self.epsilon, who, "epsilon", low=0.0, low_open=True, float32=True),
+                "n_iter_no_change": check_int(self.n_iter_no_change, who, "n_iter_no_change", minimum=1),
+                "dropout": check_real(self.dropout, who, "dropout", low=0.0, high=1.0, high_open=True,
+                                      float32=True),
+                "verbose": _check_verbose(self.verbose, who),
+            }
 
     # ---- the network and its optimizer
     def _build(self, p, n_in, n_out, rng):
-        act = _ACTIVATIONS[self.activation]
-        init = "kaiming_uniform" if self.activation in ("relu", "leaky_relu") else "xavier_uniform"
-        layers, width = [], n_in
-        for h in p["hidden"]:
-            layers.append(nn.Linear(width, h, rng=rng, init=init))
-            if self.batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            if act is not None:
-                layers.append(act())
-            if p["dropout"] > 0:
-                layers.append(nn.Dropout(p["dropout"], seed=int(rng.integers(0, 2**63))))
-            width = h
-        layers.append(nn.Linear(width, n_out, rng=rng, init="xavier_uniform"))
-        model = nn.Sequential(*layers)
+        # models.mlp: Linear -> [BatchNorm1d] -> activation -> [Dropout] per hidden layer (He init for relu
+        # and leaky_relu, Glorot otherwise), then a Glorot-initialised Linear output layer
+        model = models.mlp([n_in, *p["hidden"], n_out], activation=self.activation, dropout=p["dropout"],
+                           batch_norm=p["batch_norm"], rng=rng, output_init="xavier_uniform")
         # L2 penalty (alpha) on the weights only, as scikit-learn does, through the optimizer's weight_decay
         weights = [m.weight for m in model if isinstance(m, nn.Linear)]
         ids = {id(w) for w in weights}
@@ -530,7 +501,7 @@ class _BaseMLP(BaseEstimator):
             opt = optim.Adam(groups, lr=p["lr"], betas=(p["beta_1"], p["beta_2"]), eps=p["epsilon"])
         else:
             opt = optim.SGD(groups, lr=p["lr"], momentum=p["momentum"],
-                            nesterov=bool(self.nesterovs_momentum) and p["momentum"] > 0)
+                            nesterov=p["nesterovs_momentum"] and p["momentum"] > 0)
         return model, opt
 
     def _linears(self):
@@ -559,7 +530,8 @@ class _BaseMLP(BaseEstimator):
                              f"{self.n_features_in_} features as input")
         target = self._targets(y, len(X), who, fresh, incremental, classes)
         if fresh:
-            self._rng = _generator(self.random_state, who)
+            with invalid_parameters():
+                self._rng = check_rng(self.random_state, who, "random_state")
             self.n_features_in_ = X.shape[1]
             self.model_, self._optimizer = self._build(p, X.shape[1], self._n_out(), self._rng)
             self.n_layers_ = len(p["hidden"]) + 2
@@ -596,7 +568,7 @@ class _BaseMLP(BaseEstimator):
                 stopper = EarlyStopping(monitor="loss", patience=p["n_iter_no_change"], min_delta=p["tol"])
             callbacks.append(stopper)
         history = fit(self.model_, self._loss_fn(), self._optimizer, X, target,
-                      epochs=1 if incremental else p["max_iter"], batch_size=batch, shuffle=bool(self.shuffle),
+                      epochs=1 if incremental else p["max_iter"], batch_size=batch, shuffle=p["shuffle"],
                       seed=self._rng, validation_data=None if X_val is None else (X_val, y_val),
                       metrics=("accuracy",) if self._is_classifier else (), callbacks=callbacks,
                       verbose=p["verbose"])

@@ -1,9 +1,10 @@
-"""fastdl.models: LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor.
+"""fastdl.estimators: LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor.
 
 References: numpy.linalg.lstsq for least squares; accuracy / R² on synthetic sets whose answer is
 known; scikit-learn's clone, Pipeline and GridSearchCV for the estimator conventions (skipped
-without scikit-learn), and a subprocess that imports fastdl.models with scikit-learn hidden.
+without scikit-learn), and a subprocess that imports fastdl.estimators with scikit-learn hidden.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from fastdl.models import (ConvergenceWarning, LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor,
-                           NotFittedError)
+from fastdl._validation import InvalidParameterError
+from fastdl.estimators import (ConvergenceWarning, LinearRegression, LogisticRegression, MLPClassifier, MLPRegressor,
+                               NotFittedError)
 
 
 # ---------------------------------------------------------------- data
@@ -150,7 +152,7 @@ def test_logistic_regression_multinomial_and_bad_inputs():
 
 # ---------------------------------------------------------------- MLPClassifier / MLPRegressor
 
-@pytest.mark.filterwarnings("ignore::fastdl.models.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::fastdl.estimators.ConvergenceWarning")
 def test_mlp_classifier_learns_blobs():
     X, y = blobs()
     clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=100, learning_rate_init=0.01, random_state=0)
@@ -277,7 +279,7 @@ def test_mlp_warm_start_continues():
     assert clf.n_iter_ == 6 and len(clf.loss_curve_) == 6 and not np.array_equal(w, clf.coefs_[0])
 
 
-@pytest.mark.filterwarnings("ignore::fastdl.models.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::fastdl.estimators.ConvergenceWarning")
 def test_mlp_convergence_warning_and_bad_parameters():
     X, y = blobs(n_per=20)
     with pytest.warns(ConvergenceWarning, match="maximum iterations"):
@@ -305,17 +307,55 @@ def test_mlp_convergence_warning_and_bad_parameters():
 @pytest.mark.parametrize("kw, match", [
     (dict(alpha=1e308), r"alpha=1e\+308 does not fit in float32"),
     (dict(learning_rate_init=1e39), r"learning_rate_init=1e\+39 does not fit in float32"),
-    (dict(learning_rate_init=1e-50), r"learning_rate_init must be a number > 0.0 in float32.*becomes 0.0"),
-    (dict(epsilon=1e-50), r"epsilon must be a number > 0.0 in float32.*becomes 0.0"),
-    (dict(dropout=1 - 1e-9), r"dropout must be a number >= 0.0 and < 1.0 in float32.*becomes 1.0"),
-    (dict(dropout=float("nan")), r"dropout must be a number"),
-    (dict(alpha="1e-4"), r"alpha must be a number"),
+    (dict(learning_rate_init=1e-50), r"learning_rate_init must be > 0.0 in float32.*becomes 0.0"),
+    (dict(epsilon=1e-50), r"epsilon must be > 0.0 in float32.*becomes 0.0"),
+    (dict(dropout=1 - 1e-9), r"dropout must be >= 0.0 and < 1.0 in float32.*becomes 1.0"),
+    (dict(dropout=float("nan")), r"dropout must be a finite number >= 0.0 and < 1.0, got nan"),
+    (dict(alpha="1e-4"), r"alpha must be a real number, got str"),
 ])
 def test_mlp_refuses_hyperparameters_that_do_not_fit_in_float32(kw, match):
     X, y = blobs(n_per=10)
     for cls in (MLPClassifier, MLPRegressor):
-        with pytest.raises(ValueError, match=rf"{cls.__name__}.fit: {match}"):
+        with pytest.raises(InvalidParameterError, match=rf"{cls.__name__}.fit: {match}"):
             cls(hidden_layer_sizes=(4,), max_iter=2, **kw).fit(X, y if cls is MLPClassifier else y.astype(float))
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor, LinearRegression, LogisticRegression])
+@pytest.mark.parametrize("kw, is_type", [
+    (dict(max_iter="10"), True), (dict(max_iter=0), False), (dict(max_iter=True), True),
+    (dict(random_state=-1), False), (dict(random_state="0"), True), (dict(verbose=3), False),
+    (dict(tol=-1.0), False), (dict(tol=None), True),
+])
+def test_bad_hyperparameters_raise_invalid_parameter_error(cls, kw, is_type):
+    # scikit-learn's convention: one InvalidParameterError, a ValueError and a TypeError, for any bad
+    # hyperparameter; its message names the estimator's method and the parameter as _validation's do
+    X, y = blobs(n_per=10)
+    if cls in (LinearRegression, MLPRegressor):
+        y = y.astype(float)
+    if cls is LinearRegression:
+        kw = dict(kw, solver="gd")
+    with pytest.raises(InvalidParameterError, match=rf"^{cls.__name__}.fit: {next(iter(kw))}") as e:
+        cls(**kw).fit(X, y)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, TypeError)
+    assert ("must be" in str(e.value)) and (("got str" in str(e.value) or "got bool" in str(e.value)
+                                              or "got NoneType" in str(e.value)) == is_type)
+
+
+def test_bad_data_follows_the_package_rule():
+    # data, not hyperparameters: TypeError for the wrong kind of data, ValueError for wrong values or shapes
+    X, y = blobs(n_per=10)
+    with pytest.raises(TypeError, match=r"MLPClassifier.fit: X must hold real numbers"):
+        MLPClassifier().fit(np.array([["a", "b"]] * len(y)), y)
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse"):
+        MLPClassifier().fit(sparse.csr_matrix(X), y)
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        MLPClassifier().fit(X + 1j, y)
+    with pytest.raises(ValueError, match="2-D"):
+        MLPRegressor().fit(X[:, 0], y.astype(float))
+    for bad in (dict(hidden_layer_sizes=(0,)), dict(activation="softplus"), dict(solver="lbfgs")):
+        with pytest.raises(InvalidParameterError):
+            MLPRegressor(**bad).fit(X, y.astype(float))
 
 
 def test_gradient_descent_estimators_refuse_an_lr_that_overflows_float32():
@@ -385,13 +425,16 @@ def test_sklearn_clone_pipeline_gridsearch():
     assert scores.mean() > 0.9
 
 
-def test_models_import_and_work_without_sklearn(tmp_path):
+def test_estimators_import_and_work_without_sklearn(tmp_path):
     code = r"""
 import sys
 sys.modules["sklearn"] = None            # any `import sklearn...` now raises ImportError
 import numpy as np
-import fastdl.models as m
+import fastdl.estimators as m
 assert not m.HAVE_SKLEARN
+from fastdl import models
+net = models.mlp([2, 4, 1], rng=0)                # the builder needs no scikit-learn either
+assert len(net) == 3
 rng = np.random.default_rng(0)
 X = np.concatenate([rng.normal(0, 0.5, (40, 2)), rng.normal(3, 0.5, (40, 2))]).astype(np.float32)
 y = np.repeat([0, 1], 40)
@@ -411,13 +454,97 @@ except m.NotFittedError:
     pass
 clf.fit(X, y)
 assert clf.score(X, y) > 0.95, clf.score(X, y)
+try:
+    m.MLPClassifier(max_iter=0).fit(X, y)
+except m.InvalidParameterError as e:
+    assert isinstance(e, ValueError) and isinstance(e, TypeError) and "max_iter" in str(e)
+else:
+    raise AssertionError("max_iter=0 accepted")
 reg = m.LinearRegression().fit(X, X[:, 0] * 2 + 1)
 assert reg.score(X, X[:, 0] * 2 + 1) > 0.999
 print("ok")
 """
+    import fastdl
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
+    # this checkout's fastdl (or the installed one), and nothing else from the test run's path
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(fastdl.__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("ok")
+
+
+# ---------------------------------------------------------------- scikit-learn's check_estimator
+
+# Known failures, fixed elsewhere (the merger removes this table when the fixes land); nothing else is xfailed.
+KNOWN_FAILURES = {
+    "check_methods_subset_invariance": "the GEMM is not yet batch-invariant bit for bit (fixed in the kernels)",
+    "check_methods_sample_order_invariance": "the GEMM is not yet batch-invariant bit for bit (fixed in the kernels)",
+    "check_estimators_pickle(readonly_memmap=True)": "predict after joblib.load(mmap_mode='r'): 'linear_forward: "
+                                                      "out is read-only'; read-only workspace buffers, fixed in nn "
+                                                      "(modules stop pickling their workspace buffers)",
+}
+
+
+def _check_id(check):
+    """scikit-learn's name for a check: the function, with its keyword arguments if any."""
+    if isinstance(check, functools.partial):
+        kw = ",".join(f"{k}={v}" for k, v in sorted(check.keywords.items()))
+        return f"{check.func.__name__}({kw})" if kw else check.func.__name__
+    return check.__name__
+
+
+def _sklearn_checks():
+    try:
+        from sklearn.utils.estimator_checks import estimator_checks_generator
+    except ImportError:   # no scikit-learn (or one older than 1.6): one skipped case says so
+        return [pytest.param(None, None, id="scikit-learn>=1.6 not installed",
+                             marks=pytest.mark.skip(reason="needs scikit-learn >= 1.6"))]
+    params = []
+    for est in (MLPClassifier(), MLPRegressor()):   # default hyperparameters
+        for estimator, check in estimator_checks_generator(est, legacy=True, mark=None):
+            name = _check_id(check)
+            marks = ([pytest.mark.xfail(reason=KNOWN_FAILURES[name], strict=False)]
+                     if name in KNOWN_FAILURES else [])
+            params.append(pytest.param(estimator, check, id=f"{type(est).__name__}-{name}", marks=marks))
+    return params
+
+
+@pytest.mark.filterwarnings("ignore::fastdl.estimators.ConvergenceWarning")
+@pytest.mark.parametrize("estimator, check", _sklearn_checks())
+def test_sklearn_check_estimator(estimator, check):
+    """Every check of scikit-learn's check_estimator, for MLPClassifier and MLPRegressor with their defaults."""
+    check(estimator)
+
+
+def test_sklearn_check_estimator_runs_every_check():
+    # the parametrization above is the whole of check_estimator: the same checks, none left out
+    sk = pytest.importorskip("sklearn.utils.estimator_checks")
+    if not hasattr(sk, "estimator_checks_generator"):
+        pytest.skip("needs scikit-learn >= 1.6")
+    for est in (MLPClassifier(), MLPRegressor()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = sk.check_estimator(est, on_fail=None, on_skip=None)
+        ours = [p for p in _sklearn_checks() if p.id.startswith(type(est).__name__ + "-")]
+        assert len(results) == len(ours) > 40
+        failed = {r["check_name"] for r in results if r["status"] == "failed"}   # names without arguments
+        assert failed <= {name.split("(")[0] for name in KNOWN_FAILURES}, failed
+
+
+@pytest.mark.xfail(strict=False, reason="read-only workspace buffers, fixed in nn")
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_joblib_load_with_mmap_then_predict(cls, tmp_path):
+    joblib = pytest.importorskip("joblib")
+    X, y = blobs(n_per=20)
+    est = cls(hidden_layer_sizes=(8,), max_iter=20, random_state=0, batch_norm=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y if cls is MLPClassifier else y.astype(float))
+    expected = est.predict(X)
+    path = tmp_path / "est.joblib"
+    joblib.dump(est, path)
+    loaded = joblib.load(path, mmap_mode="r")
+    np.testing.assert_array_equal(loaded.predict(X), expected)
+    if cls is MLPClassifier:
+        np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
