@@ -9,6 +9,7 @@ import os as _os
 import warnings as _warnings
 
 from . import _C
+from ._validation import check_int as _check_int
 from . import ops
 from . import nn, optim
 from . import datasets, estimators, models
@@ -29,11 +30,7 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads fastdl's kernels use. Counts above the CPUs available to this
     process are capped at that number (more threads than CPUs only wait on each other); the
     contention guard may still run a kernel on fewer while other processes hold the CPUs."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    if not 1 <= n <= 1 << 16:
-        raise ValueError(f"set_num_threads: n must be in [1, 65536], got {n}")
-    _C.set_num_threads(n)
+    _C.set_num_threads(_check_int(n, "set_num_threads", "n", minimum=1, maximum=1 << 16))
 
 
 def get_isa() -> str:

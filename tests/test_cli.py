@@ -373,3 +373,39 @@ def test_ctrl_c_in_the_first_epoch(mnist_path, tmp_path):
     assert "training interrupted after 0 epochs (Ctrl-C)" in err
     assert "after 0 epochs (stopped: interrupted)" in out and "nan" not in out and "per epoch" not in out
     nn.load(tmp_path / "m.npz")
+
+
+def test_train_builds_its_network_with_models_mlp(tmp_path, monkeypatch):
+    # `fastdl train` builds fastdl.models.mlp([784, *hidden, 10], ...), seeded by --seed; its initial weights are
+    # those the CLI's own builder gave before models.mlp existed: He uniform everywhere (the output layer too) and
+    # each Dropout's seed drawn after its Linear, all from default_rng(seed)
+    from fastdl import models
+
+    d = mnist_dir()
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {d} (set FASTDL_MNIST_DIR)")
+    built = []
+    real = models.mlp
+
+    def spy(*a, **k):
+        net = real(*a, **k)
+        built.append((a, k, [p.data.copy() for p in net.parameters()], [m.seed for m in net
+                                                                          if isinstance(m, nn.Dropout)]))
+        return net
+
+    monkeypatch.setattr(models, "mlp", spy)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data", str(d), "--limit-train", "300", "--limit-test", "100", "--epochs", "1",
+                     "--hidden", "32", "16", "--seed", "7", "--out", "", "--quiet"]) == 0
+    (args, kwargs, weights, seeds), = built
+    assert args == ([784, 32, 16, 10],)
+    assert kwargs == dict(activation="relu", dropout=0.1, batch_norm=False, rng=7)
+    rng = np.random.default_rng(7)
+    ref, ref_seeds = [], []
+    for i, (a, b) in enumerate([(784, 32), (32, 16), (16, 10)]):
+        lin = nn.Linear(a, b, init="kaiming_uniform", rng=rng)
+        ref += [lin.weight.data, lin.bias.data]
+        if i < 2:
+            ref_seeds.append(int(rng.integers(0, 2**63)))
+    assert len(weights) == len(ref) and all(np.array_equal(w, r) for w, r in zip(weights, ref))
+    assert seeds == ref_seeds
