@@ -83,30 +83,25 @@ def load_data(cfg, mnist_dir):
 
 
 def initial_layers():
-    """The initial weights every contender starts from: fastdl's Linear init (Kaiming uniform)."""
-    from fastdl import nn  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
+    """The initial weights every contender starts from: those of ``fastdl.models.mlp(SIZES, rng=SEED)``
+    (ReLU, Kaiming uniform weights, zero biases)."""
+    from fastdl import models, nn  # noqa: PLC0415
 
-    rng = np.random.default_rng(SEED)
-    layers = [nn.Linear(a, b, rng=rng) for a, b in zip(SIZES[:-1], SIZES[1:])]
-    return [(lin.weight.data.copy(), lin.bias.data.copy()) for lin in layers]
+    net = models.mlp(SIZES, rng=SEED)
+    return [(m.weight.data.copy(), m.bias.data.copy()) for m in net if isinstance(m, nn.Linear)]
 
 
 class FastdlNet:
     name = "fastdl"
 
     def __init__(self, layers):
-        from fastdl import nn, optim  # noqa: PLC0415
+        from fastdl import models, nn, optim  # noqa: PLC0415
 
-        mods = []
-        for i, (w, b) in enumerate(layers):
-            lin = nn.Linear(w.shape[1], w.shape[0], rng=0)
+        # the ReLU MLP of these sizes (fastdl.models.mlp), started from the given weights
+        self.model = models.mlp([layers[0][0].shape[1], *(w.shape[0] for w, _ in layers)], rng=0)
+        for lin, (w, b) in zip((m for m in self.model if isinstance(m, nn.Linear)), layers):
             lin.weight.data[...] = w
             lin.bias.data[...] = b
-            mods.append(lin)
-            if i < len(layers) - 1:
-                mods.append(nn.ReLU())
-        self.model = nn.Sequential(*mods)
         self.loss_fn = nn.CrossEntropyLoss()
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
 

@@ -13,7 +13,7 @@ Run: python examples/linear_regression.py
 import numpy as np
 
 from fastdl import nn, optim
-from fastdl.models import LinearRegression
+from fastdl.estimators import LinearRegression
 from fastdl.train import fit
 
 rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import numpy as np
 
 from fastdl import nn, optim
 from fastdl.datasets import make_xor
-from fastdl.models import LinearRegression
+from fastdl.estimators import LinearRegression
 from fastdl.train import fit, predict
 
 X, y = make_xor()  # X float32 (4, 2): (0,0), (0,1), (1,0), (1,1); y int64: 0, 1, 1, 0

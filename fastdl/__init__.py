@@ -17,9 +17,10 @@ except ImportError as _error:
     from ._bootstrap import use_installed as _use_installed
 
     _C = _use_installed(__name__, __file__, _error)
+from ._validation import check_int as _check_int
 from . import ops
 from . import nn, optim
-from . import datasets, models
+from . import datasets, estimators, models
 from .plot import plot_history
 from .nn import load, save
 from .train import EarlyStopping, History, Trainer, evaluate, fit, predict
@@ -37,11 +38,7 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads fastdl's kernels use. Counts above the CPUs available to this
     process are capped at that number (more threads than CPUs only wait on each other); the
     contention guard may still run a kernel on fewer while other processes hold the CPUs."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    if not 1 <= n <= 1 << 16:
-        raise ValueError(f"set_num_threads: n must be in [1, 65536], got {n}")
-    _C.set_num_threads(n)
+    _C.set_num_threads(_check_int(n, "set_num_threads", "n", minimum=1, maximum=1 << 16))
 
 
 def get_isa() -> str:
@@ -80,7 +77,7 @@ def _isa_from_env() -> None:
 _isa_from_env()
 
 __all__ = [
-    "ops", "nn", "optim", "models", "datasets", "plot_history",
+    "ops", "nn", "optim", "models", "estimators", "datasets", "plot_history",
     "fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping", "save", "load",
     "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
 ]

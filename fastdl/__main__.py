@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "build_mlp"]
+from fastdl._validation import check_int, check_real
+
+__all__ = ["main", "build_parser"]
 
 # The defaults of `fastdl train`: 784-256-128-10 ReLU with dropout 0.1, SGD (lr 0.05, Nesterov momentum 0.9,
 # weight decay 5e-4) on a cosine schedule, batch 128, 20 epochs. Measured on 2 AMD Zen 3 cores: test accuracy
@@ -38,30 +40,6 @@ class CLIError(Exception):
 
 
 # ---------------------------------------------------------------------------- train
-
-
-def build_mlp(in_features, hidden, out_features, *, activation="relu", dropout=0.0, batch_norm=False, seed=0):
-    """Linear -> [BatchNorm1d] -> activation -> [Dropout] for each hidden size, then Linear.
-
-    Weights: He (Kaiming) uniform for relu / leaky_relu, Glorot (Xavier) uniform for tanh / sigmoid,
-    all drawn from ``np.random.default_rng(seed)``; dropout masks from seeds drawn from it too.
-    """
-    from fastdl import nn
-
-    acts = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-    init = "kaiming_uniform" if activation in ("relu", "leaky_relu") else "xavier_uniform"
-    rng = np.random.default_rng(seed)
-    layers, width = [], in_features
-    for h in hidden:
-        layers.append(nn.Linear(width, h, init=init, rng=rng))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
-        layers.append(acts[activation]())
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout, seed=int(rng.integers(0, 2**63))))
-        width = h
-    layers.append(nn.Linear(width, out_features, init=init, rng=rng))
-    return nn.Sequential(*layers)
 
 
 def _make_optimizer(args, params):
@@ -107,7 +85,7 @@ def _make_scheduler(name, opt, epochs):
 
 def _cmd_train(args) -> int:
     import fastdl
-    from fastdl import nn
+    from fastdl import models, nn
     from fastdl.train import evaluate, fit
 
     if args.threads is not None:
@@ -122,8 +100,10 @@ def _cmd_train(args) -> int:
         Xt, yt = Xt[: args.limit_test], yt[: args.limit_test]
     say(f"MNIST: {len(X)} training and {len(Xt)} test images ({time.perf_counter() - t0:.1f} s to load)")
 
-    model = build_mlp(X.shape[1], args.hidden, 10, activation=args.activation, dropout=args.dropout,
-                      batch_norm=args.batch_norm, seed=args.seed)
+    # fastdl.models.mlp: Linear -> [BatchNorm1d] -> activation -> [Dropout] per hidden size, then Linear; He
+    # (relu, leaky_relu) or Glorot (tanh, sigmoid) uniform weights, the output layer's too, from default_rng(seed)
+    model = models.mlp([X.shape[1], *args.hidden, 10], activation=args.activation, dropout=args.dropout,
+                       batch_norm=args.batch_norm, rng=args.seed)
     opt = _make_optimizer(args, model.parameters())
     scheduler = _make_scheduler(args.schedule, opt, args.epochs)
     sizes = "-".join(str(s) for s in [X.shape[1], *args.hidden, 10])
@@ -296,60 +276,29 @@ def _cmd_info(args) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _fraction(low_open=False, float32=False):
-    """A number in [0, 1) (or (0, 1)); with float32 (a value the kernels use, as --dropout) also once
-    rounded to float32, where 1 - 1e-9 becomes 1."""
+def _number(kind, **bounds):
+    """An argparse ``type``: the text as an int (``kind`` "int") or a float ("real"), checked by
+    fastdl._validation's check_int / check_real with ``bounds`` (``float32=True`` for a value the kernels
+    use: it must also fit in float32 and keep within the bounds once rounded there, where 1 - 1e-9 is 1)."""
     def parse(text):
         try:
-            v = float(text)
+            v = int(text) if kind == "int" else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (0.0 < v < 1.0 if low_open else 0.0 <= v < 1.0):
-            raise argparse.ArgumentTypeError(f"expected a number in {'(' if low_open else '['}0, 1), got {text!r}")
-        if float32 and not _kernel_float32(v) < 1.0:
-            raise argparse.ArgumentTypeError(f"expected a number below 1 in float32, which the kernels use, got "
-                                             f"{text!r} (1.0 in float32)")
-        return v
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind == 'int' else 'a number'}, "
+                                             f"got {text!r}") from None
+        try:
+            return (check_int if kind == "int" else check_real)(v, "fastdl", "value", **bounds)
+        except (TypeError, ValueError) as e:  # "fastdl: value must be ..." -> "argument --lr: value must be ..."
+            raise argparse.ArgumentTypeError(str(e).removeprefix("fastdl: ")) from None
     return parse
 
 
-def _kernel_float32(v):
-    from fastdl.nn.module import as_kernel_float32
-
-    return as_kernel_float32(v)
-
-
-def _nonnegative(text):
-    """A finite number >= 0 that fits in float32 (a hyper-parameter the kernels use: --weight-decay, --lr)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    if _kernel_float32(v) == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number that fits in float32 (max 3.4028235e+38), got {text!r}")
-    return v
-
-
-def _positive(text):
-    v = _nonnegative(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    if _kernel_float32(v) == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0 in float32, which the kernels use, got {text!r} "
-                                         f"(0 in float32)")
-    return v
+_positive_int = _number("int", minimum=1)
+_seed = _number("int", minimum=0)
+_fraction = _number("real", low=0.0, high=1.0, high_open=True)                   # [0, 1)
+_dropout = _number("real", low=0.0, high=1.0, high_open=True, float32=True)      # [0, 1) in float32 too
+_nonnegative = _number("real", low=0.0, float32=True)                            # --weight-decay
+_positive = _number("real", low=0.0, low_open=True, float32=True)                # --lr
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -384,12 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=d["optimizer"], help="optimizer")
     t.add_argument("--lr", type=_positive, default=d["lr"],
                    help="learning rate (default: %s)" % ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()))
-    t.add_argument("--momentum", type=_fraction(), default=d["momentum"], help="SGD momentum")
+    t.add_argument("--momentum", type=_fraction, default=d["momentum"], help="SGD momentum")
     t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=d["nesterov"],
                    help="Nesterov momentum (SGD)")
     t.add_argument("--weight-decay", type=_nonnegative, default=d["weight_decay"],
                    help="L2 penalty (SGD, Adam) or decoupled weight decay (AdamW)")
-    t.add_argument("--dropout", type=_fraction(float32=True), default=d["dropout"],
+    t.add_argument("--dropout", type=_dropout, default=d["dropout"],
                    help="dropout after each hidden layer")
     t.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d["batch_norm"],
                    help="BatchNorm1d before each hidden activation")
@@ -397,9 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="training epochs")
     t.add_argument("--schedule", choices=["none", "cosine", "step", "exponential", "plateau", "inverse_time"],
                    default=d["schedule"], help="learning-rate schedule, stepped once per epoch")
-    t.add_argument("--seed", type=int, default=d["seed"], help="seeds the weights, shuffling and dropout")
+    t.add_argument("--seed", type=_seed, default=d["seed"], help="seeds the weights, shuffling and dropout")
     t.add_argument("--threads", type=_positive_int, default=None, help="kernel threads (default: all CPUs)")
-    t.add_argument("--val-split", type=_fraction(), default=d["val_split"],
+    t.add_argument("--val-split", type=_fraction, default=d["val_split"],
                    help="fraction of the training images held out for validation (the last ones)")
     t.add_argument("--out", metavar="PATH", default=d["out"], help="where to save the model ('' to skip)")
     t.add_argument("--history-png", metavar="PATH", default=None, help="also plot the training curves (matplotlib)")

@@ -10,15 +10,36 @@ check through these functions; none carries a checker of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
 import numpy as np
 
-__all__ = ["check_int", "check_real", "check_bool", "check_choice", "check_rng", "check_callable",
+__all__ = ["InvalidParameterError", "invalid_parameters", "check_int", "check_real", "check_bool", "check_choice", "check_rng", "check_callable",
            "as_kernel_float32", "numeric_array", "as_float32", "F32_TINY"]
 
 F32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A hyperparameter of a scikit-learn-style estimator (``fastdl.estimators``) has a wrong type or value.
+
+    scikit-learn's estimators raise their own ``InvalidParameterError``, a subclass of both ValueError
+    and TypeError, for any bad hyperparameter; so do fastdl's, with this class (``except ValueError``
+    and ``except TypeError`` both catch it). The message follows the package's rule."""
+
+
+@contextlib.contextmanager
+def invalid_parameters():
+    """Within the block, a TypeError or ValueError from the checks here becomes an InvalidParameterError
+    with the same message (for estimator hyperparameters: scikit-learn's convention)."""
+    try:
+        yield
+    except InvalidParameterError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise InvalidParameterError(str(e)) from None
 
 
 def _is_int(value) -> bool:

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validation import check_bool, check_int, check_real, check_rng
+
 __all__ = [
     "load_mnist", "download_mnist", "find_mnist", "read_idx", "mnist_cache_dir", "MNISTNotFoundError",
     "MNIST_FILES", "MNIST_MIRRORS",
@@ -328,6 +330,7 @@ def download_mnist(dest=None, *, url=None, timeout: float = 30.0) -> Path:
     else MNIST_MIRRORS). Raises ValueError when a file arrives corrupt
     from every mirror, MNISTNotFoundError when no mirror can be reached.
     """
+    timeout = check_real(timeout, "download_mnist", "timeout", low=0.0, low_open=True)
     dest = Path(dest) if dest is not None else mnist_cache_dir()
     bases = _mirrors(url)
     created = [d for d in (dest, *dest.parents) if not d.exists()]  # removed again if nothing arrives
@@ -380,6 +383,7 @@ def load_mnist(root=None, *, download: bool = True, url=None):
     ValueError naming the file on any mismatch. MNISTNotFoundError (a FileNotFoundError) when
     the files cannot be found or downloaded; its message says where to put them.
     """
+    download = check_bool(download, "load_mnist", "download")
     if root is not None:
         root = Path(root)
         if not root.is_dir():
@@ -403,34 +407,8 @@ def load_mnist(root=None, *, download: bool = True, url=None):
 # ------------------------------------------------------------------------- synthetic sets
 
 
-def _rng(random_state, where) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is not None and (isinstance(random_state, bool)
-                                     or not isinstance(random_state, (int, np.integer)) or random_state < 0):
-        raise TypeError(f"{where}: random_state must be None, an int or a np.random.Generator, got {random_state!r}")
-    return np.random.default_rng(random_state)
-
-
-def _count(where, name, n, minimum=1):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{where}: {name} must be an int, got {type(n).__name__}")
-    if n < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}, got {n}")
-    return int(n)
-
-
-def _real(where, name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _noise(noise, where):
-    noise = _real(where, "noise", noise)
-    if not np.isfinite(noise) or noise < 0:
-        raise ValueError(f"{where}: noise must be a finite number >= 0, got {noise}")
-    return noise
+def _noise(noise, who):
+    return check_real(noise, who, "noise", low=0.0)
 
 
 def make_xor(n=None, noise: float = 0.0, random_state=None):
@@ -444,8 +422,9 @@ def make_xor(n=None, noise: float = 0.0, random_state=None):
     corners = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
     labels = np.array([0, 1, 1, 0], dtype=np.int64)
     noise = _noise(noise, "make_xor")
-    rng = _rng(random_state, "make_xor")
-    idx = np.arange(4) if n is None else rng.integers(0, 4, size=_count("make_xor", "n", n))
+    n = check_int(n, "make_xor", "n", minimum=1, allow_none=True)
+    rng = check_rng(random_state, "make_xor", "random_state")
+    idx = np.arange(4) if n is None else rng.integers(0, 4, size=n)
     X = corners[idx]
     if noise > 0:
         X = X + noise * rng.standard_normal(X.shape)
@@ -461,12 +440,10 @@ def make_spirals(n_samples: int = 200, noise: float = 0.0, n_turns: float = 1.5,
     Class 0 gets ceil(n_samples / 2) points. Gaussian noise of std `noise` is added.
     Returns X float32 (n_samples, 2) and y int64 (n_samples,), rows in random order.
     """
-    n_samples = _count("make_spirals", "n_samples", n_samples, 2)
+    n_samples = check_int(n_samples, "make_spirals", "n_samples", minimum=2)
     noise = _noise(noise, "make_spirals")
-    n_turns = _real("make_spirals", "n_turns", n_turns)
-    if not np.isfinite(n_turns) or n_turns <= 0:
-        raise ValueError(f"make_spirals: n_turns must be > 0, got {n_turns}")
-    rng = _rng(random_state, "make_spirals")
+    n_turns = check_real(n_turns, "make_spirals", "n_turns", low=0.0, low_open=True)
+    rng = check_rng(random_state, "make_spirals", "random_state")
     y = np.zeros(n_samples, dtype=np.int64)
     y[(n_samples + 1) // 2:] = 1
     t_max = 2 * np.pi * n_turns
@@ -487,9 +464,9 @@ def make_moons(n_samples: int = 200, noise: float = 0.0, random_state=None):
     Class 0 gets ceil(n_samples / 2) points. Gaussian noise of std `noise` is added.
     Returns X float32 (n_samples, 2) and y int64 (n_samples,), rows in random order.
     """
-    n_samples = _count("make_moons", "n_samples", n_samples, 2)
+    n_samples = check_int(n_samples, "make_moons", "n_samples", minimum=2)
     noise = _noise(noise, "make_moons")
-    rng = _rng(random_state, "make_moons")
+    rng = check_rng(random_state, "make_moons", "random_state")
     n0 = (n_samples + 1) // 2
     n1 = n_samples - n0
     s0, s1 = np.linspace(0, np.pi, n0), np.linspace(0, np.pi, n1)
@@ -524,7 +501,7 @@ def make_regression_1d(n_samples: int = 200, fn="sin", noise: float = 0.0, x_ran
     "step", "gauss" = exp(-x^2), "sinc") or a callable mapping a float64 array to an array of
     the same shape. Returns X float32 (n_samples, 1) and y float32 (n_samples, 1), x unsorted.
     """
-    n_samples = _count("make_regression_1d", "n_samples", n_samples)
+    n_samples = check_int(n_samples, "make_regression_1d", "n_samples", minimum=1)
     noise = _noise(noise, "make_regression_1d")
     if isinstance(fn, str):
         if fn not in REGRESSION_FUNCTIONS:
@@ -536,12 +513,15 @@ def make_regression_1d(n_samples: int = 200, fn="sin", noise: float = 0.0, x_ran
     else:
         raise TypeError(f"make_regression_1d: fn must be a name or a callable, got {type(fn).__name__}")
     try:
-        lo, hi = (_real("make_regression_1d", "x_range", v) for v in x_range)
+        lo, hi = x_range
     except (TypeError, ValueError):
-        lo = hi = np.nan
-    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise (TypeError if not hasattr(x_range, "__len__") else ValueError)(
+            f"make_regression_1d: x_range must be a pair (low, high), got {x_range!r}") from None
+    lo = check_real(lo, "make_regression_1d", "x_range[0]")
+    hi = check_real(hi, "make_regression_1d", "x_range[1]")
+    if not lo < hi:
         raise ValueError(f"make_regression_1d: x_range must be (low, high) with low < high, got {x_range!r}")
-    rng = _rng(random_state, "make_regression_1d")
+    rng = check_rng(random_state, "make_regression_1d", "random_state")
     x = rng.uniform(lo, hi, n_samples)
     y = np.asarray(f(x), dtype=np.float64)
     if y.shape != x.shape:
@@ -563,10 +543,11 @@ def split(X, y, test_fraction: float = 0.2, random_state=None, *, shuffle: bool 
     n = len(X)
     if n < 2:
         raise ValueError(f"split: need at least 2 rows, got {n}")
-    test_fraction = float(test_fraction)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"split: test_fraction must be in (0, 1), got {test_fraction}")
+    test_fraction = check_real(test_fraction, "split", "test_fraction", low=0.0, high=1.0, low_open=True,
+                               high_open=True)
+    shuffle = check_bool(shuffle, "split", "shuffle")
+    rng = check_rng(random_state, "split", "random_state")
     n_test = min(max(int(round(test_fraction * n)), 1), n - 1)
-    order = _rng(random_state, "split").permutation(n) if shuffle else np.arange(n)
+    order = rng.permutation(n) if shuffle else np.arange(n)
     test, train = order[:n_test], order[n_test:]
     return (X[train], y[train]), (X[test], y[test])

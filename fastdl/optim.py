@@ -19,7 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import ops
-from .nn.module import Module, Parameter, check_float, check_int
+from ._validation import check_bool, check_callable, check_choice, check_int, check_real
+from .nn.module import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW",
            "LRScheduler", "StepLR", "ExponentialLR", "CosineAnnealingLR", "InverseTimeLR", "ReduceLROnPlateau"]
@@ -46,9 +47,7 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict, *, check_finite: bool = True):
         who = type(self).__name__
-        if not isinstance(check_finite, (bool, np.bool_)):
-            raise TypeError(f"{who}: check_finite must be a bool, got {type(check_finite).__name__}")
-        self.check_finite = bool(check_finite)
+        self.check_finite = check_bool(check_finite, who, "check_finite")
         if isinstance(params, Module):
             raise TypeError(f"{who}: params must be an iterable of Parameters; pass model.parameters()")
         if isinstance(params, (Parameter, np.ndarray)):
@@ -103,7 +102,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        value = check_float(value, type(self).__name__, "lr", low=0.0, float32=True)
+        value = check_real(value, type(self).__name__, "lr", low=0.0, float32=True)
         for g in self.param_groups:
             g["lr"] = value
 
@@ -120,9 +119,7 @@ class Optimizer:
         called first (it should recompute the gradients) and its return value is returned."""
         loss = None
         if closure is not None:
-            if not callable(closure):
-                raise TypeError(f"{type(self).__name__}.step: closure must be callable")
-            loss = closure()
+            loss = check_callable(closure, f"{type(self).__name__}.step", "closure")()
         # A native update checks its own group's gradients before writing; with several groups (several
         # calls), or no such update, every gradient is checked first, so a refused step changes nothing.
         check = bool(self.check_finite)
@@ -187,8 +184,12 @@ class Optimizer:
     def load_state_dict(self, state_dict) -> None:
         """Restore hyperparameters and state saved by ``state_dict`` (same parameter layout)."""
         who = f"{type(self).__name__}.load_state_dict"
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
-            raise ValueError(f"{who}: expected a dict with 'state' and 'param_groups'")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{who}: state_dict must be a dict with 'state' and 'param_groups', "
+                            f"got {type(state_dict).__name__}")
+        if set(state_dict) != {"state", "param_groups"}:
+            raise ValueError(f"{who}: state_dict must be a dict with 'state' and 'param_groups', "
+                             f"got keys {sorted(map(str, state_dict))}")
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError(f"{who}: the saved state has {len(groups)} parameter groups, this optimizer "
@@ -257,12 +258,11 @@ class SGD(Optimizer):
     def _validate(self, g):
         who = "SGD"
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
-        out["momentum"] = check_float(g["momentum"], who, "momentum", low=0.0, float32=True)
-        out["dampening"] = check_float(g["dampening"], who, "dampening", float32=True)
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
-        if not isinstance(g["nesterov"], (bool, np.bool_)):
-            raise TypeError(f"{who}: nesterov must be a bool, got {type(g['nesterov']).__name__}")
+        out["lr"] = check_real(g["lr"], who, "lr", low=0.0, float32=True)
+        out["momentum"] = check_real(g["momentum"], who, "momentum", low=0.0, float32=True)
+        out["dampening"] = check_real(g["dampening"], who, "dampening", float32=True)
+        out["weight_decay"] = check_real(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
+        check_bool(g["nesterov"], who, "nesterov")
         out["nesterov"] = bool(g["nesterov"])
         if out["nesterov"] and (out["momentum"] <= 0.0 or out["dampening"] != 0.0):
             raise ValueError(f"{who}: nesterov momentum requires momentum > 0 and dampening = 0, got "
@@ -320,14 +320,14 @@ class Adam(Optimizer):
     def _validate(self, g):
         who = type(self).__name__
         out = dict(g)
-        out["lr"] = check_float(g["lr"], who, "lr", low=0.0, float32=True)
-        out["eps"] = check_float(g["eps"], who, "eps", low=0.0, float32=True)
-        out["weight_decay"] = check_float(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
+        out["lr"] = check_real(g["lr"], who, "lr", low=0.0, float32=True)
+        out["eps"] = check_real(g["eps"], who, "eps", low=0.0, float32=True)
+        out["weight_decay"] = check_real(g["weight_decay"], who, "weight_decay", low=0.0, float32=True)
         betas = g["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
-        out["betas"] = (check_float(betas[0], who, "betas[0]", low=0.0, high=1.0, high_open=True),
-                        check_float(betas[1], who, "betas[1]", low=0.0, high=1.0, high_open=True))
+        out["betas"] = (check_real(betas[0], who, "betas[0]", low=0.0, high=1.0, high_open=True),
+                        check_real(betas[1], who, "betas[1]", low=0.0, high=1.0, high_open=True))
         return out
 
     def _update_group(self, g, check_finite):
@@ -387,7 +387,7 @@ class LRScheduler:
     def step(self) -> None:
         """Advance one epoch and set the optimizer's learning rate (which must fit in float32)."""
         t = self.last_epoch + 1
-        lrs = [check_float(self._lr_at(base, t), type(self).__name__, f"lr (epoch {t})", low=0.0, float32=True)
+        lrs = [check_real(self._lr_at(base, t), type(self).__name__, f"lr (epoch {t})", low=0.0, float32=True)
                for base in self.base_lrs]
         self.last_epoch = t
         for g, lr in zip(self.optimizer.param_groups, lrs):
@@ -411,7 +411,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         self.step_size = check_int(step_size, "StepLR", "step_size", minimum=1)
-        self.gamma = check_float(gamma, "StepLR", "gamma", low=0.0, low_open=True)
+        self.gamma = check_real(gamma, "StepLR", "gamma", low=0.0, low_open=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -422,7 +422,7 @@ class ExponentialLR(LRScheduler):
     """lr_t = lr_0 · gamma^t."""
 
     def __init__(self, optimizer, gamma: float):
-        self.gamma = check_float(gamma, "ExponentialLR", "gamma", low=0.0, low_open=True)
+        self.gamma = check_real(gamma, "ExponentialLR", "gamma", low=0.0, low_open=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -434,7 +434,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         self.T_max = check_int(T_max, "CosineAnnealingLR", "T_max", minimum=1)
-        self.eta_min = check_float(eta_min, "CosineAnnealingLR", "eta_min", low=0.0, float32=True)
+        self.eta_min = check_real(eta_min, "CosineAnnealingLR", "eta_min", low=0.0, float32=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -446,7 +446,7 @@ class InverseTimeLR(LRScheduler):
     conditions under which SGD provably converges."""
 
     def __init__(self, optimizer, tau: float):
-        self.tau = check_float(tau, "InverseTimeLR", "tau", low=0.0, low_open=True)
+        self.tau = check_real(tau, "InverseTimeLR", "tau", low=0.0, low_open=True)
         super().__init__(optimizer)
 
     def _lr_at(self, base, t):
@@ -470,19 +470,17 @@ class ReduceLROnPlateau:
         who = "ReduceLROnPlateau"
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{who}: optimizer must be a fastdl.optim.Optimizer, got {type(optimizer).__name__}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"{who}: mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"{who}: threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        check_choice(mode, who, "mode", ("min", "max"))
+        check_choice(threshold_mode, who, "threshold_mode", ("rel", "abs"))
         self.optimizer = optimizer
         self.mode = mode
-        self.factor = check_float(factor, who, "factor", low=0.0, high=1.0, high_open=True)
+        self.factor = check_real(factor, who, "factor", low=0.0, high=1.0, high_open=True)
         self.patience = check_int(patience, who, "patience", minimum=0)
-        self.threshold = check_float(threshold, who, "threshold", low=0.0)
+        self.threshold = check_real(threshold, who, "threshold", low=0.0)
         self.threshold_mode = threshold_mode
         self.cooldown = check_int(cooldown, who, "cooldown", minimum=0)
-        self.min_lr = check_float(min_lr, who, "min_lr", low=0.0, float32=True)
-        self.eps = check_float(eps, who, "eps", low=0.0)
+        self.min_lr = check_real(min_lr, who, "min_lr", low=0.0, float32=True)
+        self.eps = check_real(eps, who, "eps", low=0.0)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0

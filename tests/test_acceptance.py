@@ -149,10 +149,10 @@ def test_fit_evaluate_predict_trainer_name_a_wrong_model_loss_optimizer_or_seed(
     (lambda: datasets.make_xor(4, noise="a"), "make_xor: noise must be a real number, got str"),
     (lambda: datasets.make_spirals(1), "make_spirals: n_samples must be >= 2, got 1"),
     (lambda: datasets.make_spirals(10, n_turns=-1), "make_spirals: n_turns must be > 0"),
-    (lambda: datasets.make_moons(10, noise=-1), "make_moons: noise must be a finite number >= 0"),
+    (lambda: datasets.make_moons(10, noise=-1), r"make_moons: noise must be >= 0.0, got -1.0"),
     (lambda: datasets.make_moons(10, random_state=1.5), "make_moons: random_state must be None, an int"),
     (lambda: datasets.make_moons("10"), "make_moons: n_samples must be an int, got str"),
-    (lambda: datasets.make_regression_1d(10, x_range=(1, "b")), "make_regression_1d: x_range must be"),
+    (lambda: datasets.make_regression_1d(10, x_range=(1, "b")), r"make_regression_1d: x_range\[1\] must be a real"),
     (lambda: datasets.make_regression_1d(10, x_range=5), "make_regression_1d: x_range must be"),
     (lambda: datasets.make_regression_1d(10, fn="nope"), "make_regression_1d: fn must be one of"),
 ])

@@ -132,15 +132,19 @@ def test_train_quiet_options_and_history_png(mnist_path, tmp_path, capsys):
     ([], "required"),
     (["nope"], "invalid choice"),
     (["train", "--activation", "softplus"], "invalid choice"),
-    (["train", "--epochs", "0"], "positive integer"),
-    (["train", "--lr", "-1"], "finite number >= 0"),
-    (["train", "--dropout", "1.5"], "in [0, 1)"),
-    (["train", "--dropout", "nan"], "in [0, 1)"),
-    (["train", "--dropout", "0.9999999999"], "argument --dropout: expected a number below 1 in float32"),
-    (["train", "--lr", "1e39"], "argument --lr: expected a number that fits in float32"),
-    (["train", "--lr", "1e-50"], "argument --lr: expected a number > 0 in float32"),
-    (["train", "--lr", "fast"], "argument --lr: expected a number"),
-    (["train", "--weight-decay", "1e308"], "argument --weight-decay: expected a number that fits in float32"),
+    (["train", "--epochs", "0"], "argument --epochs: value must be >= 1, got 0"),
+    (["train", "--epochs", "2.5"], "argument --epochs: expected an integer, got '2.5'"),
+    (["train", "--seed", "-1"], "argument --seed: value must be >= 0, got -1"),
+    (["train", "--lr", "-1"], "argument --lr: value must be > 0.0, got -1.0"),
+    (["train", "--dropout", "1.5"], "value must be >= 0.0 and < 1.0, got 1.5"),
+    (["train", "--dropout", "nan"], "value must be a finite number >= 0.0 and < 1.0, got nan"),
+    (["train", "--dropout", "0.9999999999"], "argument --dropout: value must be >= 0.0 and < 1.0 in float32, which "
+                                             "the kernels use; 0.9999999999 becomes 1.0 there"),
+    (["train", "--lr", "1e39"], "argument --lr: value=1e+39 does not fit in float32"),
+    (["train", "--lr", "1e-50"], "argument --lr: value must be > 0.0 in float32"),
+    (["train", "--lr", "fast"], "argument --lr: expected a number, got 'fast'"),
+    (["train", "--weight-decay", "1e308"], "argument --weight-decay: value=1e+308 does not fit in float32"),
+    (["train", "--weight-decay", "-0.1"], "argument --weight-decay: value must be >= 0.0, got -0.1"),
     (["train", "--hidden"], "expected at least one argument"),
     (["train", "--bogus"], "unrecognized arguments"),
     (["predict", "model.npz"], "required"),
@@ -407,3 +411,39 @@ def test_a_source_checkout_without_an_installed_package_says_what_to_do(tmp_path
                        timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 1
     assert "is not built" in r.stderr and "pip install ." in r.stderr and "dev_build.sh" in r.stderr
+
+
+def test_train_builds_its_network_with_models_mlp(tmp_path, monkeypatch):
+    # `fastdl train` builds fastdl.models.mlp([784, *hidden, 10], ...), seeded by --seed; its initial weights are
+    # those the CLI's own builder gave before models.mlp existed: He uniform everywhere (the output layer too) and
+    # each Dropout's seed drawn after its Linear, all from default_rng(seed)
+    from fastdl import models
+
+    d = mnist_dir()
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {d} (set FASTDL_MNIST_DIR)")
+    built = []
+    real = models.mlp
+
+    def spy(*a, **k):
+        net = real(*a, **k)
+        built.append((a, k, [p.data.copy() for p in net.parameters()], [m.seed for m in net
+                                                                          if isinstance(m, nn.Dropout)]))
+        return net
+
+    monkeypatch.setattr(models, "mlp", spy)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data", str(d), "--limit-train", "300", "--limit-test", "100", "--epochs", "1",
+                     "--hidden", "32", "16", "--seed", "7", "--out", "", "--quiet"]) == 0
+    (args, kwargs, weights, seeds), = built
+    assert args == ([784, 32, 16, 10],)
+    assert kwargs == dict(activation="relu", dropout=0.1, batch_norm=False, rng=7)
+    rng = np.random.default_rng(7)
+    ref, ref_seeds = [], []
+    for i, (a, b) in enumerate([(784, 32), (32, 16), (16, 10)]):
+        lin = nn.Linear(a, b, init="kaiming_uniform", rng=rng)
+        ref += [lin.weight.data, lin.bias.data]
+        if i < 2:
+            ref_seeds.append(int(rng.integers(0, 2**63)))
+    assert len(weights) == len(ref) and all(np.array_equal(w, r) for w, r in zip(weights, ref))
+    assert seeds == ref_seeds

@@ -518,7 +518,20 @@ def test_split():
     (lambda: datasets.make_regression_1d(10, fn=lambda x: x[:3]), ValueError),
     (lambda: datasets.split(np.zeros((4, 2)), np.zeros(3)), ValueError),
     (lambda: datasets.split(np.zeros((4, 2)), np.zeros(4), test_fraction=1.0), ValueError),
+    # fastdl._validation's rule: TypeError for a wrong type, ValueError for a wrong value, who and what named
+    (lambda: datasets.make_moons(10, random_state=-1), ValueError),          # was a TypeError
+    (lambda: datasets.make_moons(10, noise="0.1"), TypeError),
+    (lambda: datasets.make_moons(10, noise=float("nan")), ValueError),
+    (lambda: datasets.make_spirals(10, n_turns="2"), TypeError),
+    (lambda: datasets.make_regression_1d(10, x_range=("a", 1)), TypeError),  # was a ValueError
+    (lambda: datasets.make_regression_1d(10, x_range=5), TypeError),
+    (lambda: datasets.make_regression_1d(10, x_range=(0, 1, 2)), ValueError),
+    (lambda: datasets.split(np.zeros((4, 2)), np.zeros(4), test_fraction="0.5"), TypeError),  # was a ValueError
+    (lambda: datasets.split(np.zeros((4, 2)), np.zeros(4), shuffle="no"), TypeError),
+    (lambda: datasets.load_mnist(download="no"), TypeError),
+    (lambda: datasets.download_mnist("/nonexistent/x", timeout=0), ValueError),
 ])
 def test_bad_arguments(call, exc):
-    with pytest.raises(exc):
+    with pytest.raises(exc) as e:
         call()
+    assert e.type is exc

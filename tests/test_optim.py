@@ -671,7 +671,7 @@ def test_check_finite_false_updates_with_the_non_finite_gradient():
 @pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
 @pytest.mark.parametrize("value", [1, "yes", None])
 def test_check_finite_must_be_a_bool(cls, value):
-    with pytest.raises(TypeError, match=f"{cls.__name__}: check_finite must be a bool"):
+    with pytest.raises(TypeError, match=f"{cls.__name__}: check_finite must be True or False"):
         cls(_p(), lr=0.1, check_finite=value)
 
 
@@ -731,3 +731,20 @@ def test_manual_loop_with_a_nan_stops_at_step():
     with pytest.raises(ValueError, match="SGD.step: the gradient of parameter"):
         opt.step()
     assert all(np.array_equal(a, p.data) for a, p in zip(before, model.parameters()))
+
+
+def test_argument_checks_follow_the_validation_rule():
+    # fastdl._validation's rule: TypeError for a wrong type, ValueError for a wrong value
+    with pytest.raises(TypeError, match="ReduceLROnPlateau: mode must be one of 'min', 'max', got int"):
+        optim.ReduceLROnPlateau(_sgd(1.0), mode=1)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau: threshold_mode must be one of 'rel', 'abs', got 'x'"):
+        optim.ReduceLROnPlateau(_sgd(1.0), threshold_mode="x")
+    opt = _sgd(1.0)
+    with pytest.raises(TypeError, match="SGD.load_state_dict: state_dict must be a dict"):   # was a ValueError
+        opt.load_state_dict([("state", {})])
+    with pytest.raises(ValueError, match="SGD.load_state_dict: state_dict must be a dict with 'state'"):
+        opt.load_state_dict({"state": {}})
+    with pytest.raises(TypeError, match="SGD.step: closure must be a callable, got int"):
+        opt.step(closure=3)
+    with pytest.raises(TypeError, match="SGD: nesterov must be True or False, got str"):
+        optim.SGD(opt.param_groups[0]["params"], lr=0.1, momentum=0.9, nesterov="yes")
