@@ -167,7 +167,7 @@ def test_train_eval_flags():
     assert m.train() is m and all(c.training for c in m.modules())
     m.train(False)
     assert not m[3].training
-    with pytest.raises(TypeError, match="mode must be a bool"):
+    with pytest.raises(TypeError, match="mode must be True or False"):
         m.train("yes")
 
 
@@ -317,12 +317,21 @@ def test_linear_bad_inputs():
     ((3, 2), dict(bias=1), TypeError, "bias"),
     ((3, 2), dict(init="he"), ValueError, "init"),
     ((3, 2), dict(rng="seed"), TypeError, "rng"),
-    ((3, 2), dict(rng=-1), ValueError, "seed"),
-    ((3, 2), dict(rng=np.random.RandomState(0)), TypeError, "Generator"),
+    ((3, 2), dict(rng=-1), ValueError, "rng must be None, an int >= 0"),
+    ((3, 2), dict(init=3), TypeError, "init"),
 ])
 def test_linear_constructor_validation(args, kw, exc, match):
     with pytest.raises(exc, match=match):
         nn.Linear(*args, **kw)
+
+
+def test_rng_arguments_follow_check_rng():
+    # one reading of rng/seed for the package (fastdl._validation.check_rng): a legacy RandomState is
+    # accepted (a seed is drawn from it), as in scikit-learn
+    a = nn.Linear(3, 2, rng=np.random.RandomState(0)).weight.data
+    b = nn.Linear(3, 2, rng=np.random.RandomState(0)).weight.data
+    np.testing.assert_array_equal(a, b)
+    nn.Dropout(0.5, seed=np.random.RandomState(0))(np.ones((2, 3), np.float32))
 
 
 def test_linear_init_is_reproducible_and_scaled():
@@ -690,7 +699,7 @@ def test_cross_entropy_label_dtypes():
 
 
 @pytest.mark.parametrize("call,exc,match", [
-    (lambda: nn.MSELoss(reduction="avg"), ValueError, "reduction must be 'mean' or 'sum'"),
+    (lambda: nn.MSELoss(reduction="avg"), ValueError, "reduction must be one of 'mean', 'sum', got 'avg'"),
     (lambda: nn.MSELoss()(np.ones((4, 1)), np.ones(4)), ValueError, r"reshape it: target.reshape\(4, 1\)"),
     (lambda: nn.L1Loss()(np.ones((4, 2)), np.ones((4, 3))), ValueError, "target has shape"),
     (lambda: nn.MSELoss()(np.ones(3), [1, np.nan, 2]), ValueError, "target contains NaN"),
@@ -779,8 +788,10 @@ def test_config_round_trip_and_registry():
         nn.module_from_config({"type": "Nope", "config": {}})
     with pytest.raises(ValueError, match="cannot build Linear"):
         nn.module_from_config({"type": "Linear", "config": {"in_features": 0, "out_features": 2}})
-    with pytest.raises(ValueError, match="'type' and 'config'"):
+    with pytest.raises(TypeError, match="'type' and 'config'"):
         nn.module_from_config([1])
+    with pytest.raises(ValueError, match="'type' and 'config'"):
+        nn.module_from_config({"type": "Linear"})
     with pytest.raises(TypeError, match="subclass"):
         nn.register_module(int)
     with pytest.raises(ValueError, match="already taken"):
@@ -867,3 +878,352 @@ def test_training_loop_learns_xor_and_is_deterministic():
     np.testing.assert_array_equal(model(X).argmax(1), y)
     _, again = run()
     assert losses == again  # same seeds, same bits
+
+
+# ---------------------------------------------------------------- layout, fusion table, gradients, any rank
+
+
+def test_layers_live_in_their_family_files_and_old_imports_still_work():
+    import importlib
+
+    homes = {"Linear": "linear", "ReLU": "activation", "LeakyReLU": "activation", "Sigmoid": "activation",
+             "Tanh": "activation", "Softmax": "activation", "Step": "activation", "BatchNorm1d": "normalization",
+             "Dropout": "dropout", "Flatten": "shape", "Sequential": "container"}
+    layers = importlib.import_module("fastdl.nn.layers")  # the compatibility re-export
+    for name, home in homes.items():
+        cls = getattr(nn, name)
+        assert cls.__module__ == f"fastdl.nn.{home}"
+        assert getattr(layers, name) is cls
+    registry = importlib.import_module("fastdl.nn.registry")
+    module = importlib.import_module("fastdl.nn.module")
+    assert nn.register_module is registry.register_module and nn.module_from_config is registry.module_from_config
+    # names other code imports from fastdl.nn.module keep working
+    assert module.register_module is registry.register_module and module._REGISTRY is registry._REGISTRY
+    from fastdl.nn.module import as_float32, as_kernel_float32, check_float, check_int  # noqa: F401
+
+
+def test_module_py_imports_nothing_else_from_nn():
+    # the registry moved out of module.py: module <- registry <- layers <- serialize, no import cycle
+    import ast
+    import pathlib
+
+    import fastdl.nn.module as module
+
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [n for n in top if isinstance(n, ast.ImportFrom) and n.level == 1]
+
+
+def test_fusion_table_drives_sequential(monkeypatch):
+    from fastdl.nn import fusion
+
+    assert fusion.FUSIONS == {(nn.Linear, nn.ReLU): "relu", (nn.Linear, nn.Sigmoid): "sigmoid",
+                              (nn.Linear, nn.Tanh): "tanh"}
+    assert fusion.fused_activations(nn.Linear) == {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
+    calls = []
+    real_fwd, real_bwd = ops.linear_forward, ops.linear_backward
+
+    def fwd(*a, **k):
+        calls.append(("fwd", k.get("activation")))
+        return real_fwd(*a, **k)
+
+    def bwd(*a, **k):
+        calls.append(("bwd", k.get("input_activation")))
+        return real_bwd(*a, **k)
+
+    monkeypatch.setattr(ops, "linear_forward", fwd)
+    monkeypatch.setattr(ops, "linear_backward", bwd)
+    x = f32(np.random.default_rng(0).standard_normal((5, 4)))
+    m = nn.Sequential(nn.Linear(4, 6, rng=0), nn.Tanh(), nn.Linear(6, 3, rng=1), nn.LeakyReLU())
+    ref = [m(x), m.backward(np.ones((5, 3), np.float32))]
+    # forward: Linear+Tanh in one call; backward: Tanh's derivative inside the second Linear's dx
+    assert calls == [("fwd", "tanh"), ("fwd", None), ("bwd", "tanh"), ("bwd", None)]
+    # a row removed: the same model runs unfused, with the same results
+    calls.clear()
+    saved = dict(fusion.FUSIONS)
+    try:
+        del fusion.FUSIONS[(nn.Linear, nn.Tanh)]
+        fusion._index()
+        m.zero_grad()
+        out = [m(x), m.backward(np.ones((5, 3), np.float32))]
+    finally:
+        fusion.FUSIONS.clear()
+        fusion.FUSIONS.update(saved)
+        fusion._index()
+    assert calls == [("fwd", None), ("fwd", None), ("bwd", None), ("bwd", None)]
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(out[1], ref[1], rtol=1e-5, atol=1e-7)
+
+
+def test_register_fusion_adds_a_row():
+    from fastdl.nn import fusion
+
+    class MyTanh(nn.Tanh):
+        pass
+
+    x = f32(np.random.default_rng(1).standard_normal((4, 3)))
+    m = nn.Sequential(nn.Linear(3, 5, rng=0), MyTanh(), nn.Linear(5, 2, rng=1))
+    ref = m(x), m.backward(np.ones((4, 2), np.float32))
+    m.zero_grad()
+    saved = dict(fusion.FUSIONS)
+    try:
+        fusion.register_fusion(nn.Linear, MyTanh, "tanh")
+        assert fusion.fused_activations(nn.Linear)[MyTanh] == "tanh"
+        got = m(x), m.backward(np.ones((4, 2), np.float32))
+    finally:
+        fusion.FUSIONS.clear()
+        fusion.FUSIONS.update(saved)
+        fusion._index()
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="name"):
+        fusion.register_fusion(nn.Linear, MyTanh, 3)
+
+
+@pytest.mark.parametrize("zero", ["all", "none", "weight", "bias"])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(4, 3, rng=0), lambda: nn.BatchNorm1d(4)])
+def test_every_layer_accumulates_gradients_the_same_way(make, zero):
+    # one mechanism (grads_for_backward): after zero_grad the gradient is written, otherwise added;
+    # a parameter zeroed on its own gets exactly its new gradient while the other one accumulates
+    layer = make()
+    rng = np.random.default_rng(3)
+    x = f32(rng.standard_normal((6, 4)))
+    dout = f32(rng.standard_normal(layer(x).shape))
+    layer.zero_grad()
+    layer(x)
+    layer.backward(dout)
+    g1 = {n: p.grad.copy() for n, p in layer.named_parameters()}
+    if zero == "all":
+        layer.zero_grad()
+    elif zero in ("weight", "bias"):
+        getattr(layer, zero).zero_grad()
+    layer(x)
+    layer.backward(dout)
+    for n, p in layer.named_parameters():
+        expect = g1[n] if zero in ("all", n) else 2 * g1[n]
+        np.testing.assert_allclose(p.grad, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_eval_backward_accumulates_like_training():
+    bn = nn.BatchNorm1d(3).eval()
+    x = f32(np.random.default_rng(0).standard_normal((5, 3)))
+    d = f32(np.random.default_rng(1).standard_normal((5, 3)))
+    bn(x)
+    bn.backward(d)
+    g = bn.weight.grad.copy()
+    bn.backward(d)
+    np.testing.assert_allclose(bn.weight.grad, 2 * g, rtol=1e-6)
+    bn.zero_grad()
+    bn.backward(d)
+    np.testing.assert_allclose(bn.weight.grad, g, rtol=1e-6)
+
+
+def test_sequential_takes_any_rank_input():
+    rng = np.random.default_rng(0)
+    x = f32(rng.standard_normal((6, 1, 28, 28)))
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 10, rng=0))
+    y = m(x)
+    W, b = m[1].weight.data.astype(np.float64), m[1].bias.data
+    np.testing.assert_allclose(y, x.reshape(6, -1) @ W.T + b, rtol=1e-4, atol=1e-5)
+    dout = f32(rng.standard_normal(y.shape))
+    dx = m.backward(dout)
+    assert dx.shape == x.shape
+    np.testing.assert_allclose(dx, (dout @ W).reshape(x.shape), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m[1].weight.grad, dout.T.astype(np.float64) @ x.reshape(6, -1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"dout has shape \(6, 784\), expected the shape of the last output \(6, 10\)"):
+        m.backward(np.zeros((6, 784), np.float32))
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.LeakyReLU(0.2), nn.Sigmoid(), nn.Tanh(), nn.Softmax(),
+                                   nn.Dropout(0.3, seed=0)])
+def test_activations_and_dropout_work_on_any_rank(layer):
+    rng = np.random.default_rng(1)
+    x = f32(rng.uniform(0.1, 1.0, (3, 2, 4, 5)) * rng.choice([-1, 1], (3, 2, 4, 5)))
+    y = layer(x)
+    assert y.shape == x.shape
+    dout = f32(rng.standard_normal(x.shape))
+    dx = layer.backward(dout)
+    assert dx.shape == x.shape
+    # the same as on the flattened (rows, last axis) input, which the 2-D tests check against references
+    layer2 = layer.from_config(layer._config()) if not isinstance(layer, nn.Dropout) else nn.Dropout(0.3, seed=0)
+    y2 = layer2(x.reshape(-1, 5))
+    np.testing.assert_allclose(y, y2.reshape(x.shape), rtol=1e-6)
+    np.testing.assert_allclose(dx, layer2.backward(dout.reshape(-1, 5)).reshape(x.shape), rtol=1e-6)
+    if isinstance(layer, nn.Softmax):
+        np.testing.assert_allclose(y.sum(axis=-1), 1.0, rtol=1e-6)
+    in_seq = nn.Sequential(nn.Linear(5, 5, rng=0), layer2)  # and inside a Sequential (buffer reuse)
+    assert in_seq(x.reshape(-1, 5)).shape == (24, 5)
+
+
+@pytest.mark.parametrize("layer,name", [(nn.Linear(784, 10), r"Linear\(784 -> 10\)"),
+                                        (nn.BatchNorm1d(784), r"BatchNorm1d\(784\)")])
+def test_linear_and_batchnorm_keep_the_2d_rule_and_suggest_flatten(layer, name):
+    with pytest.raises(ValueError, match=name + r": input must be 2-D \(batch, 784\), got shape \(2, 1, 28, 28\); "
+                                              r"put nn.Flatten\(\) before it"):
+        layer(np.zeros((2, 1, 28, 28), np.float32))
+
+
+def test_input_is_converted_and_checked_once_per_call(monkeypatch):
+    import fastdl._validation as validation
+
+    counts = {"as_float32": 0, "all_finite": 0}
+    real_as, real_fin = validation.as_float32, ops.all_finite
+
+    def counting_as(*a, **k):
+        counts["as_float32"] += 1
+        return real_as(*a, **k)
+
+    def counting_fin(*a, **k):
+        counts["all_finite"] += 1
+        return real_fin(*a, **k)
+
+    monkeypatch.setattr(validation, "as_float32", counting_as)
+    monkeypatch.setattr(ops, "all_finite", counting_fin)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 8, rng=0), nn.ReLU(), nn.BatchNorm1d(8), nn.Dropout(0.2, seed=0),
+                      nn.Sequential(nn.Linear(8, 8, rng=1), nn.Tanh()), nn.LeakyReLU(), nn.Linear(8, 3, rng=2),
+                      nn.Softmax())
+    x = np.random.default_rng(0).standard_normal((4, 3, 4))  # float64: converted once
+    y = m(x)
+    assert counts == {"as_float32": 1, "all_finite": 1}
+    m.backward(np.ones_like(y))
+    assert counts == {"as_float32": 2, "all_finite": 1}  # dout: converted, not checked for NaN
+
+
+def test_fresh_outputs_never_alias_buffers_with_any_last_layer():
+    x = f32(np.random.default_rng(0).standard_normal((4, 3)))
+    for last in (nn.ReLU(), nn.Dropout(0.5, seed=0), nn.Flatten(), nn.BatchNorm1d(5), nn.Step(), nn.Softmax()):
+        m = nn.Sequential(nn.Linear(3, 5, rng=0), nn.Sigmoid(), last)
+        a = m(x)
+        b = m(x).copy()
+        m(2 * x)
+        if not isinstance(last, nn.Dropout) or not m.training:
+            assert not any(np.may_share_memory(a, buf) for layer in m for buf in layer._ws.values())
+        np.testing.assert_array_equal(a, b) if not isinstance(last, (nn.Dropout, nn.BatchNorm1d)) else None
+
+
+# ---------------------------------------------------------------- pickling and read-only weights
+
+
+def _mixed_model():
+    m = nn.Sequential(nn.Linear(6, 8, rng=0), nn.ReLU(), nn.BatchNorm1d(8), nn.Dropout(0.3, seed=1),
+                      nn.Linear(8, 3, rng=2))
+    rng = np.random.default_rng(5)
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(3):  # some training: buffers and workspace filled, running stats moved
+        x = f32(rng.standard_normal((16, 6)))
+        opt.zero_grad()
+        m(x)
+        m.backward(np.ones((16, 3), np.float32))
+        opt.step()
+    return m
+
+
+def test_pickling_drops_workspace_and_per_call_caches():
+    import pickle
+
+    m = _mixed_model()
+    assert m[0]._ws and m[0]._x is not None
+    m2 = pickle.loads(pickle.dumps(m))
+    for layer in m2:
+        assert layer._ws == {} and layer._out_shape is None
+        for name in type(layer)._per_call:
+            assert getattr(layer, name) is None
+        for p in layer.parameters():
+            assert not p.grad.any()
+    assert m2[2].running_mean is m2[2]._buffers["running_mean"]  # one array, not two copies
+    small = len(pickle.dumps(m2))
+    assert len(pickle.dumps(m)) == small  # nothing per-call was written
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(m2.state_dict()[k], v)
+    x = f32(np.random.default_rng(0).standard_normal((5, 6)))
+    np.testing.assert_array_equal(m2.eval()(x), m.eval()(x))
+    m2.train()
+    m2(x)
+    m2.backward(np.ones((5, 3), np.float32))  # trains after unpickling
+
+
+def test_joblib_memmapped_model_predicts_and_refuses_training(tmp_path):
+    import copy
+
+    joblib = pytest.importorskip("joblib")
+    m = _mixed_model().eval()
+    x = f32(np.random.default_rng(0).standard_normal((7, 6)))
+    ref = m(x)
+    path = tmp_path / "model.joblib"
+    joblib.dump(m, path)
+    m2 = joblib.load(path, mmap_mode="r")
+    assert not m2[0].weight.data.flags.writeable  # really memory-mapped, read-only
+    assert not m2[2].running_mean.flags.writeable
+    np.testing.assert_array_equal(m2(x), ref)
+    np.testing.assert_array_equal(m2(x), ref)  # and again (workspace buffers are its own)
+    np.testing.assert_array_equal(m2[1:](m2[0](x)), ref)
+    # training would write into the mapped arrays: refused, naming the array
+    m2(x)
+    with pytest.raises(ValueError, match=r"Linear\(8 -> 3\)\.backward: parameter 'weight' is read-only .*mmap_mode"):
+        m2.backward(np.ones((7, 3), np.float32))
+    m2.train()
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(8\): running_mean is read-only .*mmap_mode.*eval\(\)"):
+        m2(x)
+    m3 = copy.deepcopy(m2)  # the way out that the messages give
+    m3(x)
+    m3.backward(np.ones((7, 3), np.float32))
+    assert m3[4].weight.grad.any()
+
+
+def test_old_model_file_still_loads():
+    # written by fastdl before the layers were split into family files (format version 1)
+    import pathlib
+
+    data = pathlib.Path(__file__).parent / "data"
+    m = nn.load(data / "seq_v1.npz")
+    io = np.load(data / "seq_v1_io.npz")
+    assert [type(layer).__name__ for layer in m] == ["Flatten", "Linear", "Tanh", "BatchNorm1d", "LeakyReLU",
+                                                     "Dropout", "Linear", "Softmax"]
+    np.testing.assert_allclose(m.eval()(io["x"]), io["y"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: Parameter(["a", "b"]), TypeError, "Parameter: data must hold real numbers"),
+    (lambda: Parameter(None), TypeError, "Parameter: data is None"),
+    (lambda: nn.Module().register_buffer(3, np.zeros(2)), TypeError, "register_buffer: name must be a str"),
+    (lambda: nn.register_module(type("Anon", (nn.Module,), {}), name=""), ValueError, "non-empty"),
+    (lambda: nn.register_module(type("Anon", (nn.Module,), {}), name=3), TypeError, "name must be a str"),
+    (lambda: init.kaiming_uniform_(np.zeros((2, 2)), mode=1), TypeError, "mode"),
+    (lambda: init.calculate_gain(3), TypeError, "nonlinearity"),
+    (lambda: init.calculate_gain("leaky_relu", "0.1"), TypeError, "param"),
+    (lambda: init.normal_(np.zeros((2, 2)), rng=-1), ValueError, "rng"),
+    (lambda: nn.MSELoss(reduction=1), TypeError, "reduction"),
+    (lambda: nn.Linear(2, 2).backward(np.zeros((1, 2))), RuntimeError, "forward first"),
+    (lambda: nn.Dropout(0.5, seed="1"), TypeError, "Dropout: seed"),
+    (lambda: nn.Dropout(0.5).manual_seed(-2), ValueError, r"Dropout.manual_seed: seed must be None, an int >= 0"),
+    (lambda: nn.Sequential(nn.Linear(2, 2)).load_state_dict({}, strict=1), TypeError, "strict must be True or False"),
+])
+def test_nn_checks_follow_the_one_rule(call, exc, match):
+    # fastdl._validation's rule: TypeError for a wrong type, ValueError for a wrong value
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_backward_need_input_grad_must_be_a_bool():
+    lin = nn.Linear(2, 2, rng=0)
+    lin(np.ones((3, 2), np.float32))
+    assert lin.backward(np.ones((3, 2), np.float32), need_input_grad=np.bool_(False)) is None
+    with pytest.raises(TypeError, match=r"need_input_grad must be True or False"):
+        lin.backward(np.ones((3, 2), np.float32), need_input_grad=0)
+
+
+def test_model_pickled_by_the_old_layout_still_loads():
+    # pickled (with its workspace and caches, as fastdl did then) when the layers lived in fastdl.nn.layers
+    import pathlib
+    import pickle
+
+    data = pathlib.Path(__file__).parent / "data"
+    with open(data / "seq_old_pickle.pkl", "rb") as f:
+        m = pickle.load(f)
+    io = np.load(data / "seq_old_pickle_io.npz")
+    assert all(layer._ws == {} for layer in m) and m[0]._x is None
+    assert m[2].running_mean is m[2]._buffers["running_mean"]
+    np.testing.assert_array_equal(m(io["x"]), io["y"])
+    m.train()
+    m(io["x"])
+    m.backward(np.ones((5, 3), np.float32))

@@ -11,13 +11,24 @@
         model.backward(loss_fn.backward())    # where PyTorch writes loss.backward()
         opt.step()
     model.save("mlp.npz"); model = nn.load("mlp.npz")
+
+Files, one per family (a new family adds its own file, and a row in ``fusion.FUSIONS`` if it
+fuses with an activation): ``module`` (Parameter, Module), ``registry`` (register_module,
+module_from_config), ``base`` (_Layer, the built-in layers' protocol), ``linear``, ``activation``,
+``normalization``, ``dropout``, ``shape`` (Flatten), ``container`` (Sequential), ``fusion``,
+``losses``, ``init``, ``serialize`` (save, load).
 """
 from . import init
-from .layers import (BatchNorm1d, Dropout, Flatten, LeakyReLU, Linear, ReLU, Sequential, Sigmoid, Softmax, Step,
-                     Tanh)
+from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
+from .container import Sequential
+from .dropout import Dropout
+from .linear import Linear
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
-from .module import Module, Parameter, module_from_config, num_parameters, register_module
+from .module import Module, Parameter, num_parameters
+from .normalization import BatchNorm1d
+from .registry import module_from_config, register_module
 from .serialize import FORMAT_VERSION, load, save
+from .shape import Flatten
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step",

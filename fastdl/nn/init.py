@@ -8,32 +8,25 @@ For a weight of shape (out_features, in_features): fan_in = in_features, fan_out
 - ``xavier_uniform_``:  U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out))   (Glorot & Bengio 2010)
 - ``xavier_normal_``:   N(0, std²), std = gain * sqrt(2 / (fan_in + fan_out))
 
-``rng`` may be a Generator, an int seed, or None (a fresh ``np.random.default_rng()``).
+``rng`` may be a Generator, an int seed >= 0, None (a fresh ``np.random.default_rng()``) or a legacy
+``np.random.RandomState`` (a seed is drawn from it), as ``fastdl._validation.check_rng`` reads it.
 """
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from .module import Parameter, check_float
+from .. import _validation as _v
+from .module import Parameter
 
 __all__ = ["calculate_gain", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_",
            "uniform_", "normal_", "constant_", "zeros_", "ones_", "as_generator"]
 
 
 def as_generator(rng, who: str = "rng") -> np.random.Generator:
-    """A Generator from a Generator (itself), an int seed (``default_rng(seed)``) or None (fresh)."""
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, numbers.Integral) and not isinstance(rng, bool):
-        if rng < 0:
-            raise ValueError(f"{who}: a seed must be >= 0, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"{who}: rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+    """A Generator from ``rng``: ``fastdl._validation.check_rng(rng, who, "rng")`` (kept for old callers)."""
+    return _v.check_rng(rng, who, "rng")
 
 
 def _target(array, who):
@@ -58,8 +51,12 @@ def _fans(shape, who):
     return shape[1] * receptive, shape[0] * receptive
 
 
+_NONLINEARITIES = ("linear", "identity", "sigmoid", "tanh", "relu", "leaky_relu", "selu")
+
+
 def calculate_gain(nonlinearity: str, param=None) -> float:
     """The recommended gain for a nonlinearity (``torch.nn.init.calculate_gain``)."""
+    _v.check_choice(nonlinearity, "calculate_gain", "nonlinearity", _NONLINEARITIES)
     linear = ("linear", "identity", "sigmoid")
     if nonlinearity in linear:
         return 1.0
@@ -68,7 +65,7 @@ def calculate_gain(nonlinearity: str, param=None) -> float:
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else check_float(param, "calculate_gain", "param")
+        slope = 0.01 if param is None else _v.check_real(param, "calculate_gain", "param")
         return math.sqrt(2.0 / (1.0 + slope * slope))
     if nonlinearity == "selu":
         return 3.0 / 4.0
@@ -77,8 +74,7 @@ def calculate_gain(nonlinearity: str, param=None) -> float:
 
 
 def _kaiming_std(array, a, mode, nonlinearity, who):
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"{who}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    _v.check_choice(mode, who, "mode", ("fan_in", "fan_out"))
     fan_in, fan_out = _fans(array.shape, who)
     fan = fan_in if mode == "fan_in" else fan_out
     gain = calculate_gain(nonlinearity, a)
@@ -90,7 +86,7 @@ def kaiming_uniform_(array, rng=None, *, a: float = 0.0, mode: str = "fan_in", n
     who = "kaiming_uniform_"
     arr = _target(array, who)
     bound = math.sqrt(3.0) * _kaiming_std(arr, a, mode, nonlinearity, who)
-    arr[...] = as_generator(rng, who).uniform(-bound, bound, size=arr.shape)
+    arr[...] = _v.check_rng(rng, who, "rng").uniform(-bound, bound, size=arr.shape)
     return array
 
 
@@ -99,7 +95,7 @@ def kaiming_normal_(array, rng=None, *, a: float = 0.0, mode: str = "fan_in", no
     who = "kaiming_normal_"
     arr = _target(array, who)
     std = _kaiming_std(arr, a, mode, nonlinearity, who)
-    arr[...] = as_generator(rng, who).normal(0.0, std, size=arr.shape)
+    arr[...] = _v.check_rng(rng, who, "rng").normal(0.0, std, size=arr.shape)
     return array
 
 
@@ -107,10 +103,10 @@ def xavier_uniform_(array, rng=None, *, gain: float = 1.0):
     """Glorot uniform: U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out))."""
     who = "xavier_uniform_"
     arr = _target(array, who)
-    gain = check_float(gain, who, "gain", low=0.0)
+    gain = _v.check_real(gain, who, "gain", low=0.0)
     fan_in, fan_out = _fans(arr.shape, who)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    arr[...] = as_generator(rng, who).uniform(-bound, bound, size=arr.shape)
+    arr[...] = _v.check_rng(rng, who, "rng").uniform(-bound, bound, size=arr.shape)
     return array
 
 
@@ -118,10 +114,10 @@ def xavier_normal_(array, rng=None, *, gain: float = 1.0):
     """Glorot normal: N(0, std²) with std = gain * sqrt(2 / (fan_in + fan_out))."""
     who = "xavier_normal_"
     arr = _target(array, who)
-    gain = check_float(gain, who, "gain", low=0.0)
+    gain = _v.check_real(gain, who, "gain", low=0.0)
     fan_in, fan_out = _fans(arr.shape, who)
     std = gain * math.sqrt(2.0 / (fan_in + fan_out))
-    arr[...] = as_generator(rng, who).normal(0.0, std, size=arr.shape)
+    arr[...] = _v.check_rng(rng, who, "rng").normal(0.0, std, size=arr.shape)
     return array
 
 
@@ -129,10 +125,10 @@ def uniform_(array, a: float = 0.0, b: float = 1.0, rng=None):
     """U(a, b)."""
     who = "uniform_"
     arr = _target(array, who)
-    a, b = check_float(a, who, "a"), check_float(b, who, "b")
+    a, b = _v.check_real(a, who, "a"), _v.check_real(b, who, "b")
     if b < a:
         raise ValueError(f"{who}: need a <= b, got a={a}, b={b}")
-    arr[...] = as_generator(rng, who).uniform(a, b, size=arr.shape)
+    arr[...] = _v.check_rng(rng, who, "rng").uniform(a, b, size=arr.shape)
     return array
 
 
@@ -140,8 +136,8 @@ def normal_(array, mean: float = 0.0, std: float = 1.0, rng=None):
     """N(mean, std²)."""
     who = "normal_"
     arr = _target(array, who)
-    mean, std = check_float(mean, who, "mean"), check_float(std, who, "std", low=0.0)
-    arr[...] = as_generator(rng, who).normal(mean, std, size=arr.shape)
+    mean, std = _v.check_real(mean, who, "mean"), _v.check_real(std, who, "std", low=0.0)
+    arr[...] = _v.check_rng(rng, who, "rng").normal(mean, std, size=arr.shape)
     return array
 
 
@@ -149,7 +145,7 @@ def constant_(array, val: float):
     """Fill with ``val``."""
     who = "constant_"
     arr = _target(array, who)
-    arr.fill(check_float(val, who, "val"))
+    arr.fill(_v.check_real(val, who, "val"))
     return array
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _validation as _v
 from .. import ops
-from .module import Module, as_float32, register_module
+from .module import Module
+from .registry import register_module
 
 __all__ = ["MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
 
@@ -17,11 +19,11 @@ __all__ = ["MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss"]
 class _Loss(Module):
     """Base of the losses: validates the reduction, converts inputs, keeps the gradient for backward."""
 
+    _per_call = ("_grad",)
+
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if not isinstance(reduction, str) or reduction not in ("mean", "sum"):
-            raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum', got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = _v.check_choice(reduction, type(self).__name__, "reduction", ("mean", "sum"))
         object.__setattr__(self, "_grad", None)
 
     def __call__(self, output, target) -> float:
@@ -30,7 +32,7 @@ class _Loss(Module):
     def forward(self, output, target) -> float:
         """The loss (a Python float) of ``output`` against ``target``; keeps d loss/d output."""
         who = type(self).__name__
-        output = as_float32(output, who, "output", check_finite=False)
+        output = _v.as_float32(output, who, "output", check_finite=False)
         if not ops.all_finite(output):
             raise ValueError(f"{who}: output contains NaN or Inf (has training diverged? try a lower learning rate)")
         target = self._target(target, output, who)
@@ -45,7 +47,7 @@ class _Loss(Module):
         return self._grad
 
     def _target(self, target, output, who):
-        target = as_float32(target, who, "target")
+        target = _v.as_float32(target, who, "target")
         if target.shape != output.shape:
             hint = ""
             if target.size == output.size:

@@ -1,4 +1,4 @@
-"""Parameter, Module and the registry of layer types (used to rebuild a model from its config).
+"""Parameter and Module: the object model every layer and model is built on.
 
 Backprop in fastdl is explicit, as the course teaches it::
 
@@ -9,26 +9,26 @@ Backprop in fastdl is explicit, as the course teaches it::
     opt.step()
 
 ``backward`` ADDS into each parameter's ``.grad`` (PyTorch semantics), so gradients of several
-backward calls accumulate until ``zero_grad()``.
+backward calls accumulate until ``zero_grad()``. Layers reach ``.grad`` one way only:
+``grads_for_backward`` (see there, and ``fastdl.nn.base._Layer``).
+
+This file imports nothing else from ``fastdl.nn``: the registry of layer types is in ``registry``,
+saving in ``serialize`` (``Module.save`` imports it when called).
 """
 from __future__ import annotations
 
-import numbers
 from collections import namedtuple
 from collections.abc import Mapping
 
 import numpy as np
 
-from .. import ops
+from .. import _validation as _v
+# the checks live in fastdl._validation (one rule for the package); these names stay importable from
+# here for code outside nn that still imports them (nn itself calls fastdl._validation)
 from .._validation import F32_TINY, as_float32, as_kernel_float32, check_int, check_real  # noqa: F401
 
-__all__ = ["Parameter", "Module", "register_module", "module_from_config", "num_parameters"]
+__all__ = ["Parameter", "Module", "num_parameters", "grads_for_backward"]
 
-
-# ---------------------------------------------------------------- array helpers
-
-
-# the checks live in fastdl._validation (one rule for the package); these names stay importable from here
 check_float = check_real
 
 
@@ -44,10 +44,10 @@ class Parameter:
     hold a reference never see a stale array.
     """
 
-    __slots__ = ("_data", "_grad", "_grad_stale", "__weakref__")
+    __slots__ = ("_data", "_grad", "_grad_stale", "_read_only", "__weakref__")
 
     def __init__(self, data):
-        arr = np.array(data, dtype=np.float32, order="C", copy=True)
+        arr = np.array(_v.numeric_array(data, "Parameter", "data"), dtype=np.float32, order="C", copy=True)
         if arr.size == 0:
             raise ValueError(f"Parameter: data is empty (shape {arr.shape})")
         self._data = arr
@@ -56,6 +56,7 @@ class Parameter:
         # layer's backward that meets it writes the gradient instead of adding it to zeros (one pass
         # over the gradient saved, and one read of it inside the kernel).
         self._grad_stale = False
+        self._read_only = False  # True for weights unpickled read-only (see __setstate__)
 
     @property
     def data(self) -> np.ndarray:
@@ -81,11 +82,24 @@ class Parameter:
         self._grad_stale = False
 
     def _grad_for_backward(self):
-        """(the gradient array, accumulate): what a layer's backward writes its gradient into, and
-        whether it must add to what is there (False right after zero_grad: it may overwrite)."""
-        accumulate = not self._grad_stale
+        """(the gradient array, accumulate) for this parameter alone: ``grads_for_backward(None, self)``."""
+        (grad,), accumulate = grads_for_backward(None, self)
+        return grad, accumulate
+
+    # Pickling keeps the weights only: .grad comes back as zeros. Weights unpickled read-only (joblib.load
+    # with mmap_mode="r" maps them from the file) stay read-only and shared: forward works, backward
+    # refuses (grads_for_backward), since training would write into them.
+    def __getstate__(self):
+        return {"data": self._data}
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):  # pickled by fastdl before __getstate__: (None, {slot: value})
+            state = {"data": state[1]["_data"]}
+        data = np.asarray(state["data"])  # a np.memmap becomes a plain ndarray view of the same memory
+        self._data = data
+        self._grad = np.zeros(data.shape, dtype=np.float32)
         self._grad_stale = False
-        return self._grad, accumulate
+        self._read_only = not data.flags.writeable
 
     def _checked(self, value, name):
         arr = np.asarray(value)
@@ -132,51 +146,51 @@ class Parameter:
         return "Parameter containing:\n" + repr(self._data)
 
 
-# ---------------------------------------------------------------- registry
+def _refuse_read_only(layer, params):
+    p = next(p for p in params if p._read_only)
+    names = [n for n, q in (layer._parameters.items() if layer is not None else ()) if q is p]
+    name = f"parameter {names[0]!r}" if names else "a parameter"
+    who = f"{getattr(layer, '_who', type(layer).__name__)}.backward" if layer is not None else "backward"
+    raise ValueError(f"{who}: {name} is read-only (memory-mapped, e.g. by joblib.load(..., mmap_mode='r')), "
+                     "so the model cannot be trained; copy.deepcopy(model) gives a writable copy")
 
-_REGISTRY: dict = {}
 
+def grads_for_backward(layer, *params):
+    """The one way a layer's backward reaches its parameters' gradients.
 
-def register_module(cls=None, *, name: str | None = None):
-    """Register a Module subclass so that saved models using it can be rebuilt by ``load``.
+    Returns ``(grads, accumulate)``: ``grads[i]`` is ``params[i]``'s ``.grad`` array, and ``accumulate``
+    says whether the layer must ADD its gradients into them (True) or may overwrite them (False:
+    every one of them was zeroed by ``zero_grad()`` since the last backward, so the zero fill and a
+    read of the old values are saved). One flag for all: if only some were zeroed, those are filled
+    with zeros now and ``accumulate`` is True. After this call the gradients count as written.
 
-    Use as a decorator (``@register_module`` or ``@register_module(name="MyLayer")``). The class
-    must rebuild itself from ``cls.from_config(module.get_config()["config"])``; by default
-    ``from_config(cfg)`` calls ``cls(**cfg)`` and the config comes from ``_config()``.
+    A kernel with an ``accumulate`` flag (``ops.linear_backward``) takes ``grads`` and the flag; a
+    kernel without one writes into ``_Layer._grad_outputs(grads, accumulate)`` and the layer then
+    calls ``_Layer._grad_commit``. Weights that were unpickled read-only (memory-mapped) are refused
+    with a ValueError naming ``layer`` (the module asking) and the parameter, before anything is
+    written (the optimizer could not update them).
     """
-
-    def deco(c):
-        if not (isinstance(c, type) and issubclass(c, Module)):
-            raise TypeError(f"register_module: expected a subclass of fastdl.nn.Module, got {c!r}")
-        key = name or c.__name__
-        if not isinstance(key, str) or not key:
-            raise TypeError("register_module: name must be a non-empty str")
-        old = _REGISTRY.get(key)
-        if old is not None and old is not c and (old.__module__, old.__qualname__) != (c.__module__, c.__qualname__):
-            raise ValueError(f"register_module: the name {key!r} is already taken by {old.__module__}.{old.__qualname__}")
-        _REGISTRY[key] = c
-        c._registered_name = key
-        return c
-
-    return deco if cls is None else deco(cls)
-
-
-def module_from_config(config) -> "Module":
-    """Build a module (and its children) from ``Module.get_config()`` output."""
-    if not isinstance(config, Mapping) or "type" not in config or "config" not in config:
-        raise ValueError(f"module_from_config: expected a dict with 'type' and 'config', got {config!r:.200}")
-    kind = config["type"]
-    cls = _REGISTRY.get(kind)
-    if cls is None:
-        raise ValueError(f"module_from_config: unknown layer type {kind!r} "
-                         "(register custom layers with fastdl.nn.register_module)")
-    cfg = config["config"]
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"module_from_config: the config of {kind} must be a dict, got {type(cfg).__name__}")
-    try:
-        return cls.from_config(dict(cfg))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"module_from_config: cannot build {kind} from {dict(cfg)!r:.200}: {e}") from e
+    if len(params) == 2:  # (weight, bias), the common case, unrolled: this runs every step
+        p, q = params
+        if not (p._read_only or q._read_only):
+            sp, sq = p._grad_stale, q._grad_stale
+            p._grad_stale = q._grad_stale = False
+            if sp and sq:
+                return (p._grad, q._grad), False
+            if sp:
+                p._grad.fill(0.0)
+            elif sq:
+                q._grad.fill(0.0)
+            return (p._grad, q._grad), True
+    if any(p._read_only for p in params):
+        _refuse_read_only(layer, params)
+    stale = [p._grad_stale for p in params]
+    accumulate = not all(stale)
+    for p, st in zip(params, stale):
+        if st and accumulate:
+            p._grad.fill(0.0)
+        p._grad_stale = False
+    return tuple(p._grad for p in params), accumulate
 
 
 # ---------------------------------------------------------------- Module
@@ -195,10 +209,17 @@ class Module:
     Attributes that are Parameters or Modules are registered automatically (in assignment order);
     arrays that belong in ``state_dict`` but are not trained (BatchNorm's running statistics) are
     registered with ``register_buffer``. Subclasses implement ``forward(x)`` and
-    ``backward(dout) -> dinp``; ``backward`` must ADD its parameter gradients into ``.grad``.
+    ``backward(dout) -> dinp``; ``backward`` must ADD its parameter gradients into ``.grad``
+    (built-in layers do it through ``grads_for_backward``, which also lets them overwrite a
+    gradient that ``zero_grad()`` cleared instead of adding to zeros).
+
+    Pickling (``pickle``, ``joblib``, ``copy.deepcopy``) keeps the architecture, parameters and
+    buffers, not what one call leaves behind: the attributes named in ``_per_call`` (caches kept
+    for backward) come back as None, and parameters' ``.grad`` as zeros.
     """
 
     training: bool
+    _per_call: tuple = ()  # attributes holding per-call state: reset to None when pickled
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
@@ -238,6 +259,25 @@ class Module:
         modules.pop(name, None)
         object.__delattr__(self, name)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in self._per_call:
+            if name in state:
+                state[name] = None
+        for name in self._buffers:  # pickled once, in _buffers; __setstate__ points the attribute at it
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name in self._per_call:  # (for pickles written before __getstate__ dropped them)
+            if name in state:
+                object.__setattr__(self, name, None)
+        buffers = self._buffers
+        for name, arr in buffers.items():
+            buffers[name] = arr = np.asarray(arr)  # a np.memmap becomes a plain view of the same memory
+            object.__setattr__(self, name, arr)
+
     def _buffer_array(self, name, value):
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
@@ -246,7 +286,9 @@ class Module:
 
     def register_buffer(self, name: str, value) -> None:
         """Register a float32 array that is saved in ``state_dict`` but not trained."""
-        if not isinstance(name, str) or not name or "." in name:
+        if not isinstance(name, str):
+            raise TypeError(f"register_buffer: name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
             raise ValueError(f"register_buffer: name must be a non-empty str without '.', got {name!r}")
         _, buffers, _ = self._registries()
         buffers[name] = self._buffer_array(name, value)
@@ -308,10 +350,9 @@ class Module:
     def train(self, mode: bool = True):
         """Training mode (Dropout drops, BatchNorm uses batch statistics) for this module and its
         children; ``train(False)`` is ``eval()``. Returns self."""
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {type(mode).__name__}")
+        mode = _v.check_bool(mode, f"{type(self).__name__}.train", "mode")
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
@@ -364,8 +405,7 @@ class Module:
         who = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{who}: state_dict must be a dict of arrays, got {type(state_dict).__name__}")
-        if not isinstance(strict, (bool, np.bool_)):
-            raise TypeError(f"{who}: strict must be a bool, got {type(strict).__name__}")
+        strict = _v.check_bool(strict, who, "strict")
         targets = self._state_targets()
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
@@ -430,3 +470,12 @@ def num_parameters(module: Module) -> int:
     if not isinstance(module, Module):
         raise TypeError(f"num_parameters: expected a fastdl.nn.Module, got {type(module).__name__}")
     return module.num_parameters()
+
+
+def __getattr__(name):
+    # register_module, module_from_config and _REGISTRY moved to fastdl.nn.registry; still importable here
+    if name in ("register_module", "module_from_config", "_REGISTRY"):
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,9 +30,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import ops
-from . import layers as _layers
 from . import losses as _losses
-from .module import _REGISTRY, Module, module_from_config
+from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
+from .container import Sequential
+from .dropout import Dropout
+from .linear import Linear
+from .module import Module
+from .normalization import BatchNorm1d
+from .registry import _REGISTRY, module_from_config
+from .shape import Flatten
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -250,9 +256,8 @@ def _batchnorm_state(cfg):
 
 
 # layer class -> its state's shapes from its config alone (None: the config is malformed)
-_STATE_SHAPES = {_layers.Linear: _linear_state, _layers.BatchNorm1d: _batchnorm_state}
-_STATELESS = (_layers.ReLU, _layers.LeakyReLU, _layers.Sigmoid, _layers.Tanh, _layers.Softmax, _layers.Step,
-              _layers.Dropout, _layers.Flatten, _losses.MSELoss, _losses.L1Loss, _losses.BCEWithLogitsLoss,
+_STATE_SHAPES = {Linear: _linear_state, BatchNorm1d: _batchnorm_state}
+_STATELESS = (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Step, Dropout, Flatten, _losses.MSELoss, _losses.L1Loss, _losses.BCEWithLogitsLoss,
               _losses.CrossEntropyLoss)
 
 
@@ -279,7 +284,7 @@ def _walk_architecture(arch, bad):
         if not isinstance(cfg, Mapping):
             raise bad(f"cannot rebuild its architecture: the config of {kind} must be a dict")
         dot = prefix + "." if prefix else ""
-        if cls is _layers.Sequential:
+        if cls is Sequential:
             children = cfg.get("layers")
             if not isinstance(children, list):
                 raise bad("cannot rebuild its architecture: Sequential config must be {'layers': [layer configs]}")

@@ -1,0 +1,61 @@
+"""Dropout (inverted), on input of any rank (``ops.dropout`` / ``ops.dropout_backward``)."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import _validation as _v
+from .. import ops
+from .base import _keep, _Layer
+from .registry import register_module
+
+__all__ = ["Dropout"]
+
+
+@register_module
+class Dropout(_Layer):
+    """Inverted dropout: in training mode each element is zeroed with probability p and the rest
+    are scaled by 1 / (1 - p); in eval mode (and for p = 0) it is the identity. Any input shape.
+
+    Each training-mode forward draws a fresh 64-bit mask seed from a Generator (``seed``: int,
+    Generator, or None for a fresh ``default_rng()``); backward regenerates the same mask from it.
+    The mask depends only on the seed, never on the thread count.
+    """
+
+    _per_call = _Layer._per_call + ("_mask_seed",)
+
+    def __init__(self, p: float = 0.5, *, seed=None):
+        super().__init__()
+        self.p = _v.check_real(p, "Dropout", "p", low=0.0, high=1.0, high_open=True, float32=True)
+        rng = _v.check_rng(seed, "Dropout", "seed")
+        self.seed = int(seed) if isinstance(seed, numbers.Integral) else None
+        _keep(self, "_rng", rng)
+        _keep(self, "_mask_seed", None)
+
+    def manual_seed(self, seed) -> "Dropout":
+        """Restart the generator that draws the per-forward mask seeds (for reproducible runs)."""
+        _keep(self, "_rng", _v.check_rng(seed, "Dropout.manual_seed", "seed"))
+        return self
+
+    def _forward(self, x, reuse):
+        _keep(self, "_out_shape", x.shape)
+        if not self.training or self.p == 0.0:
+            _keep(self, "_mask_seed", None)
+            return x
+        seed = int(self._rng.integers(0, 2**64, dtype=np.uint64))
+        _keep(self, "_mask_seed", seed)
+        return ops.dropout(x, self.p, seed, out=self._buf("out", x.shape, reuse))
+
+    def _backward(self, dout, need_dinp, reuse):
+        if not need_dinp:
+            return None
+        if self._mask_seed is None:
+            return dout
+        return ops.dropout_backward(dout, self.p, self._mask_seed, out=self._buf("dinp", dout.shape, reuse))
+
+    def _config(self):
+        return {"p": self.p, "seed": self.seed}
+
+    def extra_repr(self):
+        return f"p={self.p}"
