@@ -480,9 +480,6 @@ print("ok")
 KNOWN_FAILURES = {
     "check_methods_subset_invariance": "the GEMM is not yet batch-invariant bit for bit (fixed in the kernels)",
     "check_methods_sample_order_invariance": "the GEMM is not yet batch-invariant bit for bit (fixed in the kernels)",
-    "check_estimators_pickle(readonly_memmap=True)": "predict after joblib.load(mmap_mode='r'): 'linear_forward: "
-                                                      "out is read-only'; read-only workspace buffers, fixed in nn "
-                                                      "(modules stop pickling their workspace buffers)",
 }
 
 
@@ -532,7 +529,6 @@ def test_sklearn_check_estimator_runs_every_check():
         assert failed <= {name.split("(")[0] for name in KNOWN_FAILURES}, failed
 
 
-@pytest.mark.xfail(strict=False, reason="read-only workspace buffers, fixed in nn")
 @pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
 def test_joblib_load_with_mmap_then_predict(cls, tmp_path):
     joblib = pytest.importorskip("joblib")
