@@ -899,7 +899,6 @@ def test_layers_live_in_their_family_files_and_old_imports_still_work():
     assert nn.register_module is registry.register_module and nn.module_from_config is registry.module_from_config
     # names other code imports from fastdl.nn.module keep working
     assert module.register_module is registry.register_module and module._REGISTRY is registry._REGISTRY
-    from fastdl.nn.module import as_float32, as_kernel_float32, check_float, check_int  # noqa: F401
 
 
 def test_module_py_imports_nothing_else_from_nn():

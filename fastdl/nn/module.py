@@ -23,14 +23,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _validation as _v
-# the checks live in fastdl._validation (one rule for the package); these names stay importable from
-# here for code outside nn that still imports them (nn itself calls fastdl._validation)
-from .._validation import F32_TINY, as_float32, as_kernel_float32, check_int, check_real  # noqa: F401
 
 __all__ = ["Parameter", "Module", "num_parameters", "grads_for_backward"]
-
-check_float = check_real
-
 
 # ---------------------------------------------------------------- Parameter
 
