@@ -186,7 +186,10 @@ def dropout_mask(shape, p, seed):
     ones = np.ones(shape, dtype=np.float32)
     if ones.size == 0:
         raise ValueError(f"dropout_mask: shape {ones.shape} is empty")
-    kept = _C.dropout(ones, p, seed, ones)
+    try:
+        kept = _C.dropout(ones, p, seed, ones)
+    except (TypeError, ValueError) as e:  # p or seed refused: say so under the name the user called
+        raise type(e)(str(e).replace("dropout:", "dropout_mask:", 1)) from None
     return (kept != 0).astype(np.float32)
 
 

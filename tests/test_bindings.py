@@ -25,3 +25,10 @@ def test_bench_natives_are_apart():
     a = np.zeros(8, np.float32)
     _C.bench.stream_triad(a, np.ones(8, np.float32), np.ones(8, np.float32), 2.0, 1)
     assert (a == 3).all()
+
+
+def test_dropout_mask_errors_name_dropout_mask():
+    with pytest.raises(ValueError, match=r"^dropout_mask: p must be in \[0, 1\)"):
+        ops.dropout_mask((3,), 1.5, 0)
+    with pytest.raises(TypeError, match=r"^dropout_mask: seed must be an int"):
+        ops.dropout_mask((3,), 0.5, 1.0)
