@@ -512,7 +512,7 @@ def overhead_cases(np, ops, rng):
     return [({"relu"}, lambda: {
         "name": "per-call overhead: relu of 16 floats, out=", "group": "overhead",
         "contenders": {"numpy": lambda: np.maximum(x, 0.0, out=y_np), "fastdl": lambda: ops.relu(x, out=y_fd),
-                       "fastdl _C binding only": lambda: _C.relu_forward(x, y_fd)}, "check": check})]
+                       "fastdl _C binding only": lambda: _C.relu(x, y_fd)}, "check": check})]
 
 
 def head_cases(np, ops, rng, cfg):

@@ -333,7 +333,7 @@ def load_average() -> list:
 
 
 def fma_peak(threads: int, cfg: Config) -> dict:
-    """FP32 FMA peak in GFLOP/s on `threads` threads: fastdl._C.fma_peak_run, an inline-asm loop of
+    """FP32 FMA peak in GFLOP/s on `threads` threads: fastdl._C.bench.fma_peak_run, an inline-asm loop of
     independent FMA chains the compiler cannot delete (its best ISA), timed here. Median of rounds."""
     from fastdl import _C  # noqa: PLC0415
 
@@ -341,14 +341,14 @@ def fma_peak(threads: int, cfg: Config) -> dict:
     seconds = 0.002 if cfg.tiny else 0.1 if cfg.quick else 0.25
     iters = 100_000
     t0 = time.perf_counter()
-    _C.fma_peak_run(iters, threads)
+    _C.bench.fma_peak_run(iters, threads)
     dt = max(time.perf_counter() - t0, 1e-6)
     iters = max(1000, int(iters * seconds / dt))
-    _C.fma_peak_run(iters, threads)  # clock ramp-up
+    _C.bench.fma_peak_run(iters, threads)  # clock ramp-up
     runs = []
     for _ in range(max(cfg.rounds, 5)):
         t0 = time.perf_counter()
-        flops = _C.fma_peak_run(iters, threads)
+        flops = _C.bench.fma_peak_run(iters, threads)
         runs.append(flops / (time.perf_counter() - t0) / 1e9)
     return {"threads": threads, "gflops": median(runs), "gflops_max": max(runs), "gflops_rounds": runs,
             "iters": iters, "other_load_cpus": load}
@@ -365,10 +365,10 @@ def triad(n: int, threads: int, cfg: Config) -> dict:
     a = np.zeros(n, np.float32)
     b = np.ones(n, np.float32)
     c = np.full(n, 2.0, np.float32)
-    _C.stream_triad(a, b, c, np.float32(3.0), threads)
+    _C.bench.stream_triad(a, b, c, np.float32(3.0), threads)
     if not (a[0] == 7.0 and a[-1] == 7.0):
         raise BenchCheckError(f"stream_triad gave {a[0]}, expected 7")
-    t = time_cases(cfg, {"triad": lambda: _C.stream_triad(a, b, c, 3.0, threads)})
+    t = time_cases(cfg, {"triad": lambda: _C.bench.stream_triad(a, b, c, 3.0, threads)})
     return {"n": n, "bytes_per_element": 12, "threads": threads, "gbs": 12.0 * n / t["triad"] / 1e9,
             "gbs_rounds": [12.0 * n / x / 1e9 for x in t["rounds"]["triad"]], "other_load_cpus": t["other_load"]}
 
@@ -385,13 +385,13 @@ def peak_contender(threads: int, seconds: float = 0.002):
     key = (threads, seconds)
     if key not in _PEAK_ITERS:
         iters = 20_000
-        _C.fma_peak_run(iters, threads)
+        _C.bench.fma_peak_run(iters, threads)
         t0 = time.perf_counter()
-        flops = _C.fma_peak_run(iters, threads)
+        flops = _C.bench.fma_peak_run(iters, threads)
         dt = max(time.perf_counter() - t0, 1e-7)
         _PEAK_ITERS[key] = (max(1000, int(iters * seconds / dt)), flops / iters)
     iters, per_iter = _PEAK_ITERS[key]
-    return (lambda: _C.fma_peak_run(iters, threads)), per_iter * iters
+    return (lambda: _C.bench.fma_peak_run(iters, threads)), per_iter * iters
 
 
 def triad_contender(n: int, threads: int):
@@ -401,7 +401,7 @@ def triad_contender(n: int, threads: int):
     from fastdl import _C  # noqa: PLC0415
 
     a, b, c = np.zeros(n, np.float32), np.ones(n, np.float32), np.full(n, 2.0, np.float32)
-    return (lambda: _C.stream_triad(a, b, c, 3.0, threads)), 12.0 * n
+    return (lambda: _C.bench.stream_triad(a, b, c, 3.0, threads)), 12.0 * n
 
 
 L2_FLOATS = 32 * 1024          # triad working set 384 KiB: inside the L2 of 2 cores (512 KiB each here)

@@ -9,7 +9,7 @@
 //
 // Kernels live in csrc/*.cpp, each compiled once per instruction set into namespace
 // fastdl::generic, fastdl::avx2 and fastdl::avx512 (CMakeLists.txt). They take raw pointers and
-// sizes, never allocate in the hot path and never throw; callers (csrc/bindings.cpp) validate
+// sizes, never allocate in the hot path and never throw; callers (csrc/bindings/) validate
 // everything first. FASTDL_KERNEL(name) picks the version for the instruction set chosen at run time.
 #pragma once
 #include <cstddef>

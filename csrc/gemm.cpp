@@ -22,7 +22,7 @@
 // packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
 // meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
 // gradients); a · bᵀ with M <= 4 (one sample's forward) is a set of dot products along K
-// (gemm_dots). gemm_naive at the end is the plain reference.
+// (gemm_dots). matmul_reference at the end is the plain reference.
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
 // on the calling thread). With 8 A panels or more per thread, or a small op(b), each thread owns a
@@ -57,7 +57,7 @@ constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 #endif
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
-// gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector (a 10-column product in a
+// matmul() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector (a 10-column product in a
 // 32-wide tile would spend two thirds of its multiply-adds on padding), or Tile<4, kNV> when M <= 4
 // (one sample at a time: a 12-row tile would compute 12 rows for 1).
 template <int MR_, int NV_>
@@ -699,16 +699,16 @@ void gemm_any(const Operands& g) {
                             : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
-  gemm_naive(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
+  matmul_reference(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
   if (g.sums) sum_columns(g.sums, g.a, K, g.lda, 0, M, g.accumulate);
   if (g.y) dact_tile(g.c, g.y, N, M, N, g.dact);
 }
 }  // namespace
 
 // c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
-// b stored (K,N) or, trans_b, (N,K). The reference version is gemm_naive below.
-void gemm(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N, int64_t K,
-          int trans_a, int trans_b, int accumulate) {
+// b stored (K,N) or, trans_b, (N,K). The reference version is matmul_reference below.
+void matmul(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N, int64_t K,
+            int trans_a, int trans_b, int accumulate) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
   if (K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
@@ -737,9 +737,9 @@ void gemm_tn_sums(float* c, float* sums, const float* a, const float* b, int64_t
   gemm_any(g);
 }
 
-// Same contract as gemm: the plain triple loop, in double. The oracle for the tests.
-void gemm_naive(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N,
-                int64_t K, int trans_a, int trans_b, int accumulate) {
+// Same contract as matmul: the plain triple loop, in double. The oracle for the tests.
+void matmul_reference(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N,
+                      int64_t K, int trans_a, int trans_b, int accumulate) {
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
       double s = accumulate ? c[m * N + n] : 0.0;

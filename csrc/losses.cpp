@@ -74,7 +74,7 @@ static double mse_chunk(float* dpred, const float* pred, const float* target, do
   return acc;
 }
 
-double mse_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
+double mse_loss_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
   const double gscale = reduction == RED_MEAN ? 2.0 / static_cast<double>(n) : 2.0;
   double s = parallel_sum(
       n, [=](int64_t lo, int64_t hi) { return mse_chunk(dpred, pred, target, gscale, lo, hi); }, kParallelGrain);
@@ -99,7 +99,7 @@ static double l1_chunk(float* dpred, const float* pred, const float* target, flo
   return acc;
 }
 
-double l1_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
+double l1_loss_forward_backward(float* dpred, const float* pred, const float* target, int reduction, int64_t n) {
   const float g = reduction == RED_MEAN ? static_cast<float>(1.0 / static_cast<double>(n)) : 1.0f;
   double s = parallel_sum(
       n, [=](int64_t lo, int64_t hi) { return l1_chunk(dpred, pred, target, g, lo, hi); }, kParallelGrain);
@@ -134,8 +134,8 @@ static double bce_chunk(float* dlogits, const float* logits, const float* target
   return acc;
 }
 
-double bce_logits_forward_backward(float* dlogits, const float* logits, const float* target, int reduction,
-                                   int64_t n) {
+double bce_with_logits_forward_backward(float* dlogits, const float* logits, const float* target, int reduction,
+                                        int64_t n) {
   const float g = reduction == RED_MEAN ? static_cast<float>(1.0 / static_cast<double>(n)) : 1.0f;
   double s = parallel_sum(
       n, [=](int64_t lo, int64_t hi) { return bce_chunk(dlogits, logits, target, g, lo, hi); }, kExpGrain);
@@ -219,7 +219,7 @@ static double crossentropy_short_row(float* d, const float* x, int64_t label, do
   return static_cast<double>(mf) - static_cast<double>(xl) + Vec::hsum(bad);
 }
 
-// Rows [lo, hi) of softmax_crossentropy_forward_backward, one row at a time by Row (crossentropy_row or
+// Rows [lo, hi) of softmax_cross_entropy_forward_backward, one row at a time by Row (crossentropy_row or
 // crossentropy_short_row<NV>). Each S is in [1, NC] (the max term is exp(0) = 1), so sum log S = log of
 // their product, taken once the product passes 1e200 instead of once per row (a log costs as much as a
 // row of 10). The first row whose label is out of range goes to bad.
@@ -250,8 +250,8 @@ static double crossentropy_chunk(float* dlogits, BadLabel& bad, const float* log
   return acc + std::log(prod);
 }
 
-double softmax_crossentropy_forward_backward(float* dlogits, BadLabel* bad, const float* logits,
-                                             const int64_t* labels, int reduction, int64_t B, int64_t NC) {
+double softmax_cross_entropy_forward_backward(float* dlogits, BadLabel* bad, const float* logits,
+                                              const int64_t* labels, int reduction, int64_t B, int64_t NC) {
   const double scale = reduction == RED_MEAN ? 1.0 / static_cast<double>(B) : 1.0;
   // A short row costs ~25 ns (a chain of dependent vector steps), not 10 elements' worth: from 200 rows
   // on, a second thread pays (512 rows of 10: 12.6 us on one thread).

@@ -18,7 +18,7 @@ namespace FASTDL_ISA_NS {
 //   if momentum != 0:  buf = first_step ? g : momentum·buf + (1 - dampening)·g
 //                      g   = nesterov ? g + momentum·buf : buf
 //   param -= lr·g
-// sgd_range does elements [lo, hi) of one array; sgd_update and sgd_update_many split the work.
+// sgd_range does elements [lo, hi) of one array; sgd_step and sgd_step_many split the work.
 static void sgd_range(float* param, float* momentum_buf, const float* grad, float lr, float momentum,
                       float dampening, float weight_decay, int nesterov, int first_step, int64_t lo, int64_t hi) {
   const float wd = weight_decay, mom = momentum, damp1 = 1.0f - dampening;
@@ -89,16 +89,16 @@ static bool parallel_arrays(const int64_t* n, int64_t count, const float* const*
   return refused == 0;
 }
 
-bool sgd_update(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
-                float weight_decay, int nesterov, int first_step, int check_finite, int64_t n) {
+bool sgd_step(float* param, float* momentum_buf, const float* grad, float lr, float momentum, float dampening,
+              float weight_decay, int nesterov, int first_step, int check_finite, int64_t n) {
   return parallel_arrays(&n, 1, check_finite ? &grad : nullptr, [=](int64_t, int64_t lo, int64_t hi) {
     sgd_range(param, momentum_buf, grad, lr, momentum, dampening, weight_decay, nesterov, first_step, lo, hi);
   });
 }
 
-bool sgd_update_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
-                     int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
-                     int first_step, int check_finite) {
+bool sgd_step_many(float* const* param, float* const* momentum_buf, const float* const* grad, const int64_t* n,
+                   int64_t count, float lr, float momentum, float dampening, float weight_decay, int nesterov,
+                   int first_step, int check_finite) {
   return parallel_arrays(n, count, check_finite ? grad : nullptr, [=](int64_t t, int64_t lo, int64_t hi) {
     sgd_range(param[t], momentum_buf ? momentum_buf[t] : nullptr, grad[t], lr, momentum, dampening, weight_decay,
               nesterov, first_step, lo, hi);
@@ -151,18 +151,18 @@ static void adam_range(float* param, float* m, float* v, const float* grad, cons
   }
 }
 
-bool adam_update(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
-                 float eps, float weight_decay, int decoupled, int64_t step, int check_finite, int64_t n) {
+bool adam_step(float* param, float* m, float* v, const float* grad, float lr, double beta1, double beta2,
+               float eps, float weight_decay, int decoupled, int64_t step, int check_finite, int64_t n) {
   const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step);
   return parallel_arrays(&n, 1, check_finite ? &grad : nullptr,
                          [&](int64_t, int64_t lo, int64_t hi) { adam_range(param, m, v, grad, s, lo, hi); });
 }
 
-// adam_update on count arrays, each with its own step count, in one parallel region over their
+// adam_step on count arrays, each with its own step count, in one parallel region over their
 // concatenation (PyTorch's foreach Adam): a 6-array MLP costs one region instead of six.
-bool adam_update_many(float* const* param, float* const* m, float* const* v, const float* const* grad,
-                      const int64_t* n, const int64_t* step, int64_t count, float lr, double beta1, double beta2,
-                      float eps, float weight_decay, int decoupled, int check_finite) {
+bool adam_step_many(float* const* param, float* const* m, float* const* v, const float* const* grad,
+                    const int64_t* n, const int64_t* step, int64_t count, float lr, double beta1, double beta2,
+                    float eps, float weight_decay, int decoupled, int check_finite) {
   return parallel_arrays(n, count, check_finite ? grad : nullptr, [=](int64_t t, int64_t lo, int64_t hi) {
     adam_range(param[t], m[t], v[t], grad[t], adam_scalars(lr, beta1, beta2, eps, weight_decay, decoupled, step[t]),
                lo, hi);

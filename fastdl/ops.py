@@ -70,7 +70,7 @@ __all__ += [
 
 def relu(x, out=None):
     """max(x, 0), elementwise; NaN stays NaN, as with np.maximum(x, 0)."""
-    return _C.relu_forward(x, out)
+    return _C.relu(x, out)
 
 
 def relu_backward(dout, x, out=None):
@@ -80,7 +80,7 @@ def relu_backward(dout, x, out=None):
 
 def leaky_relu(x, negative_slope=0.01, out=None):
     """x where x > 0, else negative_slope * x."""
-    return _C.leaky_relu_forward(x, negative_slope, out)
+    return _C.leaky_relu(x, negative_slope, out)
 
 
 def leaky_relu_backward(dout, x, negative_slope=0.01, out=None):
@@ -90,7 +90,7 @@ def leaky_relu_backward(dout, x, negative_slope=0.01, out=None):
 
 def sigmoid(x, out=None):
     """1 / (1 + exp(-x)), stable for any x (computed from exp(-|x|))."""
-    return _C.sigmoid_forward(x, out)
+    return _C.sigmoid(x, out)
 
 
 def sigmoid_backward(dout, y, out=None):
@@ -100,7 +100,7 @@ def sigmoid_backward(dout, y, out=None):
 
 def tanh(x, out=None):
     """tanh(x), stable for any x."""
-    return _C.tanh_forward(x, out)
+    return _C.tanh(x, out)
 
 
 def tanh_backward(dout, y, out=None):
@@ -110,7 +110,7 @@ def tanh_backward(dout, y, out=None):
 
 def softmax(x, out=None):
     """Softmax over the last axis of a 2-D x (batch, features); each row's max is subtracted first."""
-    return _C.softmax_forward(x, out)
+    return _C.softmax(x, out)
 
 
 def softmax_backward(dout, y, out=None):
@@ -121,7 +121,7 @@ def softmax_backward(dout, y, out=None):
 def step(x, out=None):
     """Heaviside step: 1 where x >= 0, else 0, NaN where x is NaN (np.heaviside(x, 1)); forward only, it has
     no useful gradient."""
-    return _C.step_forward(x, out)
+    return _C.step(x, out)
 
 
 # ---------------------------------------------------------------- losses
@@ -140,24 +140,24 @@ def all_finite(x):
 
 def mse_loss(pred, target, reduction="mean", grad=True, out=None):
     """Mean squared error: mean((pred - target)**2); dpred = 2 (pred - target) / n."""
-    return _C.mse_forward_backward(pred, target, reduction, grad, out)
+    return _C.mse_loss(pred, target, reduction, grad, out)
 
 
 def l1_loss(pred, target, reduction="mean", grad=True, out=None):
     """Mean absolute error: mean(|pred - target|); dpred = sign(pred - target) / n (0 where equal)."""
-    return _C.l1_forward_backward(pred, target, reduction, grad, out)
+    return _C.l1_loss(pred, target, reduction, grad, out)
 
 
 def bce_with_logits(logits, target, reduction="mean", grad=True, out=None):
     """Binary cross-entropy on logits, target in [0, 1]:
     mean(max(x, 0) - x t + log1p(exp(-|x|))); dlogits = (sigmoid(x) - t) / n."""
-    return _C.bce_logits_forward_backward(logits, target, reduction, grad, out)
+    return _C.bce_with_logits(logits, target, reduction, grad, out)
 
 
 def softmax_cross_entropy(logits, labels, reduction="mean", grad=True, out=None):
     """Cross-entropy of softmax(logits) (B, NC) against int64 class labels (B,), fused:
     loss = mean(logsumexp(row) - row[label]); dlogits = (softmax(logits) - onehot(labels)) / B."""
-    return _C.softmax_crossentropy_forward_backward(logits, labels, reduction, grad, out)
+    return _C.softmax_cross_entropy(logits, labels, reduction, grad, out)
 
 
 # ---------------------------------------------------------------- dropout / batchnorm
@@ -172,7 +172,7 @@ def dropout(x, p, seed, out=None):
     ``dropout_backward`` with the same seed recomputes it. ``p`` must be in [0, 1); p = 0 is the
     identity. ``out`` may be ``x`` itself.
     """
-    return _C.dropout_forward(x, p, seed, out)
+    return _C.dropout(x, p, seed, out)
 
 
 def dropout_backward(dout, p, seed, out=None):
@@ -186,7 +186,10 @@ def dropout_mask(shape, p, seed):
     ones = np.ones(shape, dtype=np.float32)
     if ones.size == 0:
         raise ValueError(f"dropout_mask: shape {ones.shape} is empty")
-    kept = _C.dropout_forward(ones, p, seed, ones)
+    try:
+        kept = _C.dropout(ones, p, seed, ones)
+    except (TypeError, ValueError) as e:  # p or seed refused: say so under the name the user called
+        raise type(e)(str(e).replace("dropout:", "dropout_mask:", 1)) from None
     return (kept != 0).astype(np.float32)
 
 
@@ -202,9 +205,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, mo
     """
     if not isinstance(training, (bool, np.bool_)):
         raise TypeError(f"batchnorm_forward: training must be a bool, got {type(training).__name__}")
-    if training:
-        return _C.batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum, eps, out)
-    return _C.batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out), None, None
+    return _C.batchnorm_forward(x, gamma, beta, running_mean, running_var, bool(training), momentum, eps, out)
 
 
 def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, dbeta=None):
@@ -235,8 +236,8 @@ def sgd_step(param, grad, momentum_buf=None, *, lr, momentum=0.0, dampening=0.0,
     ``check_finite``: a ``grad`` holding NaN or Inf raises ValueError and nothing is written (the check
     reads grad once more, in the same native call); False updates anyway, as PyTorch does.
     """
-    _C.sgd_update(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
-                  check_finite)
+    _C.sgd_step(param, grad, momentum_buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                check_finite)
     return param
 
 
@@ -248,8 +249,8 @@ def sgd_step_many(params, grads, momentum_bufs=None, *, lr, momentum=0.0, dampen
     of the same length; nothing may share memory. Returns ``params``. ``check_finite``: as in
     ``sgd_step``; when any of ``grads`` holds NaN or Inf no array at all is written.
     """
-    _C.sgd_update_many(params, grads, momentum_bufs, lr, momentum, dampening, weight_decay, nesterov, first_step,
-                       check_finite)
+    _C.sgd_step_many(params, grads, momentum_bufs, lr, momentum, dampening, weight_decay, nesterov, first_step,
+                     check_finite)
     return params
 
 
@@ -266,7 +267,7 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"adam_step: step must be an int, got {type(step).__name__}")
-    _C.adam_update(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, check_finite)
+    _C.adam_step(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, check_finite)
     return param
 
 
@@ -277,6 +278,6 @@ def adam_step_many(params, grads, ms, vs, *, lr, steps, beta1=0.9, beta2=0.999, 
     ``vs`` and ``steps`` (each array's step count, from 1) are lists of the same length; nothing may
     share memory. Returns ``params``. ``check_finite``: as in ``sgd_step_many``.
     """
-    _C.adam_update_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled,
-                        check_finite)
+    _C.adam_step_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled,
+                      check_finite)
     return params

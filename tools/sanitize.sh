@@ -38,7 +38,8 @@ pip install --quiet --no-deps --upgrade --target "$prefix" "${isolation[@]}" \
   -Ccmake.define.FASTDL_SANITIZE=ON -Cbuild-dir="$work/build" .
 
 tests=(tests/test_gemm.py tests/test_linear.py tests/test_activations.py tests/test_losses.py
-       tests/test_dropout.py tests/test_batchnorm.py tests/test_optim_kernels.py tests/test_misaligned.py)
+       tests/test_dropout.py tests/test_batchnorm.py tests/test_optim_kernels.py tests/test_misaligned.py
+       tests/test_bindings.py)
 if [ $# -gt 0 ]; then tests=("$@"); fi
 
 # Python is not instrumented: the ASan runtime must be loaded before anything else, and libstdc++ with

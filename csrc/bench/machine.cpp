@@ -1,4 +1,6 @@
 // machine.cpp - the machine's own limits, measured by bench/: FMA peak and STREAM-triad bandwidth.
+// Benchmark-only (declared in machine.h, bound as fastdl._C.bench), apart from the product's kernels.
+#include "bench/machine.h"
 #include "kernel_common.h"
 
 namespace fastdl {
