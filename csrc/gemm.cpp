@@ -15,14 +15,17 @@
 // One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
 // and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
 // extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
-// 12 x 4; one with M <= 4 a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile,
+// 12 x 4; one row a 1 x 4-vector tile, 2-4 rows a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile,
 // and a last strip one vector wide a one-vector tile), so the AVX2 tests run the logic the AVX-512
 // build runs.
 // The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
 // packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
 // meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
-// gradients); a · bᵀ with M <= 4 (one sample's forward) is a set of dot products along K
-// (gemm_dots). gemm_naive at the end is the plain reference.
+// gradients). gemm_naive at the end is the plain reference.
+// Batch invariance: every path sums each element of c over K in one order fixed by K alone (K-blocks of
+// k_block(K), each one multiply-add chain in k order from 0, the blocks added in order; threads split
+// rows or columns, never K), so a row of c has the same bits whatever M, tile or thread count computed
+// it. The dot products along K that M <= 4 once took summed in another order (issue 15).
 //
 // Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
 // on the calling thread). With 8 A panels or more per thread, or a small op(b), each thread owns a
@@ -58,8 +61,8 @@ constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
 // gemm() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector (a 10-column product in a
-// 32-wide tile would spend two thirds of its multiply-adds on padding), or Tile<4, kNV> when M <= 4
-// (one sample at a time: a 12-row tile would compute 12 rows for 1).
+// 32-wide tile would spend two thirds of its multiply-adds on padding), Tile<1, 4> for one row (four
+// independent chains, no padded rows), or Tile<4, kNV> when M <= 4 (a 12-row tile would compute 12 rows for 2).
 template <int MR_, int NV_>
 struct Tile {
   static constexpr int MR = MR_, NV = NV_, NR = NV_ * Vec::W;
@@ -472,7 +475,9 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
                  APanels mode, float* a_buf, int64_t a_half, float* b_buf, int t, int nt) {
   constexpr int MR = Tl::MR, NV = Tl::NV, NR = Tl::NR;
   const int64_t kcb = k_block(g.K);
-  const int64_t nb_cols = kNB / NR * NR;
+  // With one A panel each packed B strip is used once: pack it just before its use, a strip at a time, so it is
+  // read back from L1/L2 and b itself stays in L2 across calls (one sample's forward).
+  const int64_t nb_cols = g.trans_b && m_hi - m_lo <= MR ? NR : kNB / NR * NR;
   const bool b_compact = kcb * g.ldb <= kInPlaceB && g.ldb % 1024 != 0;
   int64_t round = 0;  // which half of the double buffer
   for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
@@ -641,61 +646,12 @@ bool gemm_blocked(const Operands& g) {
   return true;
 }
 
-// ------------------------------------------------------------------ a few rows times bᵀ
-// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= 4 (one sample's forward): each
-// c[m][n] is a dot product of two contiguous rows, taken along K four columns of c at a time, so b
-// is read once and never packed (packing it costs what the product does when M is 1).
-template <int M>
-void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
-  const int64_t K = g.K, kv = K / kW * kW;
-  const Vec::mask tail = Vec::first(static_cast<int>(K - kv));
-  for (int64_t n0 = n_lo; n0 < n_hi; n0 += 4) {
-    const int cols = n_hi - n0 < 4 ? static_cast<int>(n_hi - n0) : 4;
-    reg acc[M][4];
-    for (int m = 0; m < M; ++m)
-      for (int j = 0; j < 4; ++j) acc[m][j] = Vec::zero();
-    const float* bj[4];
-    for (int j = 0; j < 4; ++j) bj[j] = g.b + (n0 + (j < cols ? j : 0)) * K;
-    for (int64_t k = 0; k <= kv; k += kW) {
-      const bool partial = k == kv;
-      if (partial && kv == K) break;
-      reg av[M], bv[4];
-      for (int m = 0; m < M; ++m) av[m] = partial ? Vec::loadu_n(g.a + m * K + k, tail) : Vec::loadu(g.a + m * K + k);
-      for (int j = 0; j < 4; ++j) bv[j] = partial ? Vec::loadu_n(bj[j] + k, tail) : Vec::loadu(bj[j] + k);
-      for (int m = 0; m < M; ++m)
-        for (int j = 0; j < 4; ++j) acc[m][j] = Vec::fmadd(av[m], bv[j], acc[m][j]);
-    }
-    for (int m = 0; m < M; ++m) {
-      float* p = g.c + m * g.N + n0;
-      static_assert(kW >= 4, "the 4 columns fit one vector");
-      alignas(64) float v[kW] = {};
-      for (int j = 0; j < cols; ++j)
-        v[j] = Vec::hsum(acc[m][j]) + (g.accumulate ? p[j] : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
-      if (g.act != ACT_NONE) Vec::store(v, activate(Vec::load(v), g.act));  // the blocked path's epilogue
-      for (int j = 0; j < cols; ++j) p[j] = v[j];
-    }
-  }
-}
-
-void gemm_dots(const Operands& g) {
-  auto rows = [&](int64_t lo, int64_t hi) {
-    switch (g.M) {
-      case 1: return gemm_dots_rows<1>(g, lo, hi);
-      case 2: return gemm_dots_rows<2>(g, lo, hi);
-      case 3: return gemm_dots_rows<3>(g, lo, hi);
-      default: return gemm_dots_rows<4>(g, lo, hi);
-    }
-  };
-  // columns in chunks of 4 (parallel_chunks splits at multiples of 16); from 64K multiply-adds on,
-  // two threads
-  parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
-}
-
 // The blocked product, with the tile that suits its shape; the plain loop when it cannot run (K = 0,
 // or no packing space), then the epilogue's extras done the same way.
 void gemm_any(const Operands& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)
+                            : M == 1 ? gemm_blocked<Tile<1, 4>>(g)  // one sample
                             : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
@@ -711,7 +667,6 @@ void gemm(float* c, const float* a, const float* b, const float* bias, int act, 
           int trans_a, int trans_b, int accumulate) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
-  if (K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
   gemm_any(g);
 }
 
