@@ -1,6 +1,6 @@
 """Shared helpers for fastdl's benchmarks: thread setup, interleaved timing, machine facts, reports.
 
-Method (../shared/docs/kernels.md §5): check correctness first; warm up; time the contenders in
+Method (docs/kernels.md §10): check correctness first; warm up; time the contenders in
 alternating phases (A, B, A, B, ...) separated by a sleep, because NumPy's OpenBLAS pool and
 fastdl's OpenMP pool both spin after a call and fight over the cores if run back to back; take the
 median over rounds. Import this module BEFORE numpy when the thread count must reach OpenBLAS:

@@ -7,7 +7,8 @@ Each round runs one child process per build, alternating (base, new, base, new, 
 the same minutes of this shared machine. A child (this file with --child) imports whichever fastdl
 its interpreter has, warms up, then measures: one MNIST epoch of bench_training's MLP at batch 32,
 128 and 512 (the same loop, weights and shuffles as the training benchmark, batch gather included)
-and the layer products of a batch-128 step (median of many calls). The report gives, per case, the
+and the layer products of a batch-128 step and of one sample's (and 4 samples') first-layer forward
+(median of many calls). The report gives, per case, the
 median over rounds of each build and the median of the per-round ratios new / base (< 1: new is
 faster), with the CPU, the other load before each child, and both builds' versions.
 """
@@ -46,8 +47,12 @@ def child(args) -> int:
     w3 = rng.standard_normal((10, 128), dtype=np.float32)
     c1, c2, c3 = (np.empty((128, 256), np.float32), np.empty((128, 784), np.float32),
                   np.empty((128, 10), np.float32))
+    x1, x4 = x[:1].copy(), x[:4].copy()
+    c11, c14 = np.empty((1, 256), np.float32), np.empty((4, 256), np.float32)
     products = {
         "µs: product 128x784->256 forward": lambda: ops.matmul(x, w, trans_b=True, out=c1),
+        "µs: product 1x784->256 forward (one sample)": lambda: ops.matmul(x1, w, trans_b=True, out=c11),
+        "µs: product 4x784->256 forward": lambda: ops.matmul(x4, w, trans_b=True, out=c14),
         "µs: product 128x256->784 input gradient": lambda: ops.matmul(dy, w, out=c2),
         "µs: product 128x128->10 head": lambda: ops.matmul(h, w3, trans_b=True, out=c3),
     }

@@ -1,37 +1,21 @@
 // gemm.cpp - c = [c +] op(a)·op(b) [+ bias], then an activation: the one matrix product of fastdl.
 //
-// The Goto/BLIS design in plain C++ intrinsics (see ../shared/docs/kernels.md §2-§3), row-major:
+// The Goto/BLIS design in plain C++ intrinsics, row-major; docs/kernels.md §2-§7 gives the design and
+// the measurements behind every size and choice below:
 //   for each M-block (all of M, up to kMB rows)
-//     for each K-block of ~kKC                        pack a: the broadcast operand, MR-row panels
-//       for each N-block of ~kNB columns (in L2)      pack b: the vector operand, k-major NR strips
+//     for each K-block of k_block(K)                  pack a: the broadcast operand, MR-row panels
+//       for each N-block of kNB columns (in L2)       pack b: the vector operand, k-major NR strips
 //         for each A panel (in L1)
 //           for each B strip                          micro-kernel: MR x NR tile in registers
-// Transposition is absorbed by the packers, so aᵀ·b and a·bᵀ cost what a·b costs. Packed panels are
-// zero-padded, so the micro-kernel computes whole tiles; it stores only the valid part, the
-// last vector of a row under a mask. The first K-block overwrites c (or adds to it when
-// accumulating), the others add, and the last one adds the bias and applies the activation while
-// the tile is still in registers.
-//
-// One micro-kernel template over a vector-traits type `Vec`: each instruction set supplies only Vec
-// and the tile and block sizes (AVX-512: 12 x 32, AVX2: 6 x 16, generic: 6 x 8 in GCC vector
-// extensions; a product whose N fits one vector uses a tall one-vector tile: 16 x 16, 12 x 8,
-// 12 x 4; one with M <= 4 a 4-row tile; a last panel of at most 4 or 8 rows a 4- or 8-row tile,
-// and a last strip one vector wide a one-vector tile), so the AVX2 tests run the logic the AVX-512
-// build runs.
-// The packers' 8x8 transposes use AVX2, which the AVX-512 build has too. Two shortcuts skip the
-// packing of b: full B strips of b stored (K,N) are read where they are when a single A panel
-// meets each once or when a K-block of b's rows spans little memory (kInPlaceB: the MLP's weight
-// gradients); a · bᵀ with M <= 4 (one sample's forward) is a set of dot products along K
-// (gemm_dots). matmul_reference at the end is the plain reference.
-//
-// Threads: one parallel region per product, static split, nothing below kParallelFlops (those run
-// on the calling thread). With 8 A panels or more per thread, or a small op(b), each thread owns a
-// range of A panels and packs all of B; otherwise, with enough columns, each thread owns a range of
-// B strips and packs its own B. The A panels are read in place when a thread's columns fit one B block (the usual MLP layer); else
-// they are packed - jointly into a shared double buffer with one barrier per K-block when the
-// columns are split, privately when the rows are. Packing space comes from a thread_local arena of
-// the calling thread, grown on demand and reused: the GIL is released, so two Python threads may
-// multiply at once, each with its own arena.
+// The packers absorb transposition (aᵀ·b and a·bᵀ cost what a·b costs) and zero-pad, so the
+// micro-kernel computes whole tiles and stores the valid part under masks. The first K-block
+// overwrites c (or adds to it), the others add, the last adds the bias and applies the activation.
+// One micro-kernel template over `Vec` (vec.h): each instruction set supplies only Vec and the sizes.
+// Batch invariance (issue 15): every path sums each element of c in one order fixed by K alone -
+// K-blocks of k_block(K), each one multiply-add chain in k order from 0, the blocks added in order,
+// threads splitting rows or columns, never K - so a row of c has the same bits whatever M, tile or
+// thread count computed it. Keep it so: a special path for some M must reproduce that order.
+// matmul_reference at the end is the plain reference.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -57,33 +41,14 @@ constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
 #endif
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
-// matmul() uses Tile<kMR, kNV>, or Tile<kSmallMR, 1> when N fits one vector (a 10-column product in a
-// 32-wide tile would spend two thirds of its multiply-adds on padding), or Tile<4, kNV> when M <= 4
-// (one sample at a time: a 12-row tile would compute 12 rows for 1).
+// gemm_any picks one by shape (docs/kernels.md §5): no multiply-adds spent on padding rows or columns.
 template <int MR_, int NV_>
 struct Tile {
   static constexpr int MR = MR_, NV = NV_, NR = NV_ * Vec::W;
 };
 
-// Cache blocking: the A panel (kKC x MR floats) is reused from L1 or L2, the B block (kKC x kNB)
-// from L2, the A block (kMB x kKC) from L3. AVX2 sizes are measured on AMD Zen 3 (32 KiB L1d,
-// 512 KiB L2 per core: flat within 2% for kKC 256-320 and kNB 128-384). AVX-512 sizes are measured
-// on AMD Zen 4 (32 KiB L1d, 1 MiB L2) only as far as this: kKC 784 (K = 784 in one block) ran the
-// 128x784->256 forward 6-7% faster and 2048^3 ~3% faster, but doubled the error against float64
-// (2.4e-7 vs OpenBLAS's 1.2e-7 at 64x784->256, over issue 4's 2x bar): one float accumulator
-// chain per K-block 784 long. Kept at 384 (error 1.00x OpenBLAS's) until the deep block can carry
-// its partial sums in shorter runs. kKC 512 gave 2048^3 +3%, 1024 +2-5%, with the same risk.
-// Rechecked on AMD Zen 5 (48 KiB L1d, 1 MiB L2, two full-width 512-bit FMA pipes), two builds
-// interleaved in one process: kKC 784 +3.5% on the 128x784->256 forward only, kKC 512 and kNB
-// 1024 within +-2% of these sizes at 512x784->256, 1024^3 and 2048^3. Handing B strips out
-// one at a time (an atomic counter instead of the static split) to even out the two threads: +-5%,
-// no steady gain. Prefetching both 64-B lines of each tile row of c (not only the first): +-2%.
-// BLIS's order for packed A (each B strip kept in L1 while the A panels stream from L2, M-blocks
-// of 768 or 3072 rows): 2048^3 10% slower. kKC 400 (after the edge tiles and b read in place):
-// K = 784, the MNIST input, runs as 2 K-blocks of 392 instead of 3 of 264, one fewer pass over
-// each tile of c and one fewer packing round: 128x784->256 forward +10-11%, 32x784->256 +6%,
-// 512x784->256 +2%; 1024^3 and 2048^3 unchanged (the same blocks of 344). Error at K = 784
-// 1.23-1.32x NumPy's (it was 0.75-1.16x; issue 4's bar is 2x).
+// Cache blocking: the A panel (kKC x MR) stays in L1/L2, the B block (kKC x kNB) in L2, the A block
+// (kMB x kKC) in L3. Deeper K-blocks ran faster but doubled the error against float64 (docs/kernels.md §3).
 #if defined(__AVX512F__)
 constexpr int64_t kKC = 400;  // depth of a K-block (balanced: K = 784 runs as 2 x 392)
 constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per thread
@@ -91,19 +56,13 @@ constexpr int64_t kNB = 512;  // columns of a B block (a multiple of kNR), per t
 constexpr int64_t kKC = 320;
 constexpr int64_t kNB = 256;
 #endif
-constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 4, 6, 12, 16)
-// 2*M*N*K (N rounded up to the tile) below this runs on the calling thread, with no parallel region
-// (which costs 1-2 us warm, tens of us after an idle spell). Zen 4, same-run medians, one thread
-// against two: 512x128x10 (2 MFLOP padded) 26 -> 14 us; 128x128->10 forward (0.5 MFLOP) 6.2 -> 4.6,
-// 128x128 from K = 10 (0.33) 6.9 -> 5.1, 10x128 from K = 128 (0.33) 5.6 -> 5.8, 64x128->10 even.
+constexpr int64_t kMB = 3072;  // rows of an M-block (a multiple of every tile's MR: 1, 4, 6, 12, 16)
+// 2*M*N*K (N rounded up to the tile) below this runs on the calling thread: a parallel region costs
+// more than it saves there (1-2 us warm, tens after an idle spell; docs/kernels.md §6).
 constexpr double kParallelFlops = 0.25e6;
 // b stored (K,N) is read in place, not packed, when the rows of a K-block span at most this many
-// floats (and do not lie a multiple of 4 KiB apart, where a strip's rows would share an L1 set).
-// Zen 5, two builds interleaved in one process, packed -> in place: dW 256x784 from K = 128 (the
-// MNIST first layer) +7-9%, dW 128x256 from K = 128 +5-22%, dX 128x784 from K = 256 +5-13%, dW
-// 256x784 from K = 512 +4-8%, 256^3 +5%; 512^3 and products of 128 rows over K = 784 -3 to +5%
-// (the noise of these runs); larger spans lose: 768^3 (1.2 MiB) -0.7%, 1536^3 and 2000^3 (2.4 and
-// 2.7 MiB) -5%; 1024^3 and 2048^3 (rows 4 and 8 KiB apart) -20%.
+// floats (and do not lie a multiple of 4 KiB apart, where a strip's rows would share an L1 set):
+// packing then costs more than it saves (the MLP's weight gradients; docs/kernels.md §4).
 constexpr int64_t kInPlaceB = 256 * 1024;
 
 // ------------------------------------------------------------------ activation on a vector
@@ -129,7 +88,7 @@ FASTDL_INLINE reg dactivate(reg v, reg y, int act) {
 
 // c[i][j] *= act'(y[i][j]) over rows i < rows, columns j < cols, both ld apart: gemm_dact's last
 // step, run on each tile just stored (still in L1), or on all of c after the plain loop. Kept out
-// of the micro-kernel, whose store it slowed by 3-5% even when unused (dW 256x784 from K = 128).
+// of the micro-kernel, whose every store it slowed even when unused (docs/kernels.md §5).
 void dact_tile(float* c, const float* y, int64_t ld, int64_t rows, int64_t cols, int act) {
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; j += kW) {
@@ -175,10 +134,9 @@ struct Epilogue {
 // is packed k-major (a[k*MR + i]) when kPackedA, else read where it is stored: a[i*rs + k*cs].
 // Only the top-left mr x nr of the tile is stored; packed panels are zero beyond it. Packed A panels
 // are AS floats wide and packed B strips BS (the full tile's MR and NR, read by a shorter edge tile).
-// Not inlined: inlined into gemm_thread's strip loop, the 12-row kernel that reads a in place ran
-// 10-12% slower. a_next (nullable): the next packed A panel, fetched into cache while this one is
-// used (+1-2% at 1024^3-2048^3). B is a packed strip when kPackedB (b[k*BS + j], 64-B aligned), else
-// read where it is stored, rows of op(b) ldb apart.
+// Not inlined: inlined into gemm_thread's strip loop it ran slower (docs/kernels.md §5). a_next
+// (nullable): the next packed A panel, fetched into cache while this one is used. B is a packed strip
+// when kPackedB (b[k*BS + j], 64-B aligned), else read where it is stored, rows of op(b) ldb apart.
 template <int MR, int NV, bool kPackedA, bool kPackedB = true, int AS = MR, int BS = NV * kW>
 __attribute__((noinline)) void micro_kernel(int64_t kc, const float* __restrict a, int64_t rs, int64_t cs,
                                             const float* __restrict b, int64_t ldb, float* __restrict c, int64_t ldc,
@@ -412,7 +370,7 @@ void pack_b(float* dst, const Operands& g, int64_t nb, int64_t nc, int64_t k0, i
       for (int c0 = 0; c0 < NR;) {
         const int left = nr - c0 < 0 ? 0 : nr - c0;  // real columns from c0 on
 #if defined(__AVX512F__)
-        if (NR - c0 >= 16) {  // 16 at a time: 128x784->256 forward +4-5%, 128x256->128 -1 to -5%
+        if (NR - c0 >= 16) {  // 16 at a time: faster on the MNIST first layer's forward (docs/kernels.md §4)
           pack_transposed16(dst + s * NR * kc + c0, NR, src + c0 * g.ldb, g.ldb, left < 16 ? left : 16, kc);
           c0 += 16;
           continue;
@@ -447,9 +405,7 @@ inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 inline int64_t k_block(int64_t K) { return round_up(ceil_div(K, ceil_div(K, kKC)), 8); }
 
 // Where thread t of T starts when the rows are split: equal shares, at multiples of 4 rows (a
-// thread's last panel then runs an edge tile). Splitting at panel boundaries gave one thread a
-// whole panel more: dW 256x784 from K = 128 (22 panels of 12, the last of 4 rows) ran 132 rows
-// on one thread and 124 on the other, 6% apart.
+// thread's last panel then runs an edge tile); panel boundaries gave one thread a whole panel more.
 inline int64_t row_split(int64_t M, int64_t t, int64_t T) {
   if (t >= T) return M;
   const int64_t m = round_up(M * t / T, 4);
@@ -472,7 +428,9 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
                  APanels mode, float* a_buf, int64_t a_half, float* b_buf, int t, int nt) {
   constexpr int MR = Tl::MR, NV = Tl::NV, NR = Tl::NR;
   const int64_t kcb = k_block(g.K);
-  const int64_t nb_cols = kNB / NR * NR;
+  // One A panel uses each packed B strip once: pack a strip just before its use, not a whole B block
+  // ahead, so it is read back from L1/L2 and b stays in L2 across calls (one sample's forward).
+  const int64_t nb_cols = g.trans_b && m_hi - m_lo <= MR ? NR : kNB / NR * NR;
   const bool b_compact = kcb * g.ldb <= kInPlaceB && g.ldb % 1024 != 0;
   int64_t round = 0;  // which half of the double buffer
   for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
@@ -527,7 +485,7 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
                 else
                   micro_kernel<R, NV, true, false, MR>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
               } else if (NV > 1 && nr <= kW) {  // a last strip one vector wide (784 = 24 x 32 + 16): a
-                // one-vector tile, not half a tile of zeros (dW 256x784 from K = 128 +1-2%)
+                // one-vector tile, not half a tile of zeros
                 const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
                 if (in_place)
                   micro_kernel<R, 1, false, true, R, NR>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
@@ -557,7 +515,8 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
   }
 }
 
-// Packing space of the calling thread: grown on demand, 4 KiB aligned, reused by later calls.
+// Packing space of the calling thread: grown on demand, 4 KiB aligned, reused by later calls. Per
+// thread, not static: the GIL is released, so two Python threads may multiply at once.
 struct Arena {
   float* p = nullptr;
   size_t cap = 0;  // floats
@@ -581,25 +540,18 @@ bool gemm_blocked(const Operands& g) {
   const int64_t strips = ceil_div(g.N, NR), panels = ceil_div(g.M, MR);
   const double flops = 2.0 * double(g.M) * double(strips * NR) * double(g.K);  // padding included
   int nt = flops < kParallelFlops || omp_in_parallel() ? 1 : team_threads();
-  // Split the rows when every thread gets 8 A panels or more (M >= 192 on two threads): each thread
-  // then packs all of B but reads only its own rows of a (Zen 4, 2 threads, interleaved A/B: 512^3
-  // 131 -> 174 GF/s and 512x256x784 179 -> 186 while the machine was loaded, 0-5% better idle).
-  // Else split the columns when every thread gets at least 2 strips of them (M = 32-128: rows were
-  // 2-30% slower), else the rows. Also the rows when op(b) is small (each thread then packs all of
-  // it) and there are rows enough: the product is then mostly the writing of c, and two threads
-  // writing halves of each row of c share a cache line per row (dX = dY·W of the 10-class head,
-  // 512x128x10: 31 us on 2 threads, 26 on 1).
+  // Split the rows when every thread gets 8 A panels or more (each thread then reads only its own
+  // rows of a), else the columns when every thread gets at least 2 strips of them, else the rows.
+  // Also the rows when op(b) is small and rows are many: two threads writing halves of each row of c
+  // would share a cache line per row. Measured in docs/kernels.md §6.
   const bool small_b = g.K * g.N <= 8192 && panels >= 4 * nt;
   const bool many_rows = panels >= 8 * nt;
   const bool split_n = nt > 1 && strips >= 2 * nt && !small_b && !many_rows;
   if (!split_n && nt > panels) nt = static_cast<int>(panels);
   if (nt < 1) nt = 1;
   // When a thread's columns fit one B block, each A panel meets each B strip once per K-block:
-  // reading a in place then beats packing it (measured +2-4% at 128x784x256 on one Zen 3 core;
-  // -6% at 1024^3, where a's rows are read again for every B block). It also spares the barriers.
-  // Not when a's rows lie a multiple of 4 KiB apart: the MR rows read at once then fall in one L1
-  // set, more than its 8 ways hold (1024^3: 120 GF/s in place, 161 packed on Zen 4; 512^3, rows 2 KiB
-  // apart, is 5-10% faster in place).
+  // reading a in place then beats packing it, and spares the barriers. Not when a's rows lie a
+  // multiple of 4 KiB apart: the MR rows read at once would fall in one L1 set (docs/kernels.md §4).
   const int64_t cols = split_n ? ceil_div(strips, nt) * NR : g.N;
   const bool a_aliases = g.lda % 1024 == 0;
   const APanels mode = !g.trans_a && !a_aliases && cols <= kNB ? A_IN_PLACE : split_n ? A_SHARED : A_PRIVATE;
@@ -641,62 +593,14 @@ bool gemm_blocked(const Operands& g) {
   return true;
 }
 
-// ------------------------------------------------------------------ a few rows times bᵀ
-// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= 4 (one sample's forward): each
-// c[m][n] is a dot product of two contiguous rows, taken along K four columns of c at a time, so b
-// is read once and never packed (packing it costs what the product does when M is 1).
-template <int M>
-void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
-  const int64_t K = g.K, kv = K / kW * kW;
-  const Vec::mask tail = Vec::first(static_cast<int>(K - kv));
-  for (int64_t n0 = n_lo; n0 < n_hi; n0 += 4) {
-    const int cols = n_hi - n0 < 4 ? static_cast<int>(n_hi - n0) : 4;
-    reg acc[M][4];
-    for (int m = 0; m < M; ++m)
-      for (int j = 0; j < 4; ++j) acc[m][j] = Vec::zero();
-    const float* bj[4];
-    for (int j = 0; j < 4; ++j) bj[j] = g.b + (n0 + (j < cols ? j : 0)) * K;
-    for (int64_t k = 0; k <= kv; k += kW) {
-      const bool partial = k == kv;
-      if (partial && kv == K) break;
-      reg av[M], bv[4];
-      for (int m = 0; m < M; ++m) av[m] = partial ? Vec::loadu_n(g.a + m * K + k, tail) : Vec::loadu(g.a + m * K + k);
-      for (int j = 0; j < 4; ++j) bv[j] = partial ? Vec::loadu_n(bj[j] + k, tail) : Vec::loadu(bj[j] + k);
-      for (int m = 0; m < M; ++m)
-        for (int j = 0; j < 4; ++j) acc[m][j] = Vec::fmadd(av[m], bv[j], acc[m][j]);
-    }
-    for (int m = 0; m < M; ++m) {
-      float* p = g.c + m * g.N + n0;
-      static_assert(kW >= 4, "the 4 columns fit one vector");
-      alignas(64) float v[kW] = {};
-      for (int j = 0; j < cols; ++j)
-        v[j] = Vec::hsum(acc[m][j]) + (g.accumulate ? p[j] : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
-      if (g.act != ACT_NONE) Vec::store(v, activate(Vec::load(v), g.act));  // the blocked path's epilogue
-      for (int j = 0; j < cols; ++j) p[j] = v[j];
-    }
-  }
-}
-
-void gemm_dots(const Operands& g) {
-  auto rows = [&](int64_t lo, int64_t hi) {
-    switch (g.M) {
-      case 1: return gemm_dots_rows<1>(g, lo, hi);
-      case 2: return gemm_dots_rows<2>(g, lo, hi);
-      case 3: return gemm_dots_rows<3>(g, lo, hi);
-      default: return gemm_dots_rows<4>(g, lo, hi);
-    }
-  };
-  // columns in chunks of 4 (parallel_chunks splits at multiples of 16); from 64K multiply-adds on,
-  // two threads
-  parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
-}
-
 // The blocked product, with the tile that suits its shape; the plain loop when it cannot run (K = 0,
-// or no packing space), then the epilogue's extras done the same way.
+// or no packing space), then the epilogue's extras done the same way. Every tile sums in the same
+// order (see the top of this file), so the choice changes speed, never bits.
 void gemm_any(const Operands& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
-  const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)
-                            : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows (batch 1): no 12-row tile
+  const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)  // a 10-class head: no padded columns
+                            : M == 1 ? gemm_blocked<Tile<1, 4>>(g)  // one sample: 4 chains, no padded rows
+                            : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows: no 12-row tile
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
   matmul_reference(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
@@ -711,7 +615,6 @@ void matmul(float* c, const float* a, const float* b, const float* bias, int act
             int trans_a, int trans_b, int accumulate) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
-  if (K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
   gemm_any(g);
 }
 

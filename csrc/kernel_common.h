@@ -106,7 +106,7 @@ inline void parallel_chunks(int64_t n, F&& body, int64_t grain = kParallelGrain)
 // output line that a normal store makes first (write-allocate). 2 threads, same-run medians against
 // normal stores: 16M floats relu 1.46x, relu_backward 1.40x, dropout 1.44x, triad 1.27x faster;
 // 5M floats (40 MB) relu 0.79x but relu_backward (60 MB) 1.39x; inside the caches streaming stores
-// lose outright (1M floats: relu 168 -> 107 GB/s), as kernels.md §3.3 records.
+// lose outright (1M floats: relu 168 -> 107 GB/s), as docs/kernels.md §8 records.
 constexpr int64_t kStreamBytes = int64_t(48) << 20;
 // Floats computed into an L1 buffer per streaming copy: 64-128 measured best at 16M floats (1024:
 // relu 1.35x, 4096: 0.94x - the buffer's lines then leave L1 before they are copied).
@@ -132,7 +132,7 @@ inline int64_t to_line(const float* p) { return static_cast<int64_t>((-reinterpr
 // out + lo or a scratch buffer. map_chunks_on runs it over [0, n) on nt threads, each thread's range
 // starting on a 64-B line of out (thread 0 first does the few elements before the first line on
 // their own), so every vector store is aligned and no line is written by two threads (NumPy's
-// buffers sit at 16 mod 64: 7-10% on L2-resident streams, kernels.md §3.3). When the map's `arrays`
+// buffers sit at 16 mod 64: 7-10% on L2-resident streams, docs/kernels.md §8). When the map's `arrays`
 // arrays of n floats pass kStreamBytes, each range is computed kStreamBlock floats at a time into an
 // L1 buffer and streamed to out.
 // The result never depends on the split: each element is a function of its own inputs.

@@ -14,10 +14,8 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 // linear_backward runs dweight and dinp side by side, one thread each, when each product takes at
-// most this many flops (2 threads). Zen 4, 2 threads, same-run medians against one after the other:
-// 128x128->10 9.5 -> 7.0 us, 512x128->10 28.1 -> 22.7, 128x256->128 107 -> 85, 128x784->256
-// 590 -> 537, 512x256->128 1.10x; 512x784->256 (205 MFLOP) even. With more threads each product's own
-// split should win sooner, so the bound shrinks as 2/threads (a guess: no such machine here).
+// most this many flops (2 threads): below it one unsplit product per thread beats two split ones
+// (measured in docs/kernels.md §6). With more threads the bound shrinks as 2/threads (a guess).
 constexpr double kPairFlops = 64.0e6;
 
 // dinp (B,C), dweight (OC,C), dbias (OC), dout (B,OC), inp (B,C), weight (OC,C); dinp, dbias nullable.

@@ -148,8 +148,8 @@ def test_matmul_activation_values(isa, act):
 
 # A NaN in a row of a (or in the bias) gives a NaN row (column) of c under every activation, relu
 # included (relu turned it into 0 before, unlike np.maximum). Shapes: the one-vector tile (N <= 16),
-# the 4-row tile, the full tile over several K-blocks, the dot products of M <= 4 rows with b
-# transposed, and the full tile with b transposed; the reference kernel alike.
+# the 4-row tile, the full tile over several K-blocks, the 4-row tile with b transposed (one
+# sample's forward), and the full tile with b transposed; the reference kernel alike.
 @pytest.mark.parametrize("M,N,K,trans_b", [(2, 3, 1, False), (3, 40, 20, False), (50, 70, 900, False),
                                            (3, 20, 30, True), (30, 20, 30, True)])
 @pytest.mark.parametrize("act", ACTS)
