@@ -3,8 +3,11 @@ import os
 import tracemalloc
 from pathlib import Path
 
-import numpy as np
-import pytest
+# before SciPy is imported: scikit-learn's check_estimator runs its array-API checks only with it set
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import settings
 
 settings.register_profile("ci", deadline=None, max_examples=30, derandomize=True, print_blob=True)
