@@ -1207,6 +1207,8 @@ void bind_machine(py::module_& m) {
 
 }  // namespace
 
+void bind_data(py::module_& m);  // csrc/bindings_data.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastdl native kernels (C++17, OpenMP); the Python face is fastdl.ops";
   bind_config(m);
@@ -1216,4 +1218,5 @@ PYBIND11_MODULE(_C, m) {
   bind_regularization(m);
   bind_optim(m);
   bind_machine(m);
+  bind_data(m);
 }

@@ -626,7 +626,7 @@ def test_bad_inputs():
         fit(model, loss, opt, X[:, 0], y, **kw)
     with pytest.raises(ValueError, match="different lengths: 20 and 19"):
         fit(model, loss, opt, X, y[:-1], **kw)
-    with pytest.raises(ValueError, match="real numbers"):
+    with pytest.raises(TypeError, match="real numbers"):          # a wrong type: fastdl._validation's rule
         fit(model, loss, opt, np.array([["a", "b", "c"]] * 20), y, **kw)
     Xn = X.copy()
     Xn[3, 1] = np.nan
@@ -636,9 +636,13 @@ def test_bad_inputs():
         fit(model, loss, opt, X, np.full(20, np.inf), **kw)
     with pytest.raises(ValueError, match="empty"):
         fit(model, loss, opt, np.zeros((0, 3)), np.zeros(0), **kw)
-    for bad in (dict(epochs=-1), dict(epochs=2.5), dict(batch_size=0), dict(batch_size=True),
-                dict(validation_split=1.0), dict(validation_split=1e-17), dict(tol=-1.0), dict(verbose=3)):
+    for bad in (dict(epochs=-1), dict(batch_size=0), dict(validation_split=1.0), dict(validation_split=1e-17),
+                dict(tol=-1.0), dict(verbose=3)):
         with pytest.raises(ValueError):
+            fit(model, loss, opt, X, y, **{**kw, **bad})
+    for bad in (dict(epochs=2.5), dict(batch_size=True), dict(batch_size="32"), dict(shuffle="yes"),
+                dict(seed="0"), dict(validation_split="0.2"), dict(tol="small")):
+        with pytest.raises(TypeError):
             fit(model, loss, opt, X, y, **{**kw, **bad})
     with pytest.raises(ValueError, match="2-D"):
         predict(model, X[0])
