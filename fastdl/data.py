@@ -327,7 +327,7 @@ class _NativeIter:
         self._ring = ring
         self._X, self._y = loader.X, loader.y
         self._slots = ring.slots
-        self._pf = _C.RowPrefetcher([self._X] if self._y is None else [self._X, self._y], ring.slots)
+        self._pf = None           # the native thread, started by the first batch of indices (slices need none)
         self._batches = batches
         self._entries = deque()   # pushed batches not yet handed out: (slot or -1 for a view, x, y)
         self._held = deque()      # slots of the last two batches handed out (-1: a view), still valid
@@ -366,6 +366,8 @@ class _NativeIter:
         bufs = self._ring.buffers(max(sizes))
         bounds = np.zeros(len(group) + 1, np.int64)
         np.cumsum(sizes, out=bounds[1:])
+        if self._pf is None:
+            self._pf = _C.RowPrefetcher([self._X] if self._y is None else [self._X, self._y], slots)
         self._pf.push(group[0] if len(group) == 1 else np.concatenate(group), bounds, first, bufs)
         views = self._ring.views
         for j, m in enumerate(sizes):
@@ -400,7 +402,7 @@ class _NativeIter:
                 mask = 0
             if s >= 0:
                 self._pf.take(mask)
-            elif mask:
+            elif mask and self._pf is not None:
                 self._pf.release(mask)
             return xb, yb
         except StopIteration:

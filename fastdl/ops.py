@@ -293,7 +293,7 @@ def gather_rows(src, idx, out=None):
     ``idx``: int64 (B,), every index checked against ``len(src)`` (negative ones are refused, not
     wrapped: ValueError naming the first bad position); ``out``: (B,) + src.shape[1:] of src's dtype,
     C-contiguous, writeable, sharing no memory with src or idx (allocated when None). Single-threaded,
-    without the GIL: the DataLoader (fastdl.data) runs it in its background thread. Returns ``out``;
-    after a bad index, the rows before it have been written.
+    without the GIL (the DataLoader's background thread, ``fastdl.data``, runs the same kernel). Returns
+    ``out``; after a bad index, the rows before it have been written.
     """
     return _C.gather_rows(src, idx, out)
