@@ -161,7 +161,7 @@ class PyRowPrefetcher {
 
   // Queue jobs: job j copies rows idx[bounds[j]:bounds[j+1]] of every source into the first rows of the
   // buffers of ring slot (first_slot + j) % slots; bufs[s] holds slot s's buffers, one per source.
-  void push(py::handle idx_h, py::handle bounds_h, int first_slot, py::handle bufs_h) {
+  void push(py::handle idx_h, py::handle bounds_h, int first_slot, py::handle bufs_h, py::handle items_h) {
     const char* fn = "RowPrefetcher.push";
     if (!impl_) throw py::value_error(std::string(fn) + ": the prefetcher is closed");
     if (first_slot < 0 || first_slot >= slots_)
@@ -205,6 +205,9 @@ class PyRowPrefetcher {
         slot_bufs[static_cast<size_t>(s)].push_back(o);
       }
     }
+    if (!py::isinstance<py::list>(items_h) || py::len(items_h) != static_cast<size_t>(n_jobs))
+      throw py::type_error(std::string(fn) + ": items must be a list of one object per job (what next() returns)");
+    py::list items = py::reinterpret_borrow<py::list>(items_h);
     for (int64_t j = 0; j < n_jobs; ++j) {
       const auto& sb = slot_bufs[static_cast<size_t>((first_slot + j) % slots_)];
       for (const py::array& o : sb)
@@ -223,8 +226,48 @@ class PyRowPrefetcher {
       }
       impl_->push(s, ip + bp[j], bp[j + 1] - bp[j], std::move(ptrs));
       keep_.push_back(std::move(keep));
+      entries_.push_back({s, items[static_cast<size_t>(j)]});
     }
   }
+
+  // A batch that needs no gathering (a view of the sources), handed out in its turn.
+  void push_ready(py::object item) { entries_.push_back({-1, std::move(item)}); }
+
+  // No more batches will be pushed.
+  void set_exhausted() { exhausted_ = true; }
+
+  // The next batch (what was pushed for it), after waiting for its job; None when fewer than `slots` batches
+  // are queued and more may come (the caller pushes more, then calls again), or when all have been handed
+  // out. The batch handed out two calls before stops being valid here: its slot goes back to the thread,
+  // `group` slots at a time.
+  py::object next() {
+    if (entries_.empty() || (!exhausted_ && entries_.size() < static_cast<size_t>(slots_))) return py::none();
+    Entry e = std::move(entries_.front());
+    entries_.pop_front();
+    held_.push_back(e.slot);
+    if (held_.size() > 2) {
+      const int r = held_.front();
+      held_.pop_front();
+      if (r >= 0) {
+        release_mask_ |= uint64_t{1} << r;
+        ++n_released_;
+      }
+    }
+    uint64_t mask = 0;
+    if (n_released_ >= group_) {
+      mask = release_mask_;
+      release_mask_ = 0;
+      n_released_ = 0;
+    }
+    if (e.slot >= 0) {
+      take(mask);
+    } else if (mask && impl_) {
+      impl_->release(mask);
+    }
+    return e.item;
+  }
+
+  void set_group(int group) { group_ = group < 1 ? 1 : group; }
 
   // Release the slots in release_mask (bit s: the consumer is done with slot s's batch), then wait for the
   // oldest job.
@@ -269,6 +312,7 @@ class PyRowPrefetcher {
     }
     impl_.reset();
     keep_.clear();
+    entries_.clear();
   }
 
   ~PyRowPrefetcher() {
@@ -279,6 +323,15 @@ class PyRowPrefetcher {
   std::vector<py::array> sources_;
   std::unique_ptr<fastdl::RowPrefetcher> impl_;
   std::deque<std::vector<py::object>> keep_;  // each pushed job's outputs, alive until taken
+  struct Entry {
+    int slot;  // -1: no job (a view)
+    py::object item;
+  };
+  std::deque<Entry> entries_;  // batches pushed, not yet handed out
+  std::deque<int> held_;       // slots of the last batches handed out (still valid)
+  uint64_t release_mask_ = 0;
+  int n_released_ = 0, group_ = 1;
+  bool exhausted_ = false;
   int slots_ = 0;
 };
 
@@ -293,9 +346,15 @@ void bind_data(py::module_& m) {
                               "The DataLoader's native background thread: gathers batches into ring slots without the GIL.")
       .def(py::init<py::list, int>(), py::arg("sources"), py::arg("slots"))
       .def("push", &PyRowPrefetcher::push, py::arg("idx"), py::arg("bounds"), py::arg("first_slot"), py::arg("bufs"),
+           py::arg("items"),
            "Queue jobs: job j gathers rows idx[bounds[j]:bounds[j+1]] of every source into the first rows of the "
            "buffers bufs[s] of ring slot s = (first_slot + j) % slots (the thread waits until that slot has been "
-           "released). The indices are copied at once.")
+           "released); next() hands out items[j] once job j is done. The indices are copied at once.")
+      .def("push_ready", &PyRowPrefetcher::push_ready, py::arg("item"), "Queue a batch that needs no gathering.")
+      .def("set_exhausted", &PyRowPrefetcher::set_exhausted, "No more batches will be pushed.")
+      .def("set_group", &PyRowPrefetcher::set_group, py::arg("group"), "Slots given back to the thread at a time.")
+      .def("next", &PyRowPrefetcher::next,
+           "The next batch once gathered; None when more should be pushed first or when none is left.")
       .def("take", &PyRowPrefetcher::take, py::arg("release_mask"),
            "Release the slots whose bits are set in release_mask, then wait for the oldest pending job (ValueError "
            "for a bad index).")

@@ -1,6 +1,7 @@
 // data.cpp - gathering a batch's rows for the DataLoader (fastdl/data.py): out[i] = src[idx[i]], row by row.
 #include "data.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -69,16 +70,16 @@ void RowPrefetcher::push(int slot, const int64_t* idx, int64_t n, std::vector<ch
 
 void RowPrefetcher::release(uint64_t mask) {
   if (mask == 0) return;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t s = 0; s < slot_free_.size(); ++s)
-      if (mask >> s & 1) slot_free_[s] = 1;
-  }
-  work_cv_.notify_one();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t s = 0; s < slot_free_.size(); ++s)
+    if (mask >> s & 1) slot_free_[s] = 1;
+  // No wake-up here: the thread polls for free slots (run()), so that handing over a batch costs the
+  // training loop no system call; take() wakes it when the consumer would otherwise wait.
 }
 
 bool RowPrefetcher::take(Result* result, int timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (done_.empty()) work_cv_.notify_one();  // the thread may be polling for a slot released since
   if (done_.empty() &&
       !done_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [this] { return !done_.empty() || stop_; }))
     return false;
@@ -108,9 +109,17 @@ void RowPrefetcher::run() {
     Job job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [this] {
-        return stop_ || (!queued_.empty() && slot_free_[static_cast<size_t>(queued_.front().slot)]);
-      });
+      // Nothing queued: sleep until push() or stop(). A job waiting for its slot: poll, from 50 us backing
+      // off to 1 ms (release() does not wake the thread; take() does when the consumer has to wait).
+      auto poll = std::chrono::microseconds(50);
+      while (!stop_ && !(!queued_.empty() && slot_free_[static_cast<size_t>(queued_.front().slot)])) {
+        if (queued_.empty()) {
+          work_cv_.wait(lock);
+        } else {
+          work_cv_.wait_for(lock, poll);
+          poll = std::min(poll * 2, std::chrono::microseconds(1000));
+        }
+      }
       if (stop_) return;
       job = std::move(queued_.front());
       queued_.pop_front();

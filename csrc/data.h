@@ -49,8 +49,9 @@ class RowPrefetcher {
   // Queue a job: copy rows idx[0..n) of every source into outs[k] (one output per source). The indices
   // are copied here: the caller may reuse idx at once.
   void push(int slot, const int64_t* idx, int64_t n, std::vector<char*> outs);
-  // The consumer is done with the slots whose bits are set in `mask` (their batches may be overwritten now);
-  // one wake-up of the thread for all of them.
+  // The consumer is done with the slots whose bits are set in `mask` (their batches may be overwritten now).
+  // No system call: the thread polls for free slots while a job waits for one (50 us backing off to 1 ms),
+  // and take() wakes it when the consumer would have to wait.
   void release(uint64_t mask);
   // Wait up to timeout_ms for the oldest job not yet taken; true (and its result) when it was done and has
   // been taken, false on timeout. Call only with a job pending.

@@ -320,39 +320,38 @@ class _ThreadIter:
 
 class _NativeIter:
     """One pass over a DataLoader without a transform: a native thread gathers the batches
-    (``_C.RowPrefetcher``, which never takes the GIL); the sampler runs here, in ``next()``."""
+    (``_C.RowPrefetcher``, which never takes the GIL) and hands them out in order; the sampler runs
+    here, a few dozen batches at a time, when fewer than a ring's worth are queued."""
 
     def __init__(self, loader, batches, ring):
         self._loader = loader
         self._ring = ring
         self._X, self._y = loader.X, loader.y
         self._slots = ring.slots
-        self._pf = None           # the native thread, started by the first batch of indices (slices need none)
+        self._pf = _C.RowPrefetcher([self._X] if self._y is None else [self._X, self._y], ring.slots)
+        self._pf.set_group(max(1, (ring.slots - 2) // 2))
+        self._next = self._pf.next
         self._batches = batches
-        self._entries = deque()   # pushed batches not yet handed out: (slot or -1 for a view, x, y)
-        self._held = deque()      # slots of the last two batches handed out (-1: a view), still valid
-        self._mask, self._nrel = 0, 0   # slots no longer valid, not yet released to the thread
-        self._group = max(1, (self._slots - 2) // 2)
         self._pushed = 0
-        self._exhausted = False
         self._done = False
         self._fill(_CHUNK)
 
-    def _fill(self, target):
-        """Pull batches from the sampler until ``target`` batches have been queued: the index arrays
-        of a run go to the native thread in one call (the indices are copied there)."""
-        X, y, ring, slots, entries = self._X, self._y, self._ring, self._slots, self._entries
+    def _fill(self, count):
+        """Pull up to ``count`` batches from the sampler and queue them: the index arrays of a run go to
+        the native thread in one call (the indices are copied there); slices are queued as views."""
+        X, y, pf = self._X, self._y, self._pf
         group = []
-        while self._pushed + len(group) < target:
+        for _ in range(count):
             try:
                 idx = next(self._batches)
             except StopIteration:
-                self._exhausted = True
-                break
+                self._push(group)
+                pf.set_exhausted()
+                return
             if idx.__class__ is slice:
                 self._push(group)
                 group = []
-                entries.append((-1, X[idx], None if y is None else y[idx]))
+                pf.push_ready((X[idx], None if y is None else y[idx]))
                 self._pushed += 1
             else:
                 group.append(_as_index(idx))
@@ -362,57 +361,40 @@ class _NativeIter:
         if not group:
             return
         sizes = [len(g) for g in group]
-        first, slots = self._pushed % self._slots, self._slots
-        bufs = self._ring.buffers(max(sizes))
+        first, slots, ring = self._pushed % self._slots, self._slots, self._ring
+        bufs = ring.buffers(max(sizes))
         bounds = np.zeros(len(group) + 1, np.int64)
         np.cumsum(sizes, out=bounds[1:])
-        if self._pf is None:
-            self._pf = _C.RowPrefetcher([self._X] if self._y is None else [self._X, self._y], slots)
-        self._pf.push(group[0] if len(group) == 1 else np.concatenate(group), bounds, first, bufs)
-        views = self._ring.views
-        for j, m in enumerate(sizes):
-            s = (first + j) % slots
-            xb, yb = views(s, m)
-            self._entries.append((s, xb, yb))
+        items = [ring.views((first + j) % slots, m) for j, m in enumerate(sizes)]
+        self._pf.push(group[0] if len(group) == 1 else np.concatenate(group), bounds, first, bufs, items)
         self._pushed += len(group)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self._done:
-            raise StopIteration
         try:
-            if not self._exhausted and len(self._entries) < self._slots:
-                self._fill(self._pushed + _CHUNK)
-            if not self._entries:
-                self._finish(True)
-                raise StopIteration
-            s, xb, yb = self._entries.popleft()
-            held = self._held
-            held.append(s)
-            if len(held) > 2:   # the batch handed out two calls ago is no longer valid
-                r = held.popleft()
-                if r >= 0:
-                    self._mask |= 1 << r
-                    self._nrel += 1
-            if self._nrel >= self._group:   # release slots a few at a time: one wake-up of the thread
-                mask, self._mask, self._nrel = self._mask, 0, 0
-            else:
-                mask = 0
-            if s >= 0:
-                self._pf.take(mask)
-            elif mask and self._pf is not None:
-                self._pf.release(mask)
-            return xb, yb
-        except StopIteration:
-            raise
-        except BaseException:
+            item = self._next()
+            if item is None:
+                item = self._refill()
+        except BaseException:  # a bad index, the sampler's error, Ctrl-C while waiting: the pass is over
             self.close()
             raise
+        return item
+
+    def _refill(self):
+        if self._done:
+            raise StopIteration
+        self._fill(_CHUNK)
+        item = self._next()
+        if item is None:
+            self._finish(True)
+            raise StopIteration
+        return item
 
     def _finish(self, reusable):
         self._done = True
+        self._next = lambda: None
         pf, self._pf = self._pf, None
         if pf is not None:
             pf.close()
@@ -421,7 +403,7 @@ class _NativeIter:
         self._loader = None
 
     def close(self, timeout=None):
-        """Stop the native thread (it finishes the row it is copying) and end the pass."""
+        """Stop the native thread (it finishes the rows it is copying) and end the pass."""
         if not self._done:
             self._finish(True)
 

@@ -344,7 +344,7 @@ def test_break_close_and_garbage_collection_stop_the_thread(transform):
 
 
 def test_native_prefetcher_contract():
-    X = np.zeros((10, 3), np.float32)
+    X = np.arange(30, dtype=np.float32).reshape(10, 3)
     with pytest.raises(ValueError, match="slots must be in"):
         _C.RowPrefetcher([X], 0)
     with pytest.raises(TypeError, match="sources\\[0\\] must be a numpy.ndarray"):
@@ -354,16 +354,23 @@ def test_native_prefetcher_contract():
     pf = _C.RowPrefetcher([X], 2)
     bufs = [[np.zeros((4, 3), np.float32)], [np.zeros((4, 3), np.float32)]]
     with pytest.raises(ValueError, match="bounds must run from 0 to len"):
-        pf.push(np.arange(3, dtype=np.int64), np.array([0, 2], np.int64), 0, bufs)
+        pf.push(np.arange(3, dtype=np.int64), np.array([0, 2], np.int64), 0, bufs, ["a"])
     with pytest.raises(ValueError, match="more than its slot's buffers hold"):
-        pf.push(np.arange(5, dtype=np.int64), np.array([0, 5], np.int64), 0, bufs)
+        pf.push(np.arange(5, dtype=np.int64), np.array([0, 5], np.int64), 0, bufs, ["a"])
     with pytest.raises(TypeError, match="must have its source's dtype"):
-        pf.push(np.arange(3, dtype=np.int64), np.array([0, 3], np.int64), 0, [[np.zeros((4, 3))]] * 2)
+        pf.push(np.arange(3, dtype=np.int64), np.array([0, 3], np.int64), 0, [[np.zeros((4, 3))]] * 2, ["a"])
+    with pytest.raises(TypeError, match="items must be a list of one object per job"):
+        pf.push(np.arange(3, dtype=np.int64), np.array([0, 3], np.int64), 0, bufs, [])
     with pytest.raises(ValueError, match="no job is pending"):
         pf.take(0)
-    pf.push(np.array([1, 2], np.int64), np.array([0, 2], np.int64), 0, bufs)
-    pf.take(0)
+    pf.push(np.array([1, 2, 9, 0], np.int64), np.array([0, 2, 4], np.int64), 0, bufs, ["first", "second"])
+    pf.push_ready("view")
+    pf.set_exhausted()
+    assert [pf.next(), pf.next(), pf.next(), pf.next()] == ["first", "second", "view", None]
+    np.testing.assert_array_equal(bufs[0][0][:2], X[[1, 2]])
+    np.testing.assert_array_equal(bufs[1][0][:2], X[[9, 0]])
     pf.close()
+    assert pf.next() is None
     with pytest.raises(ValueError, match="closed"):
         pf.take(0)
 
