@@ -278,14 +278,13 @@ class PyRowPrefetcher {
     impl_->release(release_mask);
     if (keep_.empty()) throw py::value_error(std::string(fn) + ": no job is pending");
     fastdl::RowPrefetcher::Result r;
-    for (;;) {
-      bool ok;
+    // Usually the batch is there: take it without giving up the GIL.
+    for (bool ok = impl_->take(&r, 0); !ok;) {
       {
         py::gil_scoped_release nogil;
         ok = impl_->take(&r, 50);
       }
-      if (ok) break;
-      if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C while waiting
+      if (!ok && PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C while waiting
     }
     keep_.pop_front();
     if (r.bad_at >= 0) {

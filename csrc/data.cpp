@@ -79,7 +79,10 @@ void RowPrefetcher::release(uint64_t mask) {
 
 bool RowPrefetcher::take(Result* result, int timeout_ms) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (done_.empty()) work_cv_.notify_one();  // the thread may be polling for a slot released since
+  if (done_.empty()) {
+    work_cv_.notify_one();  // the thread may be polling for a slot released since
+    if (timeout_ms <= 0) return false;
+  }
   if (done_.empty() &&
       !done_cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), [this] { return !done_.empty() || stop_; }))
     return false;

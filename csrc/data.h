@@ -53,8 +53,8 @@ class RowPrefetcher {
   // No system call: the thread polls for free slots while a job waits for one (50 us backing off to 1 ms),
   // and take() wakes it when the consumer would have to wait.
   void release(uint64_t mask);
-  // Wait up to timeout_ms for the oldest job not yet taken; true (and its result) when it was done and has
-  // been taken, false on timeout. Call only with a job pending.
+  // Wait up to timeout_ms (0: not at all) for the oldest job not yet taken; true (and its result) when it was
+  // done and has been taken, false on timeout. Call only with a job pending.
   bool take(Result* result, int timeout_ms);
   int64_t pending() const;
   // Stop the thread (the job it is copying completes first) and join it. Idempotent.

@@ -10,10 +10,17 @@
 How a batch is made: a sampler yields the batch's row indices (an int64 array; or a ``slice``
 for a contiguous range); the native kernel ``fastdl.ops.gather_rows`` copies those rows of X (and
 of y) into buffers the loader owns; then ``transform(x, y)``, when given, turns them into the pair
-that is yielded (augmentation goes there). All of that runs in one background thread, one batch
-ahead of the consumer, so that ``next()`` only hands over a batch that is already there. X and y
-may have any rank and dtype (their rows are copied as bytes); they are made C-contiguous once,
-nothing else is converted. A slice without a transform is yielded as a view of X and y (no copy).
+that is yielded (augmentation goes there). X and y may have any rank and dtype (their rows are
+copied as bytes); they are made C-contiguous once, nothing else is converted. A slice without a
+transform is yielded as a view of X and y (no copy).
+
+Threads: without a transform, a native thread (``_C.RowPrefetcher``) gathers up to ``prefetch``
+batches ahead and never takes the GIL, so it runs while the training step computes (a Python
+thread could not: it would wait for the GIL, up to the interpreter's 5 ms switch interval, every
+time the step's Python code holds it); ``next()`` only takes a batch that is already there (the
+sampler's Python code runs in ``next()``, a few dozen batches at a time). With a transform (Python
+code), a Python thread gathers and transforms ahead instead: keep transforms in NumPy calls that
+release the GIL. ``background=False`` prepares each batch inside ``next()``, no thread at all.
 
 **How long a batch stays valid.** The loader writes its batches into a ring of ``prefetch + 2``
 buffers and never allocates one per batch. A batch handed out by ``next()`` stays valid while the
@@ -30,9 +37,10 @@ with ``loader.set_epoch``), so a distributed sampler can shard each epoch's perm
 processes the same way everywhere. ``len(loader)`` is ``len(sampler)``.
 
 Shutdown: leaving the loop early (``break``, an exception) or dropping the iterator stops the
-thread (it is a daemon thread: it never keeps the interpreter alive); ``iterator.close()`` stops it
-at once, and ``with iter(loader) as it:`` does too. An exception in the thread (a bad index, the
-transform) is raised by the ``next()`` that would have returned that batch, with its traceback.
+thread (a Python one is a daemon thread: it never keeps the interpreter alive); ``iterator.close()``
+stops it at once, and ``with iter(loader) as it:`` does too. An error while preparing a batch (a
+bad index, the sampler, the transform) is raised by the ``next()`` that would have returned that
+batch, with its traceback, and ends the pass. Ctrl-C while ``next()`` waits interrupts it.
 """
 from __future__ import annotations
 

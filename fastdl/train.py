@@ -26,14 +26,28 @@ walks the data in order instead (then batch_size=1 visits every example once per
 Stopping: after ``epochs`` epochs; by the course's rule |L_new - L_old| < tol on the epoch's
 training loss (``tol=``); by a callback (``EarlyStopping`` is one); by Ctrl-C.
 
-Callbacks are plain callables ``cb(epoch, logs)``, called after every epoch with the epoch index
-(from 0) and the epoch's logs, e.g. ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35,
-"val_accuracy": 0.88, "lr": 0.1, "seconds": 0.02}``. **A callback stops training by returning
-True** (any other return value, None included, lets it go on); every callback still sees the epoch
-that one of them stops. So a predicate works as a callback: ``lambda epoch, logs: logs["loss"] < 0.01``.
-A callback may also define ``on_train_begin(model)`` and ``on_train_end(model)``, which ``fit``
-calls once before the first and after the last epoch (``EarlyStopping`` uses them to save and
-restore weights).
+The loop has three levels, all in ``Trainer``: ``train_step(x, y)`` (one batch: forward, loss,
+backward, optimizer step; returns the loss), ``train_epoch(loader)`` (one pass over a
+``fastdl.data.DataLoader`` or any iterable of batches; returns the epoch's logs) and ``fit``;
+``fastdl.train.fit(model, loss_fn, optimizer, X, y, ...)`` is ``Trainer(model, loss_fn,
+optimizer).fit(X, y, ...)``. fit checks and converts X and y once (X of any rank (n, ...), e.g.
+images (n, 1, 28, 28)), gathers each batch in the DataLoader's background thread, and runs the
+model's unchecked internal path per batch (``model._forward`` / ``model._backward``, which for a
+plain Module are its ``forward`` / ``backward``).
+
+Callbacks: ``Callback`` objects with Keras's hooks (``on_train_begin(logs)``,
+``on_epoch_begin(epoch, logs)``, ``on_batch_begin(batch, logs)``, ``on_batch_end(batch, logs)``,
+``on_epoch_end(epoch, logs)``, ``on_train_end(logs)``; ``set_model(model)`` first), and plain
+callables ``cb(epoch, logs)``, called after every epoch with the epoch index (from 0) and the
+epoch's logs, e.g. ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35, "val_accuracy": 0.88,
+"lr": 0.1, "seconds": 0.02}``. **A callback stops training by returning True** from
+``on_epoch_end`` (or, as a plain callable, from its call; any other return value, None included,
+lets it go on), or by setting ``model.stop_training = True`` in any hook (fit stops after that
+batch); every callback still sees the epoch that one of them stops. So a predicate works as a
+callback: ``lambda epoch, logs: logs["loss"] < 0.01``. A plain callable may also define
+``on_train_begin(model)`` and ``on_train_end(model)``, called with the model once before the first
+and after the last epoch. The batch hooks cost nothing when no callback overrides them.
+``EarlyStopping`` is a Callback.
 
 Ctrl-C (SIGINT) during ``fit`` finishes the current batch, then stops: no half-applied update, the
 model usable, and ``fit`` returns the History of the completed epochs with

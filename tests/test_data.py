@@ -393,3 +393,40 @@ def test_constructor_checks():
         DataLoader(np.array([None] * 3), None)
     assert len(BatchSampler(10, 3)) == 4 and len(BatchSampler(10, 3, drop_last=True)) == 3
     assert len(BatchSampler(10, None)) == 1
+
+
+def _ctrl_c_after(seconds):
+    import os
+    import signal
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_ctrl_c_interrupts_a_waiting_next():
+    import signal
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT has a custom handler in this process")
+    # native: a job waiting for a slot the consumer never gives back; take() must still hear Ctrl-C
+    X = np.zeros((4, 2), np.float32)
+    pf = _C.RowPrefetcher([X], 1)
+    bufs = [[np.zeros((2, 2), np.float32)]]
+    pf.push(np.array([0, 1], np.int64), np.array([0, 2], np.int64), 0, bufs, ["a"])
+    pf.take(0)
+    pf.push(np.array([2, 3], np.int64), np.array([0, 2], np.int64), 0, bufs, ["b"])
+    t0 = time.monotonic()
+    _ctrl_c_after(0.2)
+    with pytest.raises(KeyboardInterrupt):
+        pf.take(0)                                                    # slot 0 was never released
+    assert time.monotonic() - t0 < 2.0
+    pf.close()
+    # a Python thread stuck in a slow transform
+    X, y = data(20)
+    it = iter(DataLoader(X, y, batch_size=5, transform=lambda a, b: (time.sleep(3), (a, b))[1]))
+    t0 = time.monotonic()
+    _ctrl_c_after(0.2)
+    with pytest.raises(KeyboardInterrupt):
+        next(it)
+    assert time.monotonic() - t0 < 2.0
+    it.close(timeout=0.1)
