@@ -216,18 +216,21 @@ class PyRowPrefetcher {
                                 " rows, more than its slot's buffers hold (" + std::to_string(o.shape(0)) + ")");
     }
     const int64_t* ip = static_cast<const int64_t*>(idx.data());
+    std::vector<fastdl::RowPrefetcher::Job> jobs(static_cast<size_t>(n_jobs));
     for (int64_t j = 0; j < n_jobs; ++j) {
       const int s = static_cast<int>((first_slot + j) % slots_);
-      std::vector<char*> ptrs;
+      auto& job = jobs[static_cast<size_t>(j)];
+      job.slot = s;
+      job.idx.assign(ip + bp[j], ip + bp[j + 1]);  // copied: the caller may reuse idx at once
       std::vector<py::object> keep;
       for (py::array& o : slot_bufs[static_cast<size_t>(s)]) {
-        ptrs.push_back(static_cast<char*>(o.mutable_data()));
+        job.outs.push_back(static_cast<char*>(o.mutable_data()));
         keep.push_back(o);
       }
-      impl_->push(s, ip + bp[j], bp[j + 1] - bp[j], std::move(ptrs));
       keep_.push_back(std::move(keep));
       entries_.push_back({s, items[static_cast<size_t>(j)]});
     }
+    impl_->push(std::move(jobs));
   }
 
   // A batch that needs no gathering (a view of the sources), handed out in its turn.
@@ -236,12 +239,12 @@ class PyRowPrefetcher {
   // No more batches will be pushed.
   void set_exhausted() { exhausted_ = true; }
 
-  // The next batch (what was pushed for it), after waiting for its job; None when fewer than `slots` batches
-  // are queued and more may come (the caller pushes more, then calls again), or when all have been handed
+  // The next batch (what was pushed for it), after waiting for its job; None when fewer than the low-water
+  // mark (set_low_water) are queued and more may come (the caller pushes more, then calls again), or when all have been handed
   // out. The batch handed out two calls before stops being valid here: its slot goes back to the thread,
   // `group` slots at a time.
   py::object next() {
-    if (entries_.empty() || (!exhausted_ && entries_.size() < static_cast<size_t>(slots_))) return py::none();
+    if (entries_.empty() || (!exhausted_ && entries_.size() < static_cast<size_t>(low_water_))) return py::none();
     Entry e = std::move(entries_.front());
     entries_.pop_front();
     held_.push_back(e.slot);
@@ -268,6 +271,7 @@ class PyRowPrefetcher {
   }
 
   void set_group(int group) { group_ = group < 1 ? 1 : group; }
+  void set_low_water(int n) { low_water_ = n < 1 ? 1 : n; }
 
   // Release the slots in release_mask (bit s: the consumer is done with slot s's batch), then wait for the
   // oldest job.
@@ -329,7 +333,7 @@ class PyRowPrefetcher {
   std::deque<Entry> entries_;  // batches pushed, not yet handed out
   std::deque<int> held_;       // slots of the last batches handed out (still valid)
   uint64_t release_mask_ = 0;
-  int n_released_ = 0, group_ = 1;
+  int n_released_ = 0, group_ = 1, low_water_ = 1;
   bool exhausted_ = false;
   int slots_ = 0;
 };
@@ -352,6 +356,8 @@ void bind_data(py::module_& m) {
       .def("push_ready", &PyRowPrefetcher::push_ready, py::arg("item"), "Queue a batch that needs no gathering.")
       .def("set_exhausted", &PyRowPrefetcher::set_exhausted, "No more batches will be pushed.")
       .def("set_group", &PyRowPrefetcher::set_group, py::arg("group"), "Slots given back to the thread at a time.")
+      .def("set_low_water", &PyRowPrefetcher::set_low_water, py::arg("n"),
+           "next() returns None (push more) while fewer than n batches are queued and more may come.")
       .def("next", &PyRowPrefetcher::next,
            "The next batch once gathered; None when more should be pushed first or when none is left.")
       .def("take", &PyRowPrefetcher::take, py::arg("release_mask"),

@@ -59,13 +59,14 @@ RowPrefetcher::RowPrefetcher(std::vector<Source> sources, int slots)
 
 RowPrefetcher::~RowPrefetcher() { stop(); }
 
-void RowPrefetcher::push(int slot, const int64_t* idx, int64_t n, std::vector<char*> outs) {
-  Job job{slot, std::vector<int64_t>(idx, idx + n), std::move(outs), Result{}};
+void RowPrefetcher::push(std::vector<Job> jobs) {
+  bool idle;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    queued_.push_back(std::move(job));
+    idle = queued_.empty();  // only then may the thread sleep without a timeout
+    for (Job& job : jobs) queued_.push_back(std::move(job));
   }
-  work_cv_.notify_one();
+  if (idle) work_cv_.notify_one();
 }
 
 void RowPrefetcher::release(uint64_t mask) {

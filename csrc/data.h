@@ -46,9 +46,15 @@ class RowPrefetcher {
   RowPrefetcher(const RowPrefetcher&) = delete;
   RowPrefetcher& operator=(const RowPrefetcher&) = delete;
 
-  // Queue a job: copy rows idx[0..n) of every source into outs[k] (one output per source). The indices
-  // are copied here: the caller may reuse idx at once.
-  void push(int slot, const int64_t* idx, int64_t n, std::vector<char*> outs);
+  // A job: copy rows idx of every source into outs[k] (one output per source) in ring slot `slot`.
+  struct Job {
+    int slot;
+    std::vector<int64_t> idx;
+    std::vector<char*> outs;
+    Result result;
+  };
+  // Queue jobs, in order (a wake-up of the thread only when its queue was empty).
+  void push(std::vector<Job> jobs);
   // The consumer is done with the slots whose bits are set in `mask` (their batches may be overwritten now).
   // No system call: the thread polls for free slots while a job waits for one (50 us backing off to 1 ms),
   // and take() wakes it when the consumer would have to wait.
@@ -61,12 +67,6 @@ class RowPrefetcher {
   void stop();
 
  private:
-  struct Job {
-    int slot;
-    std::vector<int64_t> idx;
-    std::vector<char*> outs;
-    Result result;
-  };
   void run();
 
   std::vector<Source> sources_;

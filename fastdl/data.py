@@ -329,7 +329,7 @@ class _ThreadIter:
 class _NativeIter:
     """One pass over a DataLoader without a transform: a native thread gathers the batches
     (``_C.RowPrefetcher``, which never takes the GIL) and hands them out in order; the sampler runs
-    here, a few dozen batches at a time, when fewer than a ring's worth are queued."""
+    here, a few dozen batches at a time, before the thread's queue runs dry."""
 
     def __init__(self, loader, batches, ring):
         self._loader = loader
@@ -338,6 +338,9 @@ class _NativeIter:
         self._slots = ring.slots
         self._pf = _C.RowPrefetcher([self._X] if self._y is None else [self._X, self._y], ring.slots)
         self._pf.set_group(max(1, (ring.slots - 2) // 2))
+        # ask for more batches while the thread still has half a chunk queued beyond the ring: it never
+        # runs dry (and need not be woken by a push)
+        self._pf.set_low_water(ring.slots + _CHUNK // 2)
         self._next = self._pf.next
         self._batches = batches
         self._pushed = 0
