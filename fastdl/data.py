@@ -45,7 +45,6 @@ batch, with its traceback, and ends the pass. Ctrl-C while ``next()`` waits inte
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 import numpy as np
 

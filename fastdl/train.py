@@ -460,10 +460,6 @@ def _check_parts(where, model, loss_fn=None, optimizer=None):
                         f"zero_grad()), got {type(optimizer).__name__}")
 
 
-def _make_rng(seed, where):
-    return check_rng(seed, where)
-
-
 class _ModeRestorer:
     """Put the model in training or eval mode for a while, then back in the mode it was in."""
 
