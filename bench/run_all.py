@@ -4,7 +4,7 @@
                             [--no-torch] [--mnist DIR]
     python -m fastdl bench [same options]          (calls main(argv))
 
-NAMES: comma-separated benchmarks — gemm, kernels, training, contention, scaling — each optionally followed by
+NAMES: comma-separated benchmarks — gemm, kernels, training, contention, scaling, data — each optionally followed by
 `:SUBSTRING` to run only its cases whose names contain it (`kernels:relu`, `gemm:2048`,
 `training:batch 128`; repeat a name for several substrings). Default: all of them.
 
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402 - must set the thread count before numpy is imported
 
-BENCHES = ["gemm", "kernels", "training", "contention", "scaling"]
+BENCHES = ["gemm", "kernels", "training", "contention", "scaling", "data"]
 
 
 def parse_only(text):
@@ -269,6 +269,10 @@ def main(argv=None) -> int:
     if "contention" in sel:
         results["contention"] = bench_contention.run(cfg.derive(sel["contention"]), busy=1, mnist=args.mnist,
                                                      use_torch=not args.no_torch)
+    if "data" in sel:
+        import bench_data  # noqa: PLC0415 - after setup_threads
+
+        results["data"] = bench_data.run(cfg.derive(sel["data"]), mnist=args.mnist)
     if "kernels" in results and results["kernels"]["data"]["skipped_missing_ops"]:
         notes.append("kernels not in fastdl.ops in this build (their cases skipped): "
                      + "; ".join(results["kernels"]["data"]["skipped_missing_ops"]))

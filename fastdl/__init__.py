@@ -23,7 +23,9 @@ from . import nn, optim
 from . import datasets, estimators, models
 from .plot import plot_history
 from .nn import load, save
-from .train import EarlyStopping, History, Trainer, evaluate, fit, predict
+from . import data
+from .data import DataLoader
+from .train import Callback, EarlyStopping, History, Trainer, evaluate, fit, predict
 
 __version__ = _C.config()["version"]
 
@@ -78,6 +80,7 @@ _isa_from_env()
 
 __all__ = [
     "ops", "nn", "optim", "models", "estimators", "datasets", "plot_history",
-    "fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping", "save", "load",
+    "fit", "evaluate", "predict", "Trainer", "History", "Callback", "EarlyStopping", "DataLoader", "data",
+    "save", "load",
     "get_num_threads", "set_num_threads", "get_isa", "set_isa", "show_config", "__version__",
 ]

@@ -281,3 +281,20 @@ def adam_step_many(params, grads, ms, vs, *, lr, steps, beta1=0.9, beta2=0.999, 
     _C.adam_step_many(params, grads, ms, vs, lr, steps, beta1, beta2, eps, weight_decay, decoupled,
                       check_finite)
     return params
+
+
+# ---------------------------------------------------------------- data
+__all__ += ["gather_rows"]
+
+
+def gather_rows(src, idx, out=None):
+    """out[i] = src[idx[i]]: the rows (first axis) of ``src`` picked by ``idx``, as ``src[idx]`` gives them.
+
+    ``src``: C-contiguous array of any numeric dtype and rank >= 1 (rows are copied as bytes);
+    ``idx``: int64 (B,), every index checked against ``len(src)`` (negative ones are refused, not
+    wrapped: ValueError naming the first bad position); ``out``: (B,) + src.shape[1:] of src's dtype,
+    C-contiguous, writeable, sharing no memory with src or idx (allocated when None). Single-threaded,
+    without the GIL (the DataLoader's background thread, ``fastdl.data``, runs the same kernel). Returns
+    ``out``; after a bad index, the rows before it have been written.
+    """
+    return _C.gather_rows(src, idx, out)

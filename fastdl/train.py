@@ -26,14 +26,28 @@ walks the data in order instead (then batch_size=1 visits every example once per
 Stopping: after ``epochs`` epochs; by the course's rule |L_new - L_old| < tol on the epoch's
 training loss (``tol=``); by a callback (``EarlyStopping`` is one); by Ctrl-C.
 
-Callbacks are plain callables ``cb(epoch, logs)``, called after every epoch with the epoch index
-(from 0) and the epoch's logs, e.g. ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35,
-"val_accuracy": 0.88, "lr": 0.1, "seconds": 0.02}``. **A callback stops training by returning
-True** (any other return value, None included, lets it go on); every callback still sees the epoch
-that one of them stops. So a predicate works as a callback: ``lambda epoch, logs: logs["loss"] < 0.01``.
-A callback may also define ``on_train_begin(model)`` and ``on_train_end(model)``, which ``fit``
-calls once before the first and after the last epoch (``EarlyStopping`` uses them to save and
-restore weights).
+The loop has three levels, all in ``Trainer``: ``train_step(x, y)`` (one batch: forward, loss,
+backward, optimizer step; returns the loss), ``train_epoch(loader)`` (one pass over a
+``fastdl.data.DataLoader`` or any iterable of batches; returns the epoch's logs) and ``fit``;
+``fastdl.train.fit(model, loss_fn, optimizer, X, y, ...)`` is ``Trainer(model, loss_fn,
+optimizer).fit(X, y, ...)``. fit checks and converts X and y once (X of any rank (n, ...), e.g.
+images (n, 1, 28, 28)), gathers each batch in the DataLoader's background thread, and runs the
+model's unchecked internal path per batch (``model._forward`` / ``model._backward``, which for a
+plain Module are its ``forward`` / ``backward``).
+
+Callbacks: ``Callback`` objects with Keras's hooks (``on_train_begin(logs)``,
+``on_epoch_begin(epoch, logs)``, ``on_batch_begin(batch, logs)``, ``on_batch_end(batch, logs)``,
+``on_epoch_end(epoch, logs)``, ``on_train_end(logs)``; ``set_model(model)`` first), and plain
+callables ``cb(epoch, logs)``, called after every epoch with the epoch index (from 0) and the
+epoch's logs, e.g. ``{"loss": 0.31, "accuracy": 0.9, "val_loss": 0.35, "val_accuracy": 0.88,
+"lr": 0.1, "seconds": 0.02}``. **A callback stops training by returning True** from
+``on_epoch_end`` (or, as a plain callable, from its call; any other return value, None included,
+lets it go on), or by setting ``model.stop_training = True`` in any hook (fit stops after that
+batch); every callback still sees the epoch that one of them stops. So a predicate works as a
+callback: ``lambda epoch, logs: logs["loss"] < 0.01``. A plain callable may also define
+``on_train_begin(model)`` and ``on_train_end(model)``, called with the model once before the first
+and after the last epoch. The batch hooks cost nothing when no callback overrides them.
+``EarlyStopping`` is a Callback.
 
 Ctrl-C (SIGINT) during ``fit`` finishes the current batch, then stops: no half-applied update, the
 model usable, and ``fit`` returns the History of the completed epochs with
@@ -51,10 +65,12 @@ import time
 
 import numpy as np
 
-from fastdl import nn, optim
+from fastdl import nn, ops, optim
+from fastdl._validation import check_bool, check_choice, check_int, check_real, check_rng, numeric_array
+from fastdl.data import DataLoader
 from fastdl.progress import ProgressBar, format_epoch_line
 
-__all__ = ["fit", "evaluate", "predict", "Trainer", "History", "EarlyStopping"]
+__all__ = ["fit", "evaluate", "predict", "Trainer", "History", "Callback", "EarlyStopping"]
 
 
 # ---------------------------------------------------------------- History
@@ -98,9 +114,47 @@ class History:
                 f"stop_reason={self.stop_reason!r})")
 
 
-# ---------------------------------------------------------------- EarlyStopping
+# ---------------------------------------------------------------- callbacks
 
-class EarlyStopping:
+class Callback:
+    """Base class of the callbacks ``fit`` calls, with Keras's hook names; override the ones you need.
+
+    ``fit`` calls ``set_model(model)`` first, then ``on_train_begin(logs)``; per epoch
+    ``on_epoch_begin(epoch, logs)``, per batch ``on_batch_begin(batch, logs)`` and
+    ``on_batch_end(batch, logs)`` (logs: "batch", "size" and, at the end, "loss"), then
+    ``on_epoch_end(epoch, logs)`` with the epoch's logs ("loss", metrics, "val_*", "lr", "seconds");
+    finally ``on_train_end(logs)`` (the last epoch's logs), whatever ended training. The batch hooks
+    cost nothing when no callback overrides them. Epochs and batches count from 0.
+
+    To stop training: return True from ``on_epoch_end``, or set ``self.model.stop_training = True``
+    in any hook (fit then stops after the current batch).
+    """
+
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs (a callback for ``fit``).
 
     An epoch improves when its value beats the best so far by more than ``min_delta``
@@ -109,23 +163,21 @@ class EarlyStopping:
     ``restore_best_weights=True`` the model gets the weights of its best epoch back when training
     ends, whatever ended it (patience, the epoch limit, tol, Ctrl-C or an error).
     After fit: ``best``, ``best_epoch``, ``stopped_epoch`` (None when patience never ran out).
+    ``es(epoch, logs)`` is ``es.on_epoch_end(epoch, logs)``: True when training should stop.
     """
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best_weights=False,
                  mode="auto"):
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"EarlyStopping: monitor must be a log name such as 'val_loss', got {monitor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        if not _is_real(min_delta) or min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        who = "EarlyStopping"
+        if not isinstance(monitor, str):
+            raise TypeError(f"{who}: monitor must be a log name such as 'val_loss', got {type(monitor).__name__}")
+        if not monitor:
+            raise ValueError(f"{who}: monitor must be a log name such as 'val_loss', got ''")
         self.monitor = monitor
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.restore_best_weights = bool(restore_best_weights)
-        self.mode = mode
+        self.patience = check_int(patience, who, "patience", minimum=0)
+        self.min_delta = check_real(min_delta, who, "min_delta", low=0.0)
+        self.restore_best_weights = check_bool(restore_best_weights, who, "restore_best_weights")
+        self.mode = check_choice(mode, who, "mode", ("auto", "min", "max"))
         if mode == "auto":
             name = monitor.lower()
             maximize = name.endswith(("accuracy", "acc", "r2", "score"))
@@ -143,11 +195,11 @@ class EarlyStopping:
         self.stopped_epoch = None
         self._last_epoch = None
 
-    def on_train_begin(self, model):
-        self.model = model
+    def on_train_begin(self, logs=None):
         self._reset()
 
-    def __call__(self, epoch, logs):
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
         if self.monitor not in logs:
             hint = " (pass validation_data or validation_split to fit)" if self.monitor.startswith("val_") else ""
             raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not in the logs; "
@@ -168,9 +220,11 @@ class EarlyStopping:
             return True
         return False
 
-    def on_train_end(self, model):
-        if self.restore_best_weights and self.best_weights is not None:
-            model.load_state_dict(self.best_weights)
+    __call__ = on_epoch_end
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None and self.model is not None:
+            self.model.load_state_dict(self.best_weights)
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
@@ -178,58 +232,95 @@ class EarlyStopping:
                 f"mode={self.mode!r})")
 
 
+def _overrides(cb, name):
+    return getattr(type(cb), name, None) is not getattr(Callback, name)
+
+
+class _Callbacks:
+    """The callbacks of one fit: ``Callback`` objects get every hook; a plain callable ``cb(epoch, logs)``
+    is an epoch-end callback (its ``on_train_begin(model)`` / ``on_train_end(model)``, when it has them,
+    are called with the model, as before callbacks had a base class)."""
+
+    def __init__(self, callbacks, model, who):
+        if callbacks is None:
+            callbacks = ()
+        callbacks = [callbacks] if (callable(callbacks) or isinstance(callbacks, Callback)) else list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, Callback) and not callable(cb):
+                raise TypeError(f"{who}: callbacks must be fastdl.train.Callback objects or callables cb(epoch, "
+                                f"logs), got {type(cb).__name__}")
+        self.all = callbacks
+        self.model = model
+        self.batch_begin = [cb for cb in callbacks if isinstance(cb, Callback) and _overrides(cb, "on_batch_begin")]
+        self.batch_end = [cb for cb in callbacks if isinstance(cb, Callback) and _overrides(cb, "on_batch_end")]
+        self.epoch_begin = [cb for cb in callbacks if isinstance(cb, Callback) and _overrides(cb, "on_epoch_begin")]
+
+    def train_begin(self):
+        for cb in self.all:
+            if isinstance(cb, Callback):
+                cb.set_model(self.model)
+                cb.on_train_begin({})
+            else:
+                hook = getattr(cb, "on_train_begin", None)
+                if callable(hook):
+                    hook(self.model)
+
+    def train_end(self, logs):
+        for cb in self.all:
+            if isinstance(cb, Callback):
+                cb.on_train_end(dict(logs))
+            else:
+                hook = getattr(cb, "on_train_end", None)
+                if callable(hook):
+                    hook(self.model)
+
+    def epoch_end(self, epoch, logs):
+        """The stop reason ("early_stopping", "callback") or None; every callback sees the epoch."""
+        stop = None
+        for cb in self.all:
+            result = cb.on_epoch_end(epoch, logs) if isinstance(cb, Callback) else cb(epoch, logs)
+            if _wants_stop(result) and stop is None:
+                stop = "early_stopping" if isinstance(cb, EarlyStopping) else "callback"
+        return stop
+
+
 # ---------------------------------------------------------------- inputs
+
+_numeric_array = numeric_array   # fastdl.models imports it from here
+
+
+_UNSET_ARG = object()
+
 
 def _is_real(v):
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
 
 
-def _numeric_array(a, where, name):
-    if a is None:
-        raise ValueError(f"{where}: {name} is None; an array is required")
-    if hasattr(a, "toarray") and hasattr(a, "nnz"):  # scipy.sparse
-        raise TypeError(f"{where}: {name} is a sparse matrix, but dense data is required; "
-                        f"use {name}.toarray()")
-    try:
-        arr = np.asarray(a)
-    except Exception as e:  # ragged lists and the like
-        raise ValueError(f"{where}: {name} could not be read as an array: {e}") from None
-    if arr.dtype == bool:
-        return arr
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{where}: {name} is complex: Complex data not supported")
-    if arr.dtype == object:  # e.g. numbers in an object array: convert, or say why not
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{where}: {name} must hold real numbers; its dtype object entries could not "
-                            f"be converted ({e})") from None
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{where}: {name} must hold real numbers, got dtype {arr.dtype}")
-    return arr
-
-
-def _as_X(X, where, name="X", dtype=np.float32):
-    """2-D float32 (or ``dtype``) C-contiguous and aligned, finite; converted once (no copy when it already is)."""
-    arr = _numeric_array(X, where, name)
-    if arr.ndim != 2:
-        raise ValueError(f"{where}: {name} must be 2-D (n_samples, n_features), got shape {arr.shape}"
+def _as_X(X, where, name="X", dtype=np.float32, any_rank=False):
+    """X as a C-contiguous, aligned, finite ``dtype`` array, converted once (no copy when it already is one):
+    2-D (n_samples, n_features), or with ``any_rank`` (n_samples, ...) of rank >= 2."""
+    arr = numeric_array(X, where, name)
+    if arr.ndim != 2 and not (any_rank and arr.ndim > 2):
+        want = "at least 2-D (n_samples, n_features, ...)" if any_rank else "2-D (n_samples, n_features)"
+        raise ValueError(f"{where}: {name} must be {want}, got shape {arr.shape}"
                          + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
                             f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
     if arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
-    if arr.shape[1] == 0:
+    if arr.size == 0:
         raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
                          "required.")
-    arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
-    if not np.isfinite(arr).all():
+    with np.errstate(over="ignore", invalid="ignore"):  # values too large for float32 become inf: refused below
+        arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
+    finite = ops.all_finite(arr) if arr.dtype == np.float32 else bool(np.isfinite(arr).all())
+    if not finite:
         raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
     return arr
 
 
 def _as_y(y, n, int_labels, where, name="y", xname="X"):
     """int64 class labels (n,) for CrossEntropyLoss; float32 targets (n, k) otherwise ((n,) -> (n, 1))."""
-    arr = _numeric_array(y, where, name)
+    arr = numeric_array(y, where, name)
     if arr.ndim == 0:
         raise ValueError(f"{where}: {name} must be an array with one entry per sample, got a scalar")
     if len(arr) != n:
@@ -251,8 +342,9 @@ def _as_y(y, n, int_labels, where, name="y", xname="X"):
         arr = arr.reshape(-1, 1)
     if arr.ndim != 2:
         raise ValueError(f"{where}: {name} must be 1-D or 2-D (n_samples, n_outputs), got shape {arr.shape}")
-    arr = np.require(arr, np.float32, "CA")
-    if not np.isfinite(arr).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.require(arr, np.float32, "CA")
+    if not ops.all_finite(arr):
         raise ValueError(f"{where}: {name} contains NaN or infinity")
     return arr
 
@@ -329,14 +421,16 @@ def _batch_slices(n, batch_size):
 
 
 def _evaluate_arrays(model, loss_fn, X, y, batch_size, metric_fns, int_labels, where, yname="y"):
-    """Loss and metrics over (X, y) in batches, no mode changes; X, y already validated."""
+    """Loss and metrics over (X, y) in batches, no mode changes; X, y already validated (the model's
+    unchecked path runs: ``model._forward``)."""
     n = len(X)
     summed = getattr(loss_fn, "reduction", "mean") == "sum"
     loss_total = 0.0
     metric_totals = [0.0] * len(metric_fns)
+    forward = model._forward
     for b, sl in enumerate(_batch_slices(n, batch_size)):
         xb, yb = X[sl], y[sl]
-        out = model(xb)
+        out = forward(xb, True)   # read below, before the next batch overwrites the layer's buffers
         if b == 0 and int_labels:
             _check_label_range(y, out, where, yname)
         loss = float(loss_fn(out, yb))
@@ -351,11 +445,7 @@ def _evaluate_arrays(model, loss_fn, X, y, batch_size, metric_fns, int_labels, w
 
 
 def _check_batch_size(batch_size, where):
-    if batch_size is None:
-        return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"{where}: batch_size must be None or an int >= 1, got {batch_size!r}")
-    return int(batch_size)
+    return check_int(batch_size, where, "batch_size", minimum=1, allow_none=True)
 
 
 def _check_parts(where, model, loss_fn=None, optimizer=None):
@@ -368,14 +458,6 @@ def _check_parts(where, model, loss_fn=None, optimizer=None):
     if optimizer is not None and not all(callable(getattr(optimizer, a, None)) for a in ("step", "zero_grad")):
         raise TypeError(f"{where}: optimizer must be an optimizer such as optim.SGD(...) (with step() and "
                         f"zero_grad()), got {type(optimizer).__name__}")
-
-
-def _make_rng(seed, where):
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"{where}: seed must be None, an int >= 0 or a numpy.random.Generator, got {seed!r}")
-    return np.random.default_rng(seed)
 
 
 class _ModeRestorer:
@@ -397,14 +479,14 @@ class _ModeRestorer:
 def evaluate(model, loss_fn, X, y, *, batch_size=1024, metrics=None):
     """Loss and metrics of ``model`` on (X, y), in eval mode: ``{"loss": ..., "accuracy": ...}``.
 
-    ``metrics``: names ("accuracy", "mae", "mse") or functions f(y_true, y_pred) -> float;
-    None means accuracy for CrossEntropyLoss / BCEWithLogitsLoss and nothing else otherwise.
-    The model's previous mode (training or eval) is restored afterwards.
+    X: (n, ...) of any rank >= 2; y as for ``fit``. ``metrics``: names ("accuracy", "mae", "mse") or
+    functions f(y_true, y_pred) -> float; None means accuracy for CrossEntropyLoss / BCEWithLogitsLoss
+    and nothing else otherwise. The model's previous mode (training or eval) is restored afterwards.
     """
     _check_parts("evaluate", model, loss_fn)
     batch_size = _check_batch_size(batch_size, "evaluate")
     int_labels = _wants_int_labels(loss_fn)
-    X = _as_X(X, "evaluate")
+    X = _as_X(X, "evaluate", any_rank=True)
     y = _as_y(y, len(X), int_labels, "evaluate")
     metric_fns = _resolve_metrics(metrics, loss_fn, "evaluate")
     with _ModeRestorer(model, False):
@@ -412,20 +494,20 @@ def evaluate(model, loss_fn, X, y, *, batch_size=1024, metrics=None):
 
 
 def predict(model, X, *, batch_size=1024):
-    """The model's outputs for X (float32, one row per sample), computed in eval mode in batches.
-
-    The model's previous mode is restored afterwards.
+    """The model's outputs for X ((n, ...) of any rank >= 2, converted once to float32), computed in eval
+    mode in batches. The model's previous mode is restored afterwards.
     """
     _check_parts("predict", model)
     batch_size = _check_batch_size(batch_size, "predict")
-    X = _as_X(X, "predict")
+    X = _as_X(X, "predict", any_rank=True)
     result = None
+    forward = model._forward
     with _ModeRestorer(model, False):
         for sl in _batch_slices(len(X), batch_size):
-            out = np.asarray(model(X[sl]))
+            out = np.asarray(forward(X[sl], True))
             if result is None:
                 result = np.empty((len(X),) + out.shape[1:], dtype=out.dtype)
-            result[sl] = out   # copy: a module may reuse its output buffer on the next call
+            result[sl] = out   # copy: the next batch reuses the layers' buffers
     return result
 
 
@@ -467,24 +549,46 @@ def _train_bounds(n, batch_size):
     return list(zip(starts, starts[1:] + [n]))
 
 
+class _FitSampler:
+    """fit's batches (the module docstring), as a DataLoader sampler: per epoch, ``rng.permutation(n)``
+    cut at ``_train_bounds``; batch_size=1 with shuffle draws ``rng.integers(0, n, size=n)`` (with
+    replacement); a single batch, or shuffle=False, walks the data in order (slices: views, no copy)."""
+
+    def __init__(self, n, batch_size, shuffle, rng):
+        self.n, self.batch_size, self.shuffle, self.rng = n, batch_size, shuffle, rng
+        self.bounds = _train_bounds(n, batch_size)
+
+    def __len__(self):
+        return len(self.bounds)
+
+    def __iter__(self):
+        n, rng = self.n, self.rng
+        if self.batch_size == 1 and self.shuffle and n > 1:
+            for i in rng.integers(0, n, size=n).tolist():
+                yield slice(i, i + 1)
+        elif not self.shuffle or len(self.bounds) == 1:
+            for a, b in self.bounds:
+                yield slice(a, b)
+        else:
+            perm = rng.permutation(n)
+            for a, b in self.bounds:
+                yield perm[a:b]
+
+
 def _epoch_batches(n, batch_size, shuffle, rng):
-    """One epoch's batches, as slices or index arrays (see the module docstring)."""
-    if batch_size == 1 and shuffle and n > 1:
-        return [slice(i, i + 1) for i in rng.integers(0, n, size=n).tolist()]
-    bounds = _train_bounds(n, batch_size)
-    if not shuffle or len(bounds) == 1:
-        return [slice(a, b) for a, b in bounds]
-    perm = rng.permutation(n)
-    return [perm[a:b] for a, b in bounds]
+    """One epoch's batches, as slices or index arrays (what fit's sampler yields for one epoch)."""
+    return list(_FitSampler(n, batch_size, shuffle, rng))
 
 
 def _split_validation(X, y, validation_data, validation_split, int_labels):
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
-        Xv = _as_X(validation_data[0], "fit", "X_val")
+        Xv = _as_X(validation_data[0], "fit", "X_val", any_rank=True)
         if Xv.shape[1:] != X.shape[1:]:
-            raise ValueError(f"fit: X_val has {Xv.shape[1]} features, X has {X.shape[1]}")
+            if X.ndim == 2 and Xv.ndim == 2:
+                raise ValueError(f"fit: X_val has {Xv.shape[1]} features, X has {X.shape[1]}")
+            raise ValueError(f"fit: X_val has rows of shape {Xv.shape[1:]}, X has rows of shape {X.shape[1:]}")
         yv = _as_y(validation_data[1], len(Xv), int_labels, "fit", "y_val", "X_val")
         if yv.shape[1:] != y.shape[1:]:
             raise ValueError(f"fit: y_val has shape {yv.shape}, y has shape {y.shape}: they must agree")
@@ -506,8 +610,9 @@ def _get_lr(optimizer):
 
 
 def _diverged(what, epoch, b, nbatches, lr):
-    return FloatingPointError(f"fit: {what} at epoch {epoch + 1}, batch {b + 1} of {nbatches}; training "
-                              f"diverged: try a lower learning rate (now {lr}) or scale the inputs")
+    where = f"epoch {epoch + 1}, batch {b + 1} of {nbatches}" if epoch is not None else f"batch {b + 1}"
+    return FloatingPointError(f"fit: {what} at {where}; training diverged: try a lower learning rate (now {lr}) "
+                              "or scale the inputs")
 
 
 def _wants_stop(result):
@@ -519,186 +624,272 @@ def fit(model, loss_fn, optimizer, X, y, *, epochs=10, batch_size=32, shuffle=Tr
         tol=None, verbose=1):
     """Train ``model`` on (X, y) with ``loss_fn`` and ``optimizer``; return a ``History``.
 
-    X: (n, features) numbers, converted once to float32. y: integer class labels (n,) for
-    CrossEntropyLoss (converted to int64), otherwise targets (n,) or (n, outputs) (converted to
-    float32; (n,) becomes (n, 1) to match a one-output model).
+    X: (n, ...) numbers of any rank >= 2 ((n, features), (n, 1, 28, 28), ...), converted once to
+    float32 and checked once. y: integer class labels (n,) for CrossEntropyLoss (converted to
+    int64), otherwise targets (n,) or (n, outputs) (converted to float32; (n,) becomes (n, 1) to match
+    a one-output model).
     epochs: the most epochs to run. batch_size: None (full batch), 1 (SGD) or k (mini-batch); see
     the module docstring for how examples are drawn. seed: int, np.random.Generator or None.
     validation_data: (X_val, y_val); or validation_split: the last fraction of (X, y), taken before
     shuffling (validation_data wins when both are given). Validation runs in eval mode after each
     epoch and adds "val_loss" and "val_<metric>" to the logs.
     metrics: as in ``evaluate``; their training values are averages over the epoch's batches.
-    callbacks: callables cb(epoch, logs); returning True stops training (module docstring).
+    callbacks: ``Callback`` objects and callables cb(epoch, logs) (module docstring).
     scheduler: stepped once per epoch after the callbacks; ReduceLROnPlateau gets val_loss (loss
     without validation data).
     tol: stop when |L_new - L_old| < tol for the training losses of two consecutive epochs.
     verbose: 0 silent; 1 a progress bar per epoch (stderr) and one line per epoch (stdout);
     2 only the line per epoch.
 
-    The model is in training mode during fit and back in its previous mode afterwards. A loss,
-    model output or gradient that is not finite (a diverged run) raises FloatingPointError naming
-    the epoch and batch, before that batch's update is applied (for a gradient: when the optimizer
-    refuses it, as fastdl's do unless built with ``check_finite=False``).
+    The batches come from a ``fastdl.data.DataLoader`` (gathered in a background thread while the
+    step computes). The model is in training mode during fit and back in its previous mode
+    afterwards. A loss, model output or gradient that is not finite (a diverged run) raises
+    FloatingPointError naming the epoch and batch, before that batch's update is applied (for a
+    gradient: when the optimizer refuses it, as fastdl's do unless built with ``check_finite=False``).
+    This is ``Trainer(model, loss_fn, optimizer).fit(X, y, ...)``.
     """
-    _check_parts("fit", model, loss_fn, optimizer)
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"fit: epochs must be an int >= 0, got {epochs!r}")
-    batch_size = _check_batch_size(batch_size, "fit")
-    if not _is_real(validation_split) or not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"fit: validation_split must be a number in [0, 1), got {validation_split!r}")
-    if tol is not None and (not _is_real(tol) or tol < 0):
-        raise ValueError(f"fit: tol must be None or a number >= 0, got {tol!r}")
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"fit: verbose must be 0, 1 or 2, got {verbose!r}")
-    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
-    for cb in callbacks:
-        if not callable(cb):
-            raise TypeError(f"fit: callbacks must be callables cb(epoch, logs), got {type(cb).__name__}")
-
-    int_labels = _wants_int_labels(loss_fn)
-    X = _as_X(X, "fit")
-    y = _as_y(y, len(X), int_labels, "fit")
-    X, y, Xv, yv = _split_validation(X, y, validation_data, validation_split, int_labels)
-    metric_fns = _resolve_metrics(metrics, loss_fn, "fit")
-    rng = _make_rng(seed, "fit")
-    n = len(X)
-    summed = getattr(loss_fn, "reduction", "mean") == "sum"
-    plateau = isinstance(scheduler, optim.ReduceLROnPlateau)
-
-    history = History()
-    history.params = {"epochs": int(epochs), "batch_size": batch_size, "samples": n,
-                      "steps": len(_train_bounds(n, batch_size)),
-                      "validation_samples": 0 if Xv is None else len(Xv), "tol": tol}
-    history.stop_reason = "epochs"
-    out_stream = sys.stdout
-    checked_labels = not int_labels
-
-    with _SigintFlag() as sigint, _ModeRestorer(model, True):
-        for cb in callbacks:
-            hook = getattr(cb, "on_train_begin", None)
-            if callable(hook):
-                hook(model)
-        try:
-            for epoch in range(epochs):
-                t0 = time.perf_counter()
-                lr = _get_lr(optimizer)
-                batches = _epoch_batches(n, batch_size, shuffle, rng)
-                loss_total, seen = 0.0, 0
-                metric_totals = [0.0] * len(metric_fns)
-                bar = ProgressBar(len(batches), f"Epoch {epoch + 1}/{epochs}") if verbose == 1 else None
-                try:
-                    for b, idx in enumerate(batches):
-                        xb, yb = X[idx], y[idx]
-                        out = model(xb)
-                        if not checked_labels:
-                            _check_label_range(y, out, "fit", "y")
-                            checked_labels = True
-                        try:
-                            loss = float(loss_fn(out, yb))
-                        except ValueError as e:  # a loss kernel may refuse a non-finite output
-                            if np.isfinite(out).all():
-                                raise
-                            raise _diverged("the model's output is not finite", epoch, b, len(batches), lr) from e
-                        if not math.isfinite(loss):
-                            raise _diverged(f"the loss became {loss}", epoch, b, len(batches), lr)
-                        m = len(xb)
-                        loss_total += loss if summed else loss * m
-                        for k, (_, fn) in enumerate(metric_fns):
-                            metric_totals[k] += float(fn(yb, out)) * m
-                        optimizer.zero_grad()
-                        model.backward(loss_fn.backward())
-                        try:
-                            optimizer.step()
-                        except ValueError as e:  # the optimizer refuses a non-finite gradient (check_finite)
-                            if all(np.isfinite(p.grad).all() for p in model.parameters()):
-                                raise
-                            raise _diverged("a gradient is not finite", epoch, b, len(batches), lr) from e
-                        seen += m
-                        if bar is not None:
-                            bar.update(1, loss=loss_total if summed else loss_total / seen)
-                        if sigint.raised:
-                            raise KeyboardInterrupt
-                finally:
-                    if bar is not None:
-                        bar.close()
-
-                logs = {"loss": loss_total if summed else loss_total / seen}
-                for (name, _), total in zip(metric_fns, metric_totals):
-                    logs[name] = total / seen
-                if Xv is not None:
-                    model.eval()
-                    try:
-                        vlogs = _evaluate_arrays(model, loss_fn, Xv, yv, max(batch_size or 0, 1024),
-                                                 metric_fns, int_labels, "fit", "y_val")
-                    finally:
-                        model.train()
-                    logs.update({"val_" + k: v for k, v in vlogs.items()})
-                if lr is not None:
-                    logs["lr"] = lr
-                logs["seconds"] = time.perf_counter() - t0
-                history._append(epoch, logs)
-                if verbose:
-                    print(format_epoch_line(epoch, epochs, logs), file=out_stream, flush=True)
-
-                stop = None
-                for cb in callbacks:
-                    if _wants_stop(cb(epoch, logs)) and stop is None:
-                        stop = "early_stopping" if isinstance(cb, EarlyStopping) else "callback"
-                if scheduler is not None:
-                    if plateau:
-                        scheduler.step(logs.get("val_loss", logs["loss"]))
-                    else:
-                        scheduler.step()
-                if stop is None and tol is not None and len(history) >= 2:
-                    if abs(history["loss"][-1] - history["loss"][-2]) < tol:
-                        stop = "tol"
-                if stop is None and sigint.raised:
-                    stop = "interrupted"
-                if stop is not None:
-                    history.stop_reason = stop
-                    break
-        except KeyboardInterrupt:
-            history.stop_reason = "interrupted"
-            if verbose:
-                print(f"fit: interrupted; returning the History of {len(history)} completed epoch(s)",
-                      file=sys.stderr, flush=True)
-        finally:
-            for cb in callbacks:
-                hook = getattr(cb, "on_train_end", None)
-                if callable(hook):
-                    hook(model)
-    return history
+    trainer = Trainer(model, loss_fn, optimizer, metrics=metrics, scheduler=scheduler, callbacks=callbacks,
+                      _who="fit")
+    return trainer.fit(X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                       validation_data=validation_data, validation_split=validation_split, tol=tol,
+                       verbose=verbose)
 
 
 # ---------------------------------------------------------------- Trainer
 
 class Trainer:
-    """A model, its loss and optimizer (and metrics, scheduler, callbacks) kept together.
+    """A model, its loss and optimizer (and metrics, scheduler, callbacks) kept together; the training
+    loop in three levels:
 
         trainer = Trainer(model, nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3))
+        trainer.train_step(xb, yb)                       # one batch: forward, loss, backward, step -> loss
+        trainer.train_epoch(loader)                      # one pass over batches (x, y) -> the epoch's logs
         trainer.fit(X, y, epochs=5, batch_size=128)      # same keywords as fastdl.train.fit
         trainer.evaluate(X_test, y_test)                 # {"loss": ..., "accuracy": ...}
         trainer.predict(X_test)
 
-    ``trainer.history`` is the History of the last ``fit``.
+    ``fastdl.train.fit`` is ``Trainer(...).fit``. ``trainer.history`` is the History of the last ``fit``.
+    ``train_step`` and ``train_epoch`` check and convert what they are given (per call); ``fit`` checks
+    X and y once and runs the model's unchecked path for every batch.
     """
 
-    def __init__(self, model, loss_fn, optimizer, *, metrics=None, scheduler=None, callbacks=()):
-        _check_parts("Trainer", model, loss_fn, optimizer)
+    def __init__(self, model, loss_fn, optimizer, *, metrics=None, scheduler=None, callbacks=(), _who="Trainer"):
+        _check_parts(_who, model, loss_fn, optimizer)
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.metrics = metrics
         self.scheduler = scheduler
-        self.callbacks = list(callbacks)
+        self.callbacks = callbacks
         self.history = None
+        self._who = _who
+        _Callbacks(callbacks, model, _who)  # refuse bad callbacks now
+        self._metric_fns = _resolve_metrics(metrics, loss_fn, _who)
+        self._int_labels = _wants_int_labels(loss_fn)
+        self._summed = getattr(loss_fn, "reduction", "mean") == "sum"
 
-    def fit(self, X, y, **kwargs):
-        kwargs.setdefault("metrics", self.metrics)
-        kwargs.setdefault("scheduler", self.scheduler)
-        kwargs.setdefault("callbacks", self.callbacks)
-        self.history = fit(self.model, self.loss_fn, self.optimizer, X, y, **kwargs)
-        return self.history
+    # -------- level 1: one batch
+
+    def _step(self, xb, yb, b, nbatches, epoch, lr, labels=None):
+        """forward, loss, backward, optimizer step on a checked batch; returns (loss, output). ``labels``:
+        class labels to check against the model's output width first (all of y in fit, once)."""
+        model, loss_fn, optimizer = self.model, self.loss_fn, self.optimizer
+        out = model._forward(xb, True)
+        if labels is not None:
+            _check_label_range(labels, out, self._who, "y")
+        try:
+            loss = float(loss_fn(out, yb))
+        except ValueError as e:  # a loss kernel may refuse a non-finite output
+            if np.isfinite(out).all():
+                raise
+            raise _diverged("the model's output is not finite", epoch, b, nbatches, lr) from e
+        if not math.isfinite(loss):
+            raise _diverged(f"the loss became {loss}", epoch, b, nbatches, lr)
+        optimizer.zero_grad()
+        model._backward(loss_fn.backward(), False, True)
+        try:
+            optimizer.step()
+        except ValueError as e:  # the optimizer refuses a non-finite gradient (check_finite)
+            if all(np.isfinite(p.grad).all() for p in model.parameters()):
+                raise
+            raise _diverged("a gradient is not finite", epoch, b, nbatches, lr) from e
+        return loss, out
+
+    def _check_batch(self, x, y, who):
+        x = _as_X(x, who, "x", any_rank=True)
+        y = _as_y(y, len(x), self._int_labels, who)
+        return x, y
+
+    def train_step(self, x, y):
+        """One training step on the batch (x, y) — forward, loss, backward, optimizer step — in the model's
+        current mode; returns the loss (a float). FloatingPointError when the output, loss or a gradient
+        is not finite (the update is then not applied)."""
+        x, y = self._check_batch(x, y, "Trainer.train_step")
+        loss, _ = self._step(x, y, 0, 1, None, _get_lr(self.optimizer), y if self._int_labels else None)
+        return loss
+
+    # -------- level 2: one epoch
+
+    def _run_epoch(self, batches, nbatches, cbs, epoch=None, bar=None, sigint=None, checked=True, y_all=None):
+        """Train on every batch of ``batches``; the epoch's logs ("loss" and the metrics)."""
+        metric_fns, summed = self._metric_fns, self._summed
+        lr = _get_lr(self.optimizer)
+        loss_total, seen = 0.0, 0
+        metric_totals = [0.0] * len(metric_fns)
+        batch_begin, batch_end = cbs.batch_begin, cbs.batch_end
+        model = self.model
+        check_labels = self._int_labels
+        for b, (xb, yb) in enumerate(batches):
+            if not checked:
+                xb, yb = self._check_batch(xb, yb, "Trainer.train_epoch")
+            m = len(xb)
+            if batch_begin:
+                for cb in batch_begin:
+                    cb.on_batch_begin(b, {"batch": b, "size": m})
+            # labels must index the outputs: all of y on the first batch in fit, each batch otherwise
+            labels = (yb if y_all is None else y_all) if check_labels else None
+            loss, out = self._step(xb, yb, b, nbatches, epoch, lr, labels)
+            check_labels = check_labels and not checked
+            loss_total += loss if summed else loss * m
+            for k, (_, fn) in enumerate(metric_fns):
+                metric_totals[k] += float(fn(yb, out)) * m
+            seen += m
+            if batch_end:
+                for cb in batch_end:
+                    cb.on_batch_end(b, {"batch": b, "size": m, "loss": loss})
+            if bar is not None:
+                bar.update(1, loss=loss_total if summed else loss_total / seen)
+            if (sigint is not None and sigint.raised) or getattr(model, "stop_training", False):
+                break
+        if seen == 0:
+            return {}
+        logs = {"loss": loss_total if summed else loss_total / seen}
+        for (name, _), total in zip(metric_fns, metric_totals):
+            logs[name] = total / seen
+        return logs
+
+    def train_epoch(self, loader):
+        """One pass over ``loader`` (a ``fastdl.data.DataLoader`` or any iterable of (x, y) batches): a
+        training step per batch, each batch checked and converted. Returns the epoch's logs: "loss" (the
+        mean over the examples, or the sum for a reduction="sum" loss) and the metrics. Callbacks' batch
+        hooks run; setting ``model.stop_training = True`` ends the pass after the batch."""
+        cbs = _Callbacks(self.callbacks, self.model, "Trainer.train_epoch")
+        for cb in cbs.all:
+            if isinstance(cb, Callback):
+                cb.set_model(self.model)
+        try:
+            nbatches = len(loader)
+        except TypeError:
+            nbatches = 0
+        it = iter(loader)
+        try:
+            return self._run_epoch(it, nbatches, cbs, checked=False)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    # -------- level 3: fit
+
+    def fit(self, X, y, *, epochs=10, batch_size=32, shuffle=True, seed=None, validation_data=None,
+            validation_split=0.0, metrics=_UNSET_ARG, callbacks=_UNSET_ARG, scheduler=_UNSET_ARG, tol=None,
+            verbose=1):
+        """Train on (X, y); return a History. Keywords as ``fastdl.train.fit``; metrics, callbacks and
+        scheduler default to the Trainer's."""
+        who = self._who
+        if metrics is not _UNSET_ARG:
+            self.metrics = metrics
+            self._metric_fns = _resolve_metrics(metrics, self.loss_fn, who)
+        if callbacks is not _UNSET_ARG:
+            self.callbacks = callbacks
+        if scheduler is not _UNSET_ARG:
+            self.scheduler = scheduler
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
+        epochs = check_int(epochs, who, "epochs", minimum=0)
+        batch_size = _check_batch_size(batch_size, who)
+        shuffle = check_bool(shuffle, who, "shuffle")
+        validation_split = check_real(validation_split, who, "validation_split", low=0.0, high=1.0, high_open=True)
+        tol = check_real(tol, who, "tol", low=0.0, allow_none=True)
+        verbose = check_choice(verbose, who, "verbose", (0, 1, 2))
+        cbs = _Callbacks(self.callbacks, model, who)
+
+        int_labels = self._int_labels
+        X = _as_X(X, who, any_rank=True)
+        y = _as_y(y, len(X), int_labels, who)
+        X, y, Xv, yv = _split_validation(X, y, validation_data, validation_split, int_labels)
+        metric_fns = self._metric_fns
+        rng = check_rng(seed, who)
+        n = len(X)
+        plateau = isinstance(scheduler, optim.ReduceLROnPlateau)
+        loader = DataLoader(X, y, sampler=_FitSampler(n, batch_size, shuffle, rng))
+        nbatches = len(loader)
+
+        history = History()
+        history.params = {"epochs": int(epochs), "batch_size": batch_size, "samples": n, "steps": nbatches,
+                          "validation_samples": 0 if Xv is None else len(Xv), "tol": tol}
+        history.stop_reason = "epochs"
+        self.history = history
+        out_stream = sys.stdout
+        logs = {}
+        model.stop_training = False
+
+        with _SigintFlag() as sigint, _ModeRestorer(model, True):
+            cbs.train_begin()
+            try:
+                for epoch in range(epochs):
+                    t0 = time.perf_counter()
+                    lr = _get_lr(optimizer)
+                    for cb in cbs.epoch_begin:
+                        cb.on_epoch_begin(epoch, {})
+                    bar = ProgressBar(nbatches, f"Epoch {epoch + 1}/{epochs}") if verbose == 1 else None
+                    it = iter(loader)
+                    try:
+                        logs = self._run_epoch(it, nbatches, cbs, epoch, bar, sigint, True, y)
+                    finally:
+                        it.close()
+                        if bar is not None:
+                            bar.close()
+                    if sigint.raised:
+                        raise KeyboardInterrupt   # the epoch was cut short: not recorded
+                    if Xv is not None:
+                        model.eval()
+                        try:
+                            vlogs = _evaluate_arrays(model, self.loss_fn, Xv, yv, max(batch_size or 0, 1024),
+                                                     metric_fns, int_labels, who, "y_val")
+                        finally:
+                            model.train()
+                        logs.update({"val_" + k: v for k, v in vlogs.items()})
+                    if lr is not None:
+                        logs["lr"] = lr
+                    logs["seconds"] = time.perf_counter() - t0
+                    history._append(epoch, logs)
+                    if verbose:
+                        print(format_epoch_line(epoch, epochs, logs), file=out_stream, flush=True)
+
+                    stop = cbs.epoch_end(epoch, logs)
+                    if scheduler is not None:
+                        if plateau:
+                            scheduler.step(logs.get("val_loss", logs["loss"]))
+                        else:
+                            scheduler.step()
+                    if stop is None and getattr(model, "stop_training", False):
+                        stop = "callback"
+                    if stop is None and tol is not None and len(history) >= 2:
+                        if abs(history["loss"][-1] - history["loss"][-2]) < tol:
+                            stop = "tol"
+                    if stop is None and sigint.raised:
+                        stop = "interrupted"
+                    if stop is not None:
+                        history.stop_reason = stop
+                        break
+            except KeyboardInterrupt:
+                history.stop_reason = "interrupted"
+                if verbose:
+                    print(f"fit: interrupted; returning the History of {len(history)} completed epoch(s)",
+                          file=sys.stderr, flush=True)
+            finally:
+                cbs.train_end(logs)
+        return history
 
     def evaluate(self, X, y, *, batch_size=1024):
         return evaluate(self.model, self.loss_fn, X, y, batch_size=batch_size, metrics=self.metrics)

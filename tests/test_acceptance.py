@@ -133,8 +133,8 @@ def test_fit_evaluate_predict_trainer_name_a_wrong_model_loss_optimizer_or_seed(
         fastdl.fit(model, lambda out, t: 0.0, opt, X, y, verbose=0)
     with pytest.raises(TypeError, match="fit: optimizer must be an optimizer .* got list"):
         fastdl.fit(model, loss, list(model.parameters()), X, y, verbose=0)
-    for bad in ("a", -1, 1.5, True):
-        with pytest.raises(ValueError, match="fit: seed must be None, an int >= 0 or a numpy.random.Generator"):
+    for bad, exc in (("a", TypeError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):  # fastdl._validation
+        with pytest.raises(exc, match="fit: seed must be None, an int >= 0 or a numpy.random.Generator"):
             fastdl.fit(model, loss, opt, X, y, verbose=0, seed=bad)
     with pytest.raises(TypeError, match="evaluate: loss_fn must be a loss"):
         fastdl.evaluate(model, "ce", X, y)

@@ -13,7 +13,7 @@ import pytest
 
 from fastdl import nn, optim
 from fastdl.progress import PlainProgressBar, ProgressBar, format_epoch_line
-from fastdl.train import EarlyStopping, History, Trainer, evaluate, fit, predict
+from fastdl.train import Callback, EarlyStopping, History, Trainer, evaluate, fit, predict
 import fastdl.progress as progress_mod
 
 
@@ -626,7 +626,7 @@ def test_bad_inputs():
         fit(model, loss, opt, X[:, 0], y, **kw)
     with pytest.raises(ValueError, match="different lengths: 20 and 19"):
         fit(model, loss, opt, X, y[:-1], **kw)
-    with pytest.raises(ValueError, match="real numbers"):
+    with pytest.raises(TypeError, match="real numbers"):          # a wrong type: fastdl._validation's rule
         fit(model, loss, opt, np.array([["a", "b", "c"]] * 20), y, **kw)
     Xn = X.copy()
     Xn[3, 1] = np.nan
@@ -636,9 +636,13 @@ def test_bad_inputs():
         fit(model, loss, opt, X, np.full(20, np.inf), **kw)
     with pytest.raises(ValueError, match="empty"):
         fit(model, loss, opt, np.zeros((0, 3)), np.zeros(0), **kw)
-    for bad in (dict(epochs=-1), dict(epochs=2.5), dict(batch_size=0), dict(batch_size=True),
-                dict(validation_split=1.0), dict(validation_split=1e-17), dict(tol=-1.0), dict(verbose=3)):
+    for bad in (dict(epochs=-1), dict(batch_size=0), dict(validation_split=1.0), dict(validation_split=1e-17),
+                dict(tol=-1.0), dict(verbose=3)):
         with pytest.raises(ValueError):
+            fit(model, loss, opt, X, y, **{**kw, **bad})
+    for bad in (dict(epochs=2.5), dict(batch_size=True), dict(batch_size="32"), dict(shuffle="yes"),
+                dict(seed="0"), dict(validation_split="0.2"), dict(tol="small")):
+        with pytest.raises(TypeError):
             fit(model, loss, opt, X, y, **{**kw, **bad})
     with pytest.raises(ValueError, match="2-D"):
         predict(model, X[0])
@@ -718,3 +722,188 @@ def test_early_stopping_restores_a_real_network():
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, snaps[best][k])
     assert evaluate(model, nn.CrossEntropyLoss(), X[30:], y[30:])["loss"] == pytest.approx(h["val_loss"][best], rel=1e-5)
+
+
+# ---------------------------------------------------------------- any rank, checks once, the DataLoader underneath
+
+def test_fit_evaluate_predict_take_images_of_any_rank():
+    rng = np.random.default_rng(0)
+    X4 = rng.normal(size=(96, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 4, size=96)
+
+    def run(X, flatten):
+        layers = [nn.Flatten()] if flatten else []
+        model = nn.Sequential(*layers, nn.Linear(784, 4, rng=0))
+        h = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), X, y, epochs=2,
+                batch_size=32, seed=3, validation_split=0.25, verbose=0)
+        return model, h
+
+    m4, h4 = run(X4, True)
+    m2, h2 = run(X4.reshape(96, 784), False)
+    assert h4["loss"] == h2["loss"] and h4["val_loss"] == h2["val_loss"]      # the same computation
+    np.testing.assert_array_equal(m4[1].weight.data, m2[0].weight.data)
+    np.testing.assert_array_equal(predict(m4, X4), predict(m2, X4.reshape(96, 784)))
+    r = evaluate(m4, nn.CrossEntropyLoss(), X4, y)
+    assert set(r) == {"loss", "accuracy"}
+    tr = Trainer(m4, nn.CrossEntropyLoss(), optim.SGD(m4.parameters(), lr=0.05))
+    assert np.isfinite(tr.train_step(X4[:8], y[:8]))
+    with pytest.raises(ValueError, match="X_val has rows of shape"):
+        fit(m4, nn.CrossEntropyLoss(), optim.SGD(m4.parameters(), lr=0.05), X4, y, epochs=1, verbose=0,
+            validation_data=(X4[:5, :, :27], y[:5]))
+
+
+def test_inputs_are_checked_once_per_fit_not_per_layer_or_batch(monkeypatch):
+    import fastdl.nn.layers as layers_mod
+    import fastdl.train as train_mod
+    calls = {"as_float32": 0, "all_finite_X": 0}
+    real = layers_mod.as_float32
+
+    def counting(x, *a, **k):
+        calls["as_float32"] += 1
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(layers_mod, "as_float32", counting)
+    real_finite = train_mod.ops.all_finite
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+
+    def finite(a):
+        if a.shape == X.shape:
+            calls["all_finite_X"] += 1
+        return real_finite(a)
+
+    monkeypatch.setattr(train_mod.ops, "all_finite", finite)
+    y = (X[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(6, 8, rng=0), nn.ReLU(), nn.Linear(8, 2, rng=1))
+    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=3, batch_size=8,
+        verbose=0)
+    assert calls == {"as_float32": 0, "all_finite_X": 1}           # no layer re-checks, X checked once
+
+
+def test_fit_draws_exactly_the_batches_of_epoch_batches():
+    from fastdl.train import _epoch_batches
+    for n, bs, shuffle in [(97, 32, True), (40, 1, True), (10, 4, False), (50, None, True), (33, 32, True)]:
+        X, y = indexed_data(n)
+        model, loss, opt = setup(2, lr=0.001)
+        fit(model, loss, opt, X, y, epochs=3, batch_size=bs, shuffle=shuffle, seed=4, verbose=0)
+        rng = np.random.default_rng(4)
+        want = [np.arange(n)[b] for _ in range(3) for b in _epoch_batches(n, bs, shuffle, rng)]
+        got = model.train_batches()
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g.astype(np.int64), w)
+
+
+# ---------------------------------------------------------------- the three levels and the callbacks
+
+def test_train_step_train_epoch_and_fit_are_one_loop():
+    from fastdl.data import DataLoader
+    X, y = linreg_data(48)
+    runs = []
+    for how in ("fit", "trainer.fit", "epochs", "steps"):
+        model, loss, opt = setup(lr=0.05)
+        tr = Trainer(model, loss, opt)
+        if how == "fit":
+            losses = fit(model, loss, opt, X, y, epochs=2, batch_size=16, shuffle=False, verbose=0)["loss"]
+        elif how == "trainer.fit":
+            losses = tr.fit(X, y, epochs=2, batch_size=16, shuffle=False, verbose=0)["loss"]
+        elif how == "epochs":
+            loader = DataLoader(X, y.reshape(-1, 1), batch_size=16)
+            losses = [tr.train_epoch(loader)["loss"] for _ in range(2)]
+        else:
+            losses = []
+            for _ in range(2):
+                steps = [tr.train_step(X[a:a + 16], y[a:a + 16]) for a in range(0, 48, 16)]
+                assert all(isinstance(s, float) for s in steps)
+                losses.append(float(np.mean(steps)))
+        runs.append((losses, model.weight.data.copy()))
+    for losses, w in runs[1:]:
+        np.testing.assert_allclose(losses, runs[0][0], rtol=1e-6)
+        np.testing.assert_array_equal(w, runs[0][1])
+
+
+def test_train_step_checks_and_refuses_a_diverged_batch():
+    model, loss, opt = setup(lr=0.1)
+    tr = Trainer(model, loss, opt)
+    X, y = linreg_data(8)
+    with pytest.raises(ValueError, match="Trainer.train_step: x contains NaN"):
+        tr.train_step(np.full_like(X, np.nan), y)
+    with pytest.raises(FloatingPointError, match="the loss became nan"):
+        Trainer(model, SquaredLoss(nan_at_call=1), opt).train_step(X, y)
+
+
+class Recorder(Callback):
+    def __init__(self, stop_at_batch=None):
+        self.events = []
+        self.stop_at_batch = stop_at_batch
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.events.append(("set_model",))
+
+    def on_train_begin(self, logs=None):
+        self.events.append(("train_begin",))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.events.append(("epoch_begin", epoch))
+
+    def on_batch_begin(self, batch, logs=None):
+        self.events.append(("batch_begin", batch, logs["size"]))
+
+    def on_batch_end(self, batch, logs=None):
+        assert np.isfinite(logs["loss"])
+        self.events.append(("batch_end", batch))
+        if batch == self.stop_at_batch:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(("epoch_end", epoch, sorted(logs)))
+
+    def on_train_end(self, logs=None):
+        self.events.append(("train_end", sorted(logs)))
+
+
+def test_callback_hooks_in_keras_order():
+    X, y = linreg_data(17)                                     # batches of 8 and 9 (a remainder of one joins)
+    model, loss, opt = setup()
+    rec = Recorder()
+    h = fit(model, loss, opt, X, y, epochs=2, batch_size=8, callbacks=[rec], verbose=0)
+    keys = ["loss", "lr", "seconds"]
+    epoch = [("batch_begin", 0, 8), ("batch_end", 0), ("batch_begin", 1, 9), ("batch_end", 1)]
+    assert rec.events == ([("set_model",), ("train_begin",)]
+                          + [("epoch_begin", 0)] + epoch + [("epoch_end", 0, keys)]
+                          + [("epoch_begin", 1)] + epoch + [("epoch_end", 1, keys)]
+                          + [("train_end", keys)])
+    assert rec.model is model and h.stop_reason == "epochs"
+
+
+def test_stop_training_from_a_batch_hook_ends_the_epoch_and_training():
+    X, y = linreg_data(40)
+    model, loss, opt = setup()
+    rec = Recorder(stop_at_batch=1)
+    h = fit(model, loss, opt, X, y, epochs=5, batch_size=8, callbacks=[rec], verbose=0)
+    assert h.stop_reason == "callback" and len(h) == 1 and opt.steps == 2
+    model2, loss2, opt2 = setup()
+    h2 = fit(model2, loss2, opt2, X, y, epochs=2, batch_size=8, verbose=0)   # the flag is reset by fit
+    assert h2.stop_reason == "epochs" and opt2.steps == 10
+
+
+def test_early_stopping_is_a_callback_and_checks_types():
+    es = EarlyStopping(patience=2)
+    assert isinstance(es, Callback)
+    with pytest.raises(TypeError, match="EarlyStopping: patience must be an int"):
+        EarlyStopping(patience="3")
+    with pytest.raises(TypeError, match="min_delta"):
+        EarlyStopping(min_delta="0.1")
+    with pytest.raises(TypeError, match="monitor"):
+        EarlyStopping(monitor=3)
+    with pytest.raises(TypeError, match="restore_best_weights"):
+        EarlyStopping(restore_best_weights="yes")
+    with pytest.raises(TypeError, match="seed"):
+        fit(*setup(), *linreg_data(), epochs=1, seed="1", verbose=0)
+
+
+def test_plain_callables_have_no_batch_hooks():
+    from fastdl.train import _Callbacks
+    cbs = _Callbacks([lambda e, logs: None, EarlyStopping()], None, "fit")
+    assert cbs.batch_begin == [] and cbs.batch_end == [] and cbs.epoch_begin == []
+    assert len(_Callbacks([Recorder()], None, "fit").batch_end) == 1

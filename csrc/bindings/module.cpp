@@ -11,6 +11,7 @@ void bind_losses(py::module_& m);
 void bind_dropout(py::module_& m);
 void bind_batchnorm(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_data(py::module_& m);
 void bind_bench(py::module_& m);
 }  // namespace fastdl
 
@@ -24,6 +25,7 @@ PYBIND11_MODULE(_C, m) {
   bind_dropout(m);
   bind_batchnorm(m);
   bind_optim(m);
+  bind_data(m);
   py::module_ bench = m.def_submodule("bench", "Benchmark-only natives (the machine's limits), used by bench/");
   bind_bench(bench);
 }
