@@ -30,6 +30,8 @@ def use_installed(name: str, init_file: str, error: ImportError):
     """Make ``sys.modules[name]`` the installed fastdl and return its ``_C``; the import statement that
     is running returns that package. Raises ImportError with instructions when none is installed."""
     here = Path(init_file).resolve().parent
+    if any(here.glob("_C.*")):  # there is a build here, and it failed to load: that error is the one to see
+        raise error
     other = _installed_package(here)
     if other is None:
         raise ImportError(

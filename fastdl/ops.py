@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
+from ._validation import check_int
 
 __all__: list = []  # each section below adds its names
 
@@ -265,8 +266,7 @@ def adam_step(param, grad, m, v, *, lr, step, beta1=0.9, beta2=0.999, eps=1e-8, 
 
     ``step`` counts updates from 1 (the first call has step=1). ``check_finite``: as in ``sgd_step``.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
-        raise TypeError(f"adam_step: step must be an int, got {type(step).__name__}")
+    check_int(step, "adam_step", "step")
     _C.adam_step(param, grad, m, v, lr, step, beta1, beta2, eps, weight_decay, decoupled, check_finite)
     return param
 

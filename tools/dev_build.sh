@@ -11,4 +11,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
         -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DSKBUILD_PROJECT_VERSION="$("$py" -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')" >/dev/null
 fi
 cmake --build "$build" -j 2
-cp "$build"/_C*.so fastdl/
+# copy, then rename: a process that has the old module loaded keeps its file (a copy over it would crash it)
+for so in "$build"/_C*.so; do
+  cp "$so" "fastdl/.$(basename "$so").tmp" && mv -f "fastdl/.$(basename "$so").tmp" "fastdl/$(basename "$so")"
+done

@@ -1,7 +1,7 @@
 // data.cpp - the data family's bindings (csrc/data.cpp): fastdl._C.gather_rows.
 //
-// Same contract as the other bindings (common.h): nothing converted or copied silently; every argument checked, errors
-// naming the function and the argument (TypeError for types, dtypes and layouts, ValueError for shapes and
+// Same contract as the other bindings (common.h): nothing converted or copied silently; every argument
+// checked, errors naming the function and the argument (TypeError for types, dtypes and layouts, ValueError for shapes and
 // values); the GIL released around the kernel only. The rows are copied as bytes, so src may have any dtype
 // that holds no Python objects.
 #include <pybind11/numpy.h>
@@ -14,75 +14,46 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "data.h"
 
-namespace py = pybind11;
-
+namespace fastdl {
 namespace {
 
 constexpr const char* kFn = "gather_rows";
 
-std::string shape_text(const py::array& a) {
-  std::ostringstream os;
-  os << "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) os << (i ? ", " : "") << a.shape(i);
-  if (a.ndim() == 1) os << ",";
-  os << ")";
-  return os.str();
-}
+std::string shape_text(const py::array& a) { return shape_str(shape_of(a)); }
 
-std::string type_name(py::handle h) { return std::string(Py_TYPE(h.ptr())->tp_name); }
+[[noreturn]] void gather_type_error(const std::string& msg) { type_error(std::string(kFn) + ": " + msg); }
+[[noreturn]] void gather_value_error(const std::string& msg) { value_error(std::string(kFn) + ": " + msg); }
 
-[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(std::string(kFn) + ": " + msg); }
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(std::string(kFn) + ": " + msg); }
-
+// An array of any dtype (rows are copied as bytes), C-contiguous.
 py::array take(py::handle h, const char* arg) {
-  if (!py::isinstance<py::array>(h)) type_error(std::string(arg) + " must be a numpy.ndarray, got " + type_name(h));
-  return py::reinterpret_borrow<py::array>(h);
-}
-
-void require_c_contiguous(const py::array& a, const char* arg) {
+  if (!py::isinstance<py::array>(h)) gather_type_error(std::string(arg) + " must be a numpy.ndarray, got " + type_name(h));
+  py::array a = py::reinterpret_borrow<py::array>(h);
   if (!(a.flags() & py::array::c_style))
-    type_error(std::string(arg) + " must be C-contiguous, got a strided view of shape " + shape_text(a) +
-               " (use np.ascontiguousarray(" + arg + "))");
+    gather_type_error(std::string(arg) + " must be C-contiguous, got a strided view of shape " + shape_text(a) +
+                      " (use np.ascontiguousarray(" + arg + "))");
+  return a;
 }
 
-bool overlaps(const py::array& a, const py::array& b) {
-  auto pa = static_cast<const char*>(a.data()), pb = static_cast<const char*>(b.data());
-  return a.nbytes() > 0 && b.nbytes() > 0 && pa < pb + b.nbytes() && pb < pa + a.nbytes();
-}
-
-constexpr std::uint64_t kItemHasObject = 0x01;
+constexpr std::uint64_t kItemHasObject = 0x01;  // NPY_ITEM_HASOBJECT: the items hold PyObject pointers
 
 py::array take_i64_vector(py::handle h, const char* fn, const char* arg) {
-  if (!py::isinstance<py::array>(h)) throw py::type_error(std::string(fn) + ": " + arg + " must be a numpy.ndarray of int64");
-  py::array a = py::reinterpret_borrow<py::array>(h);
-  if (!a.dtype().equal(py::dtype::of<int64_t>()) || a.dtype().byteorder() == '>')
-    throw py::type_error(std::string(fn) + ": " + arg + " must have dtype int64, got " + std::string(py::str(a.dtype())));
-  if (a.ndim() != 1) throw py::value_error(std::string(fn) + ": " + arg + " must be 1-D, got shape " + shape_text(a));
-  if (!(a.flags() & py::array::c_style) || reinterpret_cast<uintptr_t>(a.data()) % alignof(int64_t) != 0)
-    throw py::type_error(std::string(fn) + ": " + arg + " must be C-contiguous and aligned");
+  py::array a = in_i64(h, fn, arg);
+  require_ndim(fn, arg, a, 1, "(n,)");
   return a;
-}  // NPY_ITEM_HASOBJECT: the items hold PyObject pointers
+}
 
 py::array gather_rows_binding(py::handle src_h, py::handle idx_h, py::handle out_h) {
   // src (R, ...) any dtype without objects; idx (B,) int64; out (B, ...) the dtype of src
   py::array src = take(src_h, "src");
-  if (src.ndim() < 1) value_error("src must have at least 1 dimension (rows first), got a 0-D array");
+  if (src.ndim() < 1) gather_value_error("src must have at least 1 dimension (rows first), got a 0-D array");
   if (src.dtype().flags() & kItemHasObject)
-    type_error("src has dtype " + std::string(py::str(src.dtype())) +
+    gather_type_error("src has dtype " + std::string(py::str(src.dtype())) +
                ", which holds Python objects; gather_rows copies rows as bytes (use numeric data)");
-  require_c_contiguous(src, "src");
 
-  py::array idx = take(idx_h, "idx");
-  const py::dtype i64 = py::dtype::of<int64_t>();
-  if (!idx.dtype().equal(i64) || idx.dtype().byteorder() == '>')
-    type_error("idx must have dtype int64, got " + std::string(py::str(idx.dtype())) +
-               " (convert it once with np.asarray(idx, dtype=np.int64))");
-  if (idx.ndim() != 1) value_error("idx must be 1-D (batch,), got shape " + shape_text(idx));
-  require_c_contiguous(idx, "idx");
-  if (reinterpret_cast<uintptr_t>(idx.data()) % alignof(int64_t) != 0)
-    value_error("idx is not aligned to its 8-byte elements; pass an aligned copy, np.require(idx, requirements='A')");
+  py::array idx = take_i64_vector(idx_h, kFn, "idx");
 
   const int64_t n_idx = idx.shape(0), n_rows = src.shape(0);
   std::vector<py::ssize_t> want(src.shape(), src.shape() + src.ndim());
@@ -93,7 +64,7 @@ py::array gather_rows_binding(py::handle src_h, py::handle idx_h, py::handle out
   } else {
     out = take(out_h, "out");
     if (!out.dtype().equal(src.dtype()))
-      type_error("out must have the dtype of src, " + std::string(py::str(src.dtype())) + ", got " +
+      gather_type_error("out must have the dtype of src, " + std::string(py::str(src.dtype())) + ", got " +
                  std::string(py::str(out.dtype())));
     bool same = out.ndim() == src.ndim();
     for (py::ssize_t d = 0; same && d < out.ndim(); ++d) same = out.shape(d) == want[d];
@@ -102,12 +73,11 @@ py::array gather_rows_binding(py::handle src_h, py::handle idx_h, py::handle out
       os << "(";
       for (size_t d = 0; d < want.size(); ++d) os << (d ? ", " : "") << want[d];
       os << (want.size() == 1 ? ",)" : ")");
-      value_error("out has shape " + shape_text(out) + ", expected (len(idx),) + src.shape[1:] = " + os.str());
+      gather_value_error("out has shape " + shape_text(out) + ", expected (len(idx),) + src.shape[1:] = " + os.str());
     }
-    require_c_contiguous(out, "out");
-    if (!out.writeable()) value_error("out is read-only");
-    if (overlaps(out, src)) value_error("out must not share memory with src");
-    if (overlaps(out, idx)) value_error("out must not share memory with idx");
+    if (!out.writeable()) gather_value_error("out is read-only");
+    if (overlaps(out, src)) gather_value_error("out must not share memory with src");
+    if (overlaps(out, idx)) gather_value_error("out must not share memory with idx");
   }
 
   int64_t row_bytes = static_cast<int64_t>(src.itemsize());
@@ -121,7 +91,7 @@ py::array gather_rows_binding(py::handle src_h, py::handle idx_h, py::handle out
     bad_at = fastdl::gather_rows(op, sp, ip, n_idx, n_rows, row_bytes, &bad_value);
   }
   if (bad_at >= 0)
-    value_error("idx[" + std::to_string(bad_at) + "] = " + std::to_string(bad_value) + " is out of range for src with " +
+    gather_value_error("idx[" + std::to_string(bad_at) + "] = " + std::to_string(bad_value) + " is out of range for src with " +
                 std::to_string(n_rows) + " rows (indices must be in [0, " + std::to_string(n_rows) +
                 "); negative indices are not wrapped)");
   return out;
@@ -368,3 +338,5 @@ void bind_data(py::module_& m) {
       .def("pending", &PyRowPrefetcher::pending)
       .def("close", &PyRowPrefetcher::close, "Stop and join the thread.");
 }
+
+}  // namespace fastdl
