@@ -82,12 +82,29 @@ def load_data(cfg, mnist_dir):
 # ------------------------------------------------------------------------------------- contenders
 
 
+def fastdl_mlp(sizes, rng):
+    """``fastdl.models.mlp(sizes, rng=rng)``; with a build from before it existed (compare_builds and
+    bench_data run older builds), the same layers by hand."""
+    import numpy as np  # noqa: PLC0415
+    from fastdl import models, nn  # noqa: PLC0415
+
+    if hasattr(models, "mlp"):
+        return models.mlp(sizes, rng=rng)
+    rng = np.random.default_rng(rng)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b, init="kaiming_uniform", rng=rng))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 def initial_layers():
     """The initial weights every contender starts from: those of ``fastdl.models.mlp(SIZES, rng=SEED)``
     (ReLU, Kaiming uniform weights, zero biases)."""
-    from fastdl import models, nn  # noqa: PLC0415
+    from fastdl import nn  # noqa: PLC0415
 
-    net = models.mlp(SIZES, rng=SEED)
+    net = fastdl_mlp(SIZES, SEED)
     return [(m.weight.data.copy(), m.bias.data.copy()) for m in net if isinstance(m, nn.Linear)]
 
 
@@ -95,10 +112,10 @@ class FastdlNet:
     name = "fastdl"
 
     def __init__(self, layers):
-        from fastdl import models, nn, optim  # noqa: PLC0415
+        from fastdl import nn, optim  # noqa: PLC0415
 
         # the ReLU MLP of these sizes (fastdl.models.mlp), started from the given weights
-        self.model = models.mlp([layers[0][0].shape[1], *(w.shape[0] for w, _ in layers)], rng=0)
+        self.model = fastdl_mlp([layers[0][0].shape[1], *(w.shape[0] for w, _ in layers)], 0)
         for lin, (w, b) in zip((m for m in self.model if isinstance(m, nn.Linear)), layers):
             lin.weight.data[...] = w
             lin.bias.data[...] = b
