@@ -163,8 +163,8 @@ def test_sklearn_methods_subset_invariance(name):
     estimator_checks = pytest.importorskip("sklearn.utils.estimator_checks")
     if not hasattr(estimator_checks, "check_methods_subset_invariance"):
         pytest.skip("this scikit-learn has no check_methods_subset_invariance")
-    import fastdl.models as models
-    est = getattr(models, name)(hidden_layer_sizes=(17, 9), max_iter=20, random_state=0)
+    import fastdl.estimators as estimators
+    est = getattr(estimators, name)(hidden_layer_sizes=(17, 9), max_iter=20, random_state=0)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
