@@ -15,8 +15,8 @@
 // K-blocks of k_block(K), each one multiply-add chain in k order from 0, the blocks added in order,
 // threads splitting rows or columns, never K - so a row of c has the same bits whatever M, tile or
 // thread count computed it. Keep it so: a special path for some M must reproduce that order.
-// The one path that does not, gemm_dots (a·bᵀ with M <= 4 as dot products along K, b never packed),
-// runs only when the caller waives batch invariance (batch_invariant = 0: a training-mode forward).
+// The one path that does not, gemm_dots (a·bᵀ with M <= kDotRows as dot products along K, b never
+// packed), runs only when the caller waives batch invariance (batch_invariant = 0: training forward).
 // matmul_reference at the end is the plain reference.
 #include <cmath>
 #include <cstdlib>
@@ -40,6 +40,13 @@ constexpr int kSmallMR = 12;      // N <= 8: 12 x 8 tile, 12 accumulators
 #else
 constexpr int kMR = 6, kNV = 2;  // 6 x 8 tile
 constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
+#endif
+// batch_invariant = 0: a·bᵀ with at most this many rows runs as dot products (gemm_dots); with more, the
+// blocked path's 4-row tile is as fast or faster (measured in docs/kernels.md §9).
+#if defined(__AVX2__)
+constexpr int64_t kDotRows = 2;
+#else
+constexpr int64_t kDotRows = 3;  // the generic 4-wide tile is slow for a few rows
 #endif
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
@@ -596,7 +603,7 @@ bool gemm_blocked(const Operands& g) {
 }
 
 // ------------------------------------------------------------------ a few rows times bᵀ, any order
-// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= 4 (one sample's forward): each
+// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= kDotRows (one sample's forward): each
 // c[m][n] is a dot product of two contiguous rows, taken along K four columns of c at a time, so b
 // is read once and never packed (packing it costs what the product does when M is 1). Lane l sums
 // k ≡ l (mod W), then a horizontal sum: not the blocked path's order, so a row's bits differ from the
@@ -638,8 +645,7 @@ void gemm_dots(const Operands& g) {
     switch (g.M) {
       case 1: return gemm_dots_rows<1>(g, lo, hi);
       case 2: return gemm_dots_rows<2>(g, lo, hi);
-      case 3: return gemm_dots_rows<3>(g, lo, hi);
-      default: return gemm_dots_rows<4>(g, lo, hi);
+      default: return gemm_dots_rows<3>(g, lo, hi);  // (kDotRows is 3 at most)
     }
   };
   // columns in chunks of 4 (parallel_chunks splits at multiples of 16); from 64K multiply-adds on,
@@ -664,13 +670,14 @@ void gemm_any(const Operands& g) {
 }  // namespace
 
 // c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
-// b stored (K,N) or, trans_b, (N,K). batch_invariant = 0 lets a·bᵀ with M <= 4 take gemm_dots (2-3x
-// faster for one row, another summation order). The reference version is matmul_reference below.
+// b stored (K,N) or, trans_b, (N,K). batch_invariant = 0 lets a·bᵀ with M <= kDotRows take gemm_dots
+// (2-3x faster for one row, another summation order). The reference version is matmul_reference below.
 void matmul(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N, int64_t K,
             int trans_a, int trans_b, int accumulate, int batch_invariant) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
-  if (!batch_invariant && K > 0 && M <= 4 && trans_b && !trans_a) return gemm_dots(g);
+  static_assert(kDotRows <= 3, "gemm_dots has cases for 1-3 rows");
+  if (!batch_invariant && K > 0 && M <= kDotRows && trans_b && !trans_a) return gemm_dots(g);
   gemm_any(g);
 }
 

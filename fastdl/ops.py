@@ -31,9 +31,10 @@ def matmul(a, b, *, trans_a=False, trans_b=False, out=None, accumulate=False, bi
     ``batch_invariant`` (True or False; default True): True sums every element in one order fixed by
     K, so a row of c has the same bits whatever the number of rows or threads computing it
     (``matmul(a[i:j], b) == matmul(a, b)[i:j]`` exactly). False lets a·bᵀ (``trans_b``, not
-    ``trans_a``) with at most 4 rows use dot products along K instead, 2-3x faster for one row; the
-    result is as accurate but may differ from the invariant one in the last bits (~1e-7 relative).
-    Other shapes are computed the same either way. Anything but a bool (1, None) is a TypeError.
+    ``trans_a``) with one or two rows (three on the generic path) use dot products along K instead,
+    1.5-2.5x faster; the result is as accurate but may differ from the invariant one in the last bits
+    (~1e-7 relative). Other shapes are computed the same either way, as fast. Anything but a bool (1,
+    None) is a TypeError.
     """
     return _C.matmul(a, b, bool(trans_a), bool(trans_b), out, bool(accumulate), bias, activation, batch_invariant)
 
@@ -52,7 +53,7 @@ def linear_forward(x, weight, bias=None, activation=None, out=None, *, batch_inv
     ``batch_invariant`` (True or False; default True): True gives each row of y the same bits whatever
     the batch it is computed in (``linear_forward(x[i:j], ...) == linear_forward(x, ...)[i:j]``), on any
     thread count; what ``nn.Linear`` uses in eval mode. False (``nn.Linear`` in training mode) lets a
-    batch of at most 4 rows use the faster dot-product path of ``matmul``: as accurate, other bits.
+    batch of one or two rows use the faster dot-product path of ``matmul``: as accurate, other bits.
     Anything but a bool is a TypeError.
     """
     return _C.linear_forward(x, weight, bias, activation, out, batch_invariant)

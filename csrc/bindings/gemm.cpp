@@ -19,6 +19,7 @@ int parse_act(py::handle h, const char* fn, const char* name = "activation") {
 
 // A flag that must be a bool (Python's or NumPy's): batch_invariant=1 is a TypeError, not True.
 bool strict_bool(py::handle h, const char* fn, const char* name) {
+  if (h.ptr() == Py_True || h.ptr() == Py_False) return h.ptr() == Py_True;
   const std::string tp = Py_TYPE(h.ptr())->tp_name;
   if (!py::isinstance<py::bool_>(h) && tp != "numpy.bool" && tp != "numpy.bool_")
     type_error(std::string(fn) + ": " + name + " must be True or False, got " + type_name(h));

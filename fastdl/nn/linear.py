@@ -32,7 +32,7 @@ class Linear(_Layer):
 
     In eval mode the forward is batch-invariant (a row's output has the same bits in any batch,
     ``ops.linear_forward(batch_invariant=True)``); in training mode it takes the fastest path
-    (``batch_invariant=False``: one to four rows as dot products, in another summation order).
+    (``batch_invariant=False``: one or two rows as dot products, in another summation order).
 
     Fusion (``fastdl.nn.fusion``): ``_forward(..., act=name)`` applies an activation in the same
     kernel, and ``_backward(..., input_act=name)`` carries dx back through the activation whose
@@ -66,7 +66,7 @@ class Linear(_Layer):
         out = self._buf("out", (x.shape[0], self.out_features), reuse)
         b = None if self.bias is None else self.bias.data
         # eval: each row's bits independent of the batch (predict in any batch size); training: the
-        # fastest path (for batches of up to 4 rows another summation order)
+        # fastest path (for a batch of one or two rows another summation order)
         y = ops.linear_forward(x, self.weight.data, b, activation=act, out=out, batch_invariant=not self.training)
         _keep(self, "_x", x)
         _keep(self, "_out_shape", y.shape)
