@@ -3,9 +3,9 @@ import json, os, subprocess, sys
 sys.path.insert(0, "/work/wt-f/bench")
 import common
 R, th = int(sys.argv[1]), sys.argv[2]
-builds = {"2b9d1dc": ["/work/base-python"], "main": ["/tmp/../work/f-base-python"],
+# interpreters whose PYTHONPATH holds each build (the development machine's paths)
+builds = {"2b9d1dc": ["/work/base-python"], "main": ["/work/f-base-python"],
           "new": ["env", "PYTHONPATH=/work/wt-f", "/work/venv/bin/python"]}
-builds["main"] = ["/work/f-base-python"]
 runs = {k: [] for k in builds}; loads = []
 for r in range(R):
     for k, cmd in builds.items():
