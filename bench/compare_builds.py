@@ -8,7 +8,10 @@ the same minutes of this shared machine. A child (this file with --child) import
 its interpreter has, warms up, then measures: one MNIST epoch of bench_training's MLP at batch 32,
 128 and 512 (the same loop, weights and shuffles as the training benchmark, batch gather included)
 and the layer products of a batch-128 step and of one sample's (and 4 samples') first-layer forward
-(median of many calls). The report gives, per case, the
+(median of many calls), the dense layer's one-sample and 4-sample forward as eval mode and as
+training mode call it (``ops.linear_forward(..., batch_invariant=True / False)``; a build without that
+argument runs its one path for both) and one training step of the MLP on one sample (nn.Sequential in
+training mode, forward, backward, SGD). The report gives, per case, the
 median over rounds of each build and the median of the per-round ratios new / base (< 1: new is
 faster), with the CPU, the other load before each child, and both builds' versions.
 """
@@ -56,6 +59,28 @@ def child(args) -> int:
         "µs: product 128x256->784 input gradient": lambda: ops.matmul(dy, w, out=c2),
         "µs: product 128x128->10 head": lambda: ops.matmul(h, w3, trans_b=True, out=c3),
     }
+    # the dense layer as nn.Linear calls it: eval mode batch-invariant, training mode not (a build
+    # without the argument has one path, run for both)
+    import inspect  # noqa: PLC0415
+
+    bw = rng.standard_normal(256, dtype=np.float32)
+    if "batch_invariant" in inspect.signature(ops.linear_forward).parameters:  # literal keywords: a **kw
+        # call costs ~0.3 us more
+        def dense(xs, out, invariant):
+            if invariant:
+                return lambda: ops.linear_forward(xs, w, bw, "relu", out=out, batch_invariant=True)
+            return lambda: ops.linear_forward(xs, w, bw, "relu", out=out, batch_invariant=False)
+    else:
+        def dense(xs, out, invariant):
+            return lambda: ops.linear_forward(xs, w, bw, "relu", out=out)
+    products.update({
+        "µs: linear_forward 1x784->256 relu, eval (batch_invariant=True)": dense(x1, c11, True),
+        "µs: linear_forward 1x784->256 relu, training (batch_invariant=False)": dense(x1, c11, False),
+        "µs: linear_forward 4x784->256 relu, training (batch_invariant=False)": dense(x4, c14, False),
+    })
+    net1 = bt.FastdlNet(layers)
+    xs1, ys1 = x[:1].copy(), np.array([3], np.int64)
+    products["µs: MLP training step, batch 1 (nn, forward + backward + SGD)"] = lambda: net1.step(xs1, ys1)
     v = rng.standard_normal(1 << 16, dtype=np.float32)
     g = rng.standard_normal(1 << 16, dtype=np.float32)
     v_out = np.empty_like(v)

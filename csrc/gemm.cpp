@@ -15,6 +15,8 @@
 // K-blocks of k_block(K), each one multiply-add chain in k order from 0, the blocks added in order,
 // threads splitting rows or columns, never K - so a row of c has the same bits whatever M, tile or
 // thread count computed it. Keep it so: a special path for some M must reproduce that order.
+// The one path that does not, gemm_dots (a·bᵀ with M <= kDotRows as dot products along K, b never
+// packed), runs only when the caller waives batch invariance (batch_invariant = 0: training forward).
 // matmul_reference at the end is the plain reference.
 #include <cmath>
 #include <cstdlib>
@@ -38,6 +40,13 @@ constexpr int kSmallMR = 12;      // N <= 8: 12 x 8 tile, 12 accumulators
 #else
 constexpr int kMR = 6, kNV = 2;  // 6 x 8 tile
 constexpr int kSmallMR = 12;     // N <= 4: 12 x 4 tile
+#endif
+// batch_invariant = 0: a·bᵀ with at most this many rows runs as dot products (gemm_dots); with more, the
+// blocked path's 4-row tile is as fast or faster (measured in docs/kernels.md §9).
+#if defined(__AVX2__)
+constexpr int64_t kDotRows = 2;
+#else
+constexpr int64_t kDotRows = 3;  // the generic 4-wide tile is slow for a few rows
 #endif
 
 // The tile of the blocked product: MR rows x NV vectors of W columns (NR, the width of a B strip).
@@ -593,6 +602,57 @@ bool gemm_blocked(const Operands& g) {
   return true;
 }
 
+// ------------------------------------------------------------------ a few rows times bᵀ, any order
+// c (M,N) = [c +] a (M,K) · b (N,K)ᵀ [+ bias], then act, for M <= kDotRows (one sample's forward): each
+// c[m][n] is a dot product of two contiguous rows, taken along K four columns of c at a time, so b
+// is read once and never packed (packing it costs what the product does when M is 1). Lane l sums
+// k ≡ l (mod W), then a horizontal sum: not the blocked path's order, so a row's bits differ from the
+// same row's in a larger batch (by ~1e-7); only for callers that waive batch invariance.
+template <int M>
+void gemm_dots_rows(const Operands& g, int64_t n_lo, int64_t n_hi) {
+  const int64_t K = g.K, kv = K / kW * kW;
+  const Vec::mask tail = Vec::first(static_cast<int>(K - kv));
+  for (int64_t n0 = n_lo; n0 < n_hi; n0 += 4) {
+    const int cols = n_hi - n0 < 4 ? static_cast<int>(n_hi - n0) : 4;
+    reg acc[M][4];
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) acc[m][j] = Vec::zero();
+    const float* bj[4];
+    for (int j = 0; j < 4; ++j) bj[j] = g.b + (n0 + (j < cols ? j : 0)) * K;
+    for (int64_t k = 0; k <= kv; k += kW) {
+      const bool partial = k == kv;
+      if (partial && kv == K) break;
+      reg av[M], bv[4];
+      for (int m = 0; m < M; ++m) av[m] = partial ? Vec::loadu_n(g.a + m * K + k, tail) : Vec::loadu(g.a + m * K + k);
+      for (int j = 0; j < 4; ++j) bv[j] = partial ? Vec::loadu_n(bj[j] + k, tail) : Vec::loadu(bj[j] + k);
+      for (int m = 0; m < M; ++m)
+        for (int j = 0; j < 4; ++j) acc[m][j] = Vec::fmadd(av[m], bv[j], acc[m][j]);
+    }
+    for (int m = 0; m < M; ++m) {
+      float* p = g.c + m * g.N + n0;
+      static_assert(kW >= 4, "the 4 columns fit one vector");
+      alignas(64) float v[kW] = {};
+      for (int j = 0; j < cols; ++j)
+        v[j] = Vec::hsum(acc[m][j]) + (g.accumulate ? p[j] : 0.0f) + (g.bias ? g.bias[n0 + j] : 0.0f);
+      if (g.act != ACT_NONE) Vec::store(v, activate(Vec::load(v), g.act));  // the blocked path's epilogue
+      for (int j = 0; j < cols; ++j) p[j] = v[j];
+    }
+  }
+}
+
+void gemm_dots(const Operands& g) {
+  auto rows = [&](int64_t lo, int64_t hi) {
+    switch (g.M) {
+      case 1: return gemm_dots_rows<1>(g, lo, hi);
+      case 2: return gemm_dots_rows<2>(g, lo, hi);
+      default: return gemm_dots_rows<3>(g, lo, hi);  // (kDotRows is 3 at most)
+    }
+  };
+  // columns in chunks of 4 (parallel_chunks splits at multiples of 16); from 64K multiply-adds on,
+  // two threads. Each element is one thread's, summed alike on any count: the same bits on 1 or 2.
+  parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
+}
+
 // The blocked product, with the tile that suits its shape; the plain loop when it cannot run (K = 0,
 // or no packing space), then the epilogue's extras done the same way. Every tile sums in the same
 // order (see the top of this file), so the choice changes speed, never bits.
@@ -603,18 +663,21 @@ void gemm_any(const Operands& g) {
                             : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows: no 12-row tile
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
-  matmul_reference(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate);
+  matmul_reference(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate, 1);
   if (g.sums) sum_columns(g.sums, g.a, K, g.lda, 0, M, g.accumulate);
   if (g.y) dact_tile(g.c, g.y, N, M, N, g.dact);
 }
 }  // namespace
 
 // c (M,N) [+]= op(a) (M,K) · op(b) (K,N) [+ bias (N)], then act; a stored (M,K) or, trans_a, (K,M);
-// b stored (K,N) or, trans_b, (N,K). The reference version is matmul_reference below.
+// b stored (K,N) or, trans_b, (N,K). batch_invariant = 0 lets a·bᵀ with M <= kDotRows take gemm_dots
+// (2-3x faster for one row, another summation order). The reference version is matmul_reference below.
 void matmul(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N, int64_t K,
-            int trans_a, int trans_b, int accumulate) {
+            int trans_a, int trans_b, int accumulate, int batch_invariant) {
   if (M <= 0 || N <= 0) return;
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
+  static_assert(kDotRows <= 3, "gemm_dots has cases for 1-3 rows");
+  if (!batch_invariant && K > 0 && M <= kDotRows && trans_b && !trans_a) return gemm_dots(g);
   gemm_any(g);
 }
 
@@ -640,9 +703,10 @@ void gemm_tn_sums(float* c, float* sums, const float* a, const float* b, int64_t
   gemm_any(g);
 }
 
-// Same contract as matmul: the plain triple loop, in double. The oracle for the tests.
+// Same contract as matmul: the plain triple loop, in double. The oracle for the tests. Batch-invariant
+// whatever batch_invariant says (each element is its own sum).
 void matmul_reference(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N,
-                      int64_t K, int trans_a, int trans_b, int accumulate) {
+                      int64_t K, int trans_a, int trans_b, int accumulate, int /*batch_invariant*/) {
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
       double s = accumulate ? c[m * N + n] : 0.0;

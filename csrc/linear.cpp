@@ -7,10 +7,10 @@
 namespace fastdl {
 namespace FASTDL_ISA_NS {
 
-// out (B,OC) = act(inp (B,C) · weight (OC,C)ᵀ + bias (OC)); bias nullable.
+// out (B,OC) = act(inp (B,C) · weight (OC,C)ᵀ + bias (OC)); bias nullable. batch_invariant: see matmul.
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias, int act, int64_t B,
-                    int64_t C, int64_t OC) {
-  matmul(out, inp, weight, bias, act, B, OC, C, /*trans_a=*/0, /*trans_b=*/1, /*accumulate=*/0);
+                    int64_t C, int64_t OC, int batch_invariant) {
+  matmul(out, inp, weight, bias, act, B, OC, C, /*trans_a=*/0, /*trans_b=*/1, /*accumulate=*/0, batch_invariant);
 }
 
 // linear_backward runs dweight and dinp side by side, one thread each, when each product takes at
@@ -31,13 +31,14 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
     if (dbias)
       gemm_tn_sums(dweight, dbias, dout, inp, OC, C, B, accumulate);
     else
-      matmul(dweight, dout, inp, nullptr, ACT_NONE, OC, C, B, /*trans_a=*/1, /*trans_b=*/0, accumulate);
+      matmul(dweight, dout, inp, nullptr, ACT_NONE, OC, C, B, /*trans_a=*/1, /*trans_b=*/0, accumulate,
+             /*batch_invariant=*/1);
   };
   auto input_grad = [&] {
     if (input_act != ACT_NONE)
       gemm_dact(dinp, dout, weight, inp, input_act, B, C, OC, 0, 0);
     else
-      matmul(dinp, dout, weight, nullptr, ACT_NONE, B, C, OC, 0, 0, 0);
+      matmul(dinp, dout, weight, nullptr, ACT_NONE, B, C, OC, 0, 0, 0, /*batch_invariant=*/1);
   };
   const double flops = 2.0 * double(B) * double(C) * double(OC);
   const int nt = omp_in_parallel() ? 1 : team_threads();

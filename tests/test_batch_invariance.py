@@ -3,7 +3,8 @@
 ``f(X[i:j]) == f(X)[i:j]`` exactly (np.array_equal, not allclose) for every eval-mode forward: the
 product of a Linear layer (its fused bias and activation included), ``ops.matmul`` in the NN and NT
 forms, the elementwise and row-wise layers, a whole ``nn.Sequential`` in eval mode, ``fastdl.predict``
-at any ``batch_size`` and the scikit-learn estimators (``check_methods_subset_invariance``). Each on
+at any ``batch_size`` and the scikit-learn estimators (``check_methods_subset_invariance``); and that
+training mode, which need not be invariant, takes the faster path (``batch_invariant=False``). Each on
 every instruction-set path and at 1 and 2 threads. The GEMM keeps each element's sum over K in one
 fixed order (K-blocks of a depth set by K alone, each a single multiply-add chain in k order, the
 blocks added in order); these tests hold it to that whatever the number of rows, the thread count,
@@ -156,6 +157,81 @@ def test_sequential_eval_and_predict_independent_of_batch(isa, threads, n_out):
     for bs in (1, 2, 3, 7, 31, 129, 1000, 4096):
         got = fastdl.predict(model, X[:300] if bs < 7 else X, batch_size=bs)
         assert np.array_equal(got, full[:len(got)]), f"predict batch_size={bs} {isa} {threads}t"
+
+
+# ---------------------------------------------------------------- training mode: the fast path, not invariance
+# Training-mode forward need not be batch-invariant: nn.Linear then passes batch_invariant=False, so a
+# batch of 1-2 rows takes the dot-product path (2-3x faster for one sample). Checked without timing:
+# the layer's output equals ops.linear_forward(..., batch_invariant=False) bit for bit, and these
+# operands round differently on the two paths, so it could not equal both.
+
+
+def test_linear_passes_batch_invariant_by_mode(monkeypatch):
+    seen = []
+    real = ops.linear_forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("batch_invariant"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "linear_forward", spy)
+    rng = np.random.default_rng(0)
+    layer = nn.Linear(20, 7, rng=rng)
+    model = nn.Sequential(nn.Linear(20, 9, rng=rng), nn.ReLU(), nn.Linear(9, 3, rng=rng))
+    x = rng.standard_normal((2, 20), dtype=np.float32)
+    layer(x), model(x)
+    assert seen == [False, False, False]  # a new module is in training mode
+    seen.clear()
+    layer.eval(), model.eval()
+    layer(x), model(x)
+    assert seen == [True, True, True]
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5])
+def test_linear_training_forward_takes_the_fast_path(isa, threads, M):
+    rng = np.random.default_rng(M)
+    layer = nn.Linear(784, 256, rng=rng)
+    layer.bias.data[:] = rng.standard_normal(256).astype(np.float32)
+    X = rng.standard_normal((40, 784), dtype=np.float32)
+    w, b = layer.weight.data, layer.bias.data
+    fast = ops.linear_forward(X[:M], w, b, batch_invariant=False)
+    invariant = ops.linear_forward(X[:M], w, b)
+    np.testing.assert_array_equal(invariant, ops.linear_forward(X, w, b)[:M])
+    if M <= 2:  # the dot products (on every ISA)
+        assert not np.array_equal(fast, invariant), "the operands should tell the two paths apart"
+    if M > 4:  # the blocked path either way
+        np.testing.assert_array_equal(fast, invariant)
+    np.testing.assert_array_equal(np.array(layer.train()(X[:M])), fast)
+    np.testing.assert_array_equal(np.array(layer.eval()(X[:M])), invariant)
+
+
+def test_sequential_training_forward_takes_the_fast_path(isa, threads):
+    """Inside Sequential, with the activations fused into the Linear layers (fusion.FUSIONS): training
+    mode gives what the ops give with batch_invariant=False, eval mode what they give with True."""
+    rng = np.random.default_rng(3)
+    model = nn.Sequential(nn.Linear(784, 256, rng=rng), nn.ReLU(), nn.Linear(256, 128, rng=rng), nn.Tanh(),
+                          nn.Linear(128, 10, rng=rng))
+    for m in model:
+        if isinstance(m, nn.Linear):
+            m.bias.data[:] = rng.standard_normal(m.out_features).astype(np.float32) * 0.1
+    x = rng.standard_normal((1, 784), dtype=np.float32)
+
+    def by_ops(invariant):
+        h = x
+        for i, act in ((0, "relu"), (2, "tanh"), (4, None)):
+            h = ops.linear_forward(h, model[i].weight.data, model[i].bias.data, activation=act,
+                                   batch_invariant=invariant)
+        return h
+
+    fast, invariant = by_ops(False), by_ops(True)
+    assert not np.array_equal(fast, invariant)
+    np.testing.assert_array_equal(np.array(model.train()(x)), fast)
+    np.testing.assert_array_equal(np.array(model.eval()(x)), invariant)
+    # a training step on one sample runs (forward on the fast path, backward as before)
+    model.train()
+    out = model(x)
+    dx = model.backward(np.ones_like(out))
+    assert dx.shape == x.shape and np.isfinite(dx).all()
 
 
 @pytest.mark.parametrize("name", ["MLPClassifier", "MLPRegressor"])

@@ -69,7 +69,7 @@ def test_matmul_sizes(isa, rng, M, N, K, trans_a, trans_b):
     assert_close(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), want, scale)
 
 
-# the 2nd: 2 K-blocks (AVX-512; 3 on AVX2), 2 threads; the 3rd: a few rows (with trans_b: dot products, no packing)
+# the 2nd: 2 K-blocks (AVX-512; 3 on AVX2), 2 threads; the 3rd: a few rows (the 4-row tile)
 @pytest.mark.parametrize("M,N,K", [(37, 50, 129), (70, 200, 900), (3, 50, 129)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -149,7 +149,8 @@ def test_matmul_activation_values(isa, act):
 # A NaN in a row of a (or in the bias) gives a NaN row (column) of c under every activation, relu
 # included (relu turned it into 0 before, unlike np.maximum). Shapes: the one-vector tile (N <= 16),
 # the 4-row tile, the full tile over several K-blocks, the 4-row tile with b transposed (one
-# sample's forward), and the full tile with b transposed; the reference kernel alike.
+# sample's forward; with batch_invariant=False dot products), and the full tile with b transposed; the
+# reference kernel alike.
 @pytest.mark.parametrize("M,N,K,trans_b", [(2, 3, 1, False), (3, 40, 20, False), (50, 70, 900, False),
                                            (3, 20, 30, True), (30, 20, 30, True)])
 @pytest.mark.parametrize("act", ACTS)
@@ -159,11 +160,100 @@ def test_matmul_nan_propagates(isa, rng, M, N, K, trans_b, act):
     b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     bias[N - 1] = np.nan
-    for f in (ops.matmul, ops.matmul_reference):
+    fast = lambda *args, **kw: ops.matmul(*args, batch_invariant=False, **kw)  # noqa: E731 - dot products
+    for f in (ops.matmul, fast, ops.matmul_reference):
         c = f(a, b, trans_b=trans_b, bias=bias, activation=act)
         nan = np.zeros((M, N), bool)
         nan[1, :] = nan[:, N - 1] = True
-        assert np.isnan(c[nan]).all() and np.isfinite(c[~nan]).all(), (f.__name__, c)
+        assert np.isnan(c[nan]).all() and np.isfinite(c[~nan]).all(), c
+
+
+# ---------------------------------------------------------------- batch_invariant=False: a few rows, any order
+
+# (N, K): a K tail shorter than a vector, K = 1, columns not a multiple of the 4 taken at a time,
+# and one sample's first layer (784 -> 256, 513 columns: split over 2 threads).
+FAST_SHAPES = [(1, 1), (5, 33), (17, 7), (256, 784), (513, 784), (10, 128)]
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_not_batch_invariant_small_rows(isa, rng, M, trans_a, trans_b, threads):
+    """batch_invariant=False (a·bᵀ with M <= 2, 3 on the generic path: dot products along K) is as
+    accurate as the blocked path: every epilogue, every transpose (only a·bᵀ changes path), 1 and 2
+    threads."""
+    prev = fastdl.get_num_threads()
+    fastdl.set_num_threads(threads)
+    try:
+        for N, K in FAST_SHAPES:
+            a, b = operands(rng, M, N, K, trans_a, trans_b)
+            a *= np.float32(0.3)  # sigmoid and tanh: both their linear part and their saturation
+            for act in ACTS:
+                for with_bias, accumulate in ((False, False), (True, False), (True, True)):
+                    bias = rng.standard_normal(N).astype(np.float32) if with_bias else None
+                    c0 = rng.standard_normal((M, N)).astype(np.float32) if accumulate else None
+                    out = c0.copy() if accumulate else None
+                    want, scale = ref_matmul(a, b, trans_a, trans_b, c0, bias, act)
+                    got = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b, out=out, accumulate=accumulate,
+                                     bias=bias, activation=act, batch_invariant=False)
+                    assert_close(got, want, scale, act)
+    finally:
+        fastdl.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("M,N,K,trans_a,trans_b", [(1, 256, 784, False, True), (3, 513, 784, False, True),
+                                                    (4, 17, 7, False, True), (5, 256, 784, False, True),
+                                                    (2, 256, 784, False, False), (3, 256, 784, True, True)])
+def test_matmul_not_batch_invariant_same_bits_on_any_thread_count(isa, rng, M, N, K, trans_a, trans_b):
+    """The dot products give each element to one thread, summed alike: 1 and 2 threads agree bit for
+    bit. Shapes other than a·bᵀ with M <= 3 run the blocked path either way: the same bits as True."""
+    a, b = operands(rng, M, N, K, trans_a, trans_b)
+    bias = rng.standard_normal(N).astype(np.float32)
+    kw = dict(trans_a=trans_a, trans_b=trans_b, bias=bias, activation="relu")
+    prev = fastdl.get_num_threads()
+    try:
+        fastdl.set_num_threads(1)
+        one = ops.matmul(a, b, batch_invariant=False, **kw)
+        fastdl.set_num_threads(2)
+        two = ops.matmul(a, b, batch_invariant=False, **kw)
+        invariant = ops.matmul(a, b, **kw)
+    finally:
+        fastdl.set_num_threads(prev)
+    np.testing.assert_array_equal(one, two)
+    if not (trans_b and not trans_a and M <= 3):
+        np.testing.assert_array_equal(two, invariant)
+
+
+def test_matmul_not_batch_invariant_takes_the_dot_products(isa, rng):
+    """With these operands the two summation orders round differently somewhere: False really ran the
+    other path (and True the blocked one: the row's bits inside a larger batch)."""
+    a, b = operands(rng, 8, 256, 784, False, True)
+    fast = ops.matmul(a[:1], b, trans_b=True, batch_invariant=False)
+    blocked = ops.matmul(a[:1], b, trans_b=True)
+    np.testing.assert_array_equal(blocked, ops.matmul(a, b, trans_b=True)[:1])
+    assert not np.array_equal(fast, blocked)
+
+
+@pytest.mark.parametrize("value", [1, 0, None, "yes", 1.0, np.int64(1), np.array(True)])
+@pytest.mark.parametrize("fn", ["matmul", "matmul_C", "linear_forward", "linear_forward_C"])
+def test_batch_invariant_must_be_a_bool(value, fn):
+    x, w = ones(2, 3), ones(4, 3)
+    call = {"matmul": lambda v: ops.matmul(x, w, trans_b=True, batch_invariant=v),
+            "matmul_C": lambda v: _C.matmul(x, w, False, True, batch_invariant=v),
+            "linear_forward": lambda v: ops.linear_forward(x, w, batch_invariant=v),
+            "linear_forward_C": lambda v: _C.linear_forward(x, w, batch_invariant=v)}[fn]
+    name = fn.removesuffix("_C")
+    with pytest.raises(TypeError, match=rf"^{name}: batch_invariant must be True or False, got "):
+        call(value)
+    for ok in (True, False, np.True_, np.False_):  # NumPy's bools are bools
+        np.testing.assert_array_equal(call(ok), np.full((2, 4), 3, F32))
+
+
+def test_batch_invariant_is_keyword_only():
+    with pytest.raises(TypeError):
+        ops.linear_forward(ones(2, 3), ones(4, 3), None, None, None, False)
+    with pytest.raises(TypeError):
+        ops.matmul(ones(2, 3), ones(4, 3), False, True)
 
 
 # ---------------------------------------------------------------- the naive kernel as a second oracle

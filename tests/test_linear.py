@@ -52,20 +52,45 @@ def test_linear_forward_out(isa, rng):
     np.testing.assert_array_equal(out, ops.linear_forward(x, w, b, "relu"))
 
 
-# The fused relu keeps NaN as np.maximum does (it gave 0 before): a batch of 3 runs the dot-product
-# path, 40 the blocked product.
+# The fused relu keeps NaN as np.maximum does (it gave 0 before): a batch of 3 runs the 4-row tile
+# (with batch_invariant=False the dot-product path), 40 the blocked product.
 @pytest.mark.parametrize("B", [3, 40])
-def test_linear_forward_relu_propagates_nan(isa, rng, B):
+@pytest.mark.parametrize("batch_invariant", [True, False])
+def test_linear_forward_relu_propagates_nan(isa, rng, B, batch_invariant):
     x, w, b = layer(rng, B, 30, 20)
     x[1, 7] = np.nan
-    y = ops.linear_forward(x, w, b, "relu")
+    y = ops.linear_forward(x, w, b, "relu", batch_invariant=batch_invariant)
     assert np.isnan(y[1]).all() and not np.isnan(np.delete(y, 1, axis=0)).any()
 
 
-def test_linear_forward_is_matmul_with_trans_b(isa, rng):
-    x, w, b = layer(rng, 50, 70, 90)
-    np.testing.assert_array_equal(ops.linear_forward(x, w, b, "tanh"),
-                                  ops.matmul(x, w, trans_b=True, bias=b, activation="tanh"))
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 50])
+@pytest.mark.parametrize("batch_invariant", [True, False])
+def test_linear_forward_is_matmul_with_trans_b(isa, rng, B, batch_invariant):
+    x, w, b = layer(rng, B, 70, 90)
+    np.testing.assert_array_equal(ops.linear_forward(x, w, b, "tanh", batch_invariant=batch_invariant),
+                                  ops.matmul(x, w, trans_b=True, bias=b, activation="tanh",
+                                             batch_invariant=batch_invariant))
+
+
+# batch_invariant=False: batches of 1-4 rows as dot products along K (nn.Linear in training mode), as
+# accurate as the blocked path, on 1 and 2 threads (784 -> 256: the columns split over 2).
+@pytest.mark.parametrize("B", [1, 2, 3, 4])
+@pytest.mark.parametrize("C,OC", [(1, 1), (5, 2), (13, 11), (784, 256), (256, 128), (128, 10), (37, 100)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_forward_not_batch_invariant_matches_reference(isa, rng, B, C, OC, threads):
+    x, w, b = layer(rng, B, C, OC)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    prev = fastdl.get_num_threads()
+    fastdl.set_num_threads(threads)
+    try:
+        for bias in (None, b):
+            z = x64 @ w64.T + (0.0 if bias is None else bias)
+            scale = np.abs(x64) @ np.abs(w64).T + (0.0 if bias is None else np.abs(bias))
+            for act in (None, "relu", "sigmoid", "tanh"):
+                y = ops.linear_forward(x, w, bias, activation=act, batch_invariant=False)
+                assert_close(y, act64(z, act), scale, act)
+    finally:
+        fastdl.set_num_threads(prev)
 
 
 # ---------------------------------------------------------------- backward: reference

@@ -17,12 +17,23 @@ int parse_act(py::handle h, const char* fn, const char* name = "activation") {
   value_error(what + ", got '" + s + "'");
 }
 
+// A flag that must be a bool (Python's or NumPy's): batch_invariant=1 is a TypeError, not True.
+bool strict_bool(py::handle h, const char* fn, const char* name) {
+  if (h.ptr() == Py_True || h.ptr() == Py_False) return h.ptr() == Py_True;
+  const std::string tp = Py_TYPE(h.ptr())->tp_name;
+  if (!py::isinstance<py::bool_>(h) && tp != "numpy.bool" && tp != "numpy.bool_")
+    type_error(std::string(fn) + ": " + name + " must be True or False, got " + type_name(h));
+  return PyObject_IsTrue(h.ptr()) == 1;
+}
+
 using MatmulKernel = void (*)(float*, const float*, const float*, const float*, int, int64_t, int64_t, int64_t, int,
-                              int, int);
+                              int, int, int);
 
 // matmul and matmul_reference: c (M,N) [+]= op(a)·op(b) [+ bias], then activation.
 py::array matmul_call(const char* fn, MatmulKernel kernel, py::handle a, py::handle b, bool trans_a, bool trans_b,
-                      py::handle out, bool accumulate, py::handle bias, py::handle activation) {
+                      py::handle out, bool accumulate, py::handle bias, py::handle activation,
+                      py::handle batch_invariant) {
+  const bool invariant = strict_bool(batch_invariant, fn, "batch_invariant");
   py::array aa = in_f32(a, fn, "a"), ba = in_f32(b, fn, "b");
   require_ndim(fn, "a", aa, 2, trans_a ? "(K, M)" : "(M, K)");
   require_nonempty(fn, "a", aa);
@@ -46,7 +57,7 @@ py::array matmul_call(const char* fn, MatmulKernel kernel, py::handle a, py::han
   if (has_bias) require_no_overlap(fn, "out", oa, "bias", biasa);
   const float *ap = cf(aa), *bp = cf(ba), *biasp = has_bias ? cf(biasa) : nullptr;
   float* op = mf(oa);
-  without_gil([&] { kernel(op, ap, bp, biasp, act, M, N, K, trans_a, trans_b, accumulate); });
+  without_gil([&] { kernel(op, ap, bp, biasp, act, M, N, K, trans_a, trans_b, accumulate, invariant); });
   return oa;
 }
 
@@ -64,17 +75,20 @@ void bind_gemm(py::module_& m) {
     m.def(
         e.name,
         [e](py::handle a, py::handle b, bool trans_a, bool trans_b, py::handle out, bool accumulate, py::handle bias,
-            py::handle activation) {
-          return matmul_call(e.name, e.pick(), a, b, trans_a, trans_b, out, accumulate, bias, activation);
+            py::handle activation, py::handle batch_invariant) {
+          return matmul_call(e.name, e.pick(), a, b, trans_a, trans_b, out, accumulate, bias, activation,
+                             batch_invariant);
         },
         py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false,
         py::arg("out") = py::none(), py::arg("accumulate") = false, py::arg("bias") = py::none(),
-        py::arg("activation") = py::none());
+        py::arg("activation") = py::none(), py::arg("batch_invariant") = true);
 
   m.def(
       "linear_forward",
-      [](py::handle x, py::handle weight, py::handle bias, py::handle activation, py::handle out) {
+      [](py::handle x, py::handle weight, py::handle bias, py::handle activation, py::handle out,
+         py::handle batch_invariant) {
         const char* fn = "linear_forward";
+        const bool invariant = strict_bool(batch_invariant, fn, "batch_invariant");
         py::array xa = in_f32(x, fn, "x"), wa = in_f32(weight, fn, "weight");
         require_ndim(fn, "x", xa, 2, "(batch, in_features)");
         require_nonempty(fn, "x", xa);
@@ -96,11 +110,11 @@ void bind_gemm(py::module_& m) {
         if (has_bias) require_no_overlap(fn, "out", oa, "bias", ba);
         const float *xp = cf(xa), *wp = cf(wa), *bp = has_bias ? cf(ba) : nullptr;
         float* op = mf(oa);
-        without_gil([&] { FASTDL_KERNEL(linear_forward)(op, xp, wp, bp, act, B, C, OC); });
+        without_gil([&] { FASTDL_KERNEL(linear_forward)(op, xp, wp, bp, act, B, C, OC, invariant); });
         return oa;
       },
       py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(), py::arg("activation") = py::none(),
-      py::arg("out") = py::none());
+      py::arg("out") = py::none(), py::arg("batch_invariant") = true);
 
   m.def(
       "linear_backward",

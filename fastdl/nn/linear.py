@@ -30,6 +30,10 @@ class Linear(_Layer):
     U(±sqrt(6 / in_features))), "kaiming_normal", "xavier_uniform", "xavier_normal" or "zeros".
     The bias starts at 0. ``rng``: np.random.Generator, int seed, or None (fresh generator).
 
+    In eval mode the forward is batch-invariant (a row's output has the same bits in any batch,
+    ``ops.linear_forward(batch_invariant=True)``); in training mode it takes the fastest path
+    (``batch_invariant=False``: one or two rows as dot products, in another summation order).
+
     Fusion (``fastdl.nn.fusion``): ``_forward(..., act=name)`` applies an activation in the same
     kernel, and ``_backward(..., input_act=name)`` carries dx back through the activation whose
     output its input was.
@@ -61,7 +65,9 @@ class Linear(_Layer):
             self._need_2d(x, self.in_features, self._who)
         out = self._buf("out", (x.shape[0], self.out_features), reuse)
         b = None if self.bias is None else self.bias.data
-        y = ops.linear_forward(x, self.weight.data, b, activation=act, out=out)
+        # eval: each row's bits independent of the batch (predict in any batch size); training: the
+        # fastest path (for a batch of one or two rows another summation order)
+        y = ops.linear_forward(x, self.weight.data, b, activation=act, out=out, batch_invariant=not self.training)
         _keep(self, "_x", x)
         _keep(self, "_out_shape", y.shape)
         return y
