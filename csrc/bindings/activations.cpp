@@ -36,7 +36,9 @@ const MapBackward kMapBackwards[] = {
     {"tanh_backward", FASTDL_PICK(tanh_backward), "y", "dout * (1 - y**2), from y = tanh(x)."},
 };
 
-py::array map_call(const char* fn, MapKernel kernel, py::handle x, py::handle out) {
+// y = kernel(x) elementwise: out (or a new array) of x's shape; kernel(out, x, n).
+template <class K>
+py::array map_call(const char* fn, py::handle x, py::handle out, K&& kernel) {
   py::array xa = in_f32(x, fn, "x");
   require_nonempty(fn, "x", xa);
   py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
@@ -48,8 +50,10 @@ py::array map_call(const char* fn, MapKernel kernel, py::handle x, py::handle ou
   return oa;
 }
 
-py::array map_backward_call(const char* fn, MapBackwardKernel kernel, py::handle dout, py::handle saved,
-                            const char* saved_name, py::handle out) {
+// dinp = kernel(dout, saved) elementwise, saved being the forward's input or output; kernel(out, dout, saved, n).
+template <class K>
+py::array map_backward_call(const char* fn, py::handle dout, py::handle saved, const char* saved_name,
+                            py::handle out, K&& kernel) {
   py::array d = in_f32(dout, fn, "dout"), sa = in_f32(saved, fn, saved_name);
   require_nonempty(fn, saved_name, sa);
   std::string like = std::string(saved_name) + ".shape";
@@ -75,13 +79,13 @@ float finite_slope(const char* fn, double slope) {
 void bind_activations(py::module_& m) {
   for (const Map& e : kMaps)
     m.def(
-        e.name, [&e](py::handle x, py::handle out) { return map_call(e.name, e.pick(), x, out); }, py::arg("x"),
+        e.name, [&e](py::handle x, py::handle out) { return map_call(e.name, x, out, e.pick()); }, py::arg("x"),
         py::arg("out") = py::none(), e.doc);
   for (const MapBackward& e : kMapBackwards)
     m.def(
         e.name,
         [&e](py::handle dout, py::handle saved, py::handle out) {
-          return map_backward_call(e.name, e.pick(), dout, saved, e.saved, out);
+          return map_backward_call(e.name, dout, saved, e.saved, out, e.pick());
         },
         py::arg("dout"), py::arg(e.saved), py::arg("out") = py::none(), e.doc);
 
@@ -89,16 +93,10 @@ void bind_activations(py::module_& m) {
       "leaky_relu",
       [](py::handle x, double negative_slope, py::handle out) {
         const char* fn = "leaky_relu";
-        float slope = finite_slope(fn, negative_slope);
-        py::array xa = in_f32(x, fn, "x");
-        require_nonempty(fn, "x", xa);
-        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
-        require_same_or_disjoint(fn, "out", oa, "x", xa);
-        const float* xp = cf(xa);
-        float* op = mf(oa);
-        int64_t n = xa.size();
-        without_gil([&] { FASTDL_KERNEL(leaky_relu_forward)(op, xp, slope, n); });
-        return oa;
+        const float slope = finite_slope(fn, negative_slope);
+        return map_call(fn, x, out, [slope](float* op, const float* xp, int64_t n) {
+          FASTDL_KERNEL(leaky_relu_forward)(op, xp, slope, n);
+        });
       },
       py::arg("x"), py::arg("negative_slope") = 0.01, py::arg("out") = py::none(),
       "x where x > 0, else negative_slope * x.");
@@ -106,18 +104,10 @@ void bind_activations(py::module_& m) {
       "leaky_relu_backward",
       [](py::handle dout, py::handle x, double negative_slope, py::handle out) {
         const char* fn = "leaky_relu_backward";
-        float slope = finite_slope(fn, negative_slope);
-        py::array d = in_f32(dout, fn, "dout"), xa = in_f32(x, fn, "x");
-        require_nonempty(fn, "x", xa);
-        require_shape(fn, "dout", d, shape_of(xa), "x.shape");
-        py::array oa = out_f32(out, fn, "out", shape_of(xa), "x.shape");
-        require_same_or_disjoint(fn, "out", oa, "dout", d);
-        require_same_or_disjoint(fn, "out", oa, "x", xa);
-        const float *dp = cf(d), *xp = cf(xa);
-        float* op = mf(oa);
-        int64_t n = xa.size();
-        without_gil([&] { FASTDL_KERNEL(leaky_relu_backward)(op, dp, xp, slope, n); });
-        return oa;
+        const float slope = finite_slope(fn, negative_slope);
+        return map_backward_call(fn, dout, x, "x", out, [slope](float* op, const float* dp, const float* xp, int64_t n) {
+          FASTDL_KERNEL(leaky_relu_backward)(op, dp, xp, slope, n);
+        });
       },
       py::arg("dout"), py::arg("x"), py::arg("negative_slope") = 0.01, py::arg("out") = py::none(),
       "dout where x > 0, else negative_slope * dout.");

@@ -63,6 +63,18 @@ py::array matmul_call(const char* fn, MatmulKernel kernel, py::handle a, py::han
 
 }  // namespace
 
+// x (B, C) and weight (OC, C) of a dense layer, both non-empty: their sizes.
+static void layer_sizes(const char* fn, const py::array& xa, const py::array& wa, int64_t& B, int64_t& C, int64_t& OC) {
+  require_ndim(fn, "x", xa, 2, "(batch, in_features)");
+  require_nonempty(fn, "x", xa);
+  B = xa.shape(0);
+  C = xa.shape(1);
+  require_ndim(fn, "weight", wa, 2, "(out_features, in_features)");
+  OC = wa.shape(0);
+  require_shape(fn, "weight", wa, Shape{OC, C}, "(out_features, in_features)");
+  require_nonempty(fn, "weight", wa);
+}
+
 void bind_gemm(py::module_& m) {
   struct Matmul {
     const char* name;
@@ -90,13 +102,8 @@ void bind_gemm(py::module_& m) {
         const char* fn = "linear_forward";
         const bool invariant = strict_bool(batch_invariant, fn, "batch_invariant");
         py::array xa = in_f32(x, fn, "x"), wa = in_f32(weight, fn, "weight");
-        require_ndim(fn, "x", xa, 2, "(batch, in_features)");
-        require_nonempty(fn, "x", xa);
-        const int64_t B = xa.shape(0), C = xa.shape(1);
-        require_ndim(fn, "weight", wa, 2, "(out_features, in_features)");
-        const int64_t OC = wa.shape(0);
-        require_shape(fn, "weight", wa, Shape{OC, C}, "(out_features, in_features)");
-        require_nonempty(fn, "weight", wa);
+        int64_t B, C, OC;
+        layer_sizes(fn, xa, wa, B, C, OC);
         const bool has_bias = !bias.is_none();
         py::array ba;
         if (has_bias) {
@@ -123,13 +130,8 @@ void bind_gemm(py::module_& m) {
         const char* fn = "linear_backward";
         const int input_act = parse_act(input_activation, fn, "input_activation");
         py::array da = in_f32(dout, fn, "dout"), xa = in_f32(x, fn, "x"), wa = in_f32(weight, fn, "weight");
-        require_ndim(fn, "x", xa, 2, "(batch, in_features)");
-        require_nonempty(fn, "x", xa);
-        const int64_t B = xa.shape(0), C = xa.shape(1);
-        require_ndim(fn, "weight", wa, 2, "(out_features, in_features)");
-        const int64_t OC = wa.shape(0);
-        require_shape(fn, "weight", wa, Shape{OC, C}, "(out_features, in_features)");
-        require_nonempty(fn, "weight", wa);
+        int64_t B, C, OC;
+        layer_sizes(fn, xa, wa, B, C, OC);
         require_shape(fn, "dout", da, Shape{B, OC}, "(batch, out_features)");
         if (!need_dx && !dx.is_none()) value_error(std::string(fn) + ": dx was given but need_dx=False");
         if (!bias && !dbias.is_none()) value_error(std::string(fn) + ": dbias was given but bias=False");
