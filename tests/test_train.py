@@ -908,3 +908,31 @@ def test_plain_callables_have_no_batch_hooks():
     cbs = _Callbacks([lambda e, logs: None, EarlyStopping()], None, "fit")
     assert cbs.batch_begin == [] and cbs.batch_end == [] and cbs.epoch_begin == []
     assert len(_Callbacks([Recorder()], None, "fit").batch_end) == 1
+
+
+def test_fit_gathers_in_the_background_only_with_a_cpu_to_spare(monkeypatch):
+    # a gathering thread beside as many kernel threads as CPUs takes a CPU from the step's parallel regions
+    import fastdl
+    import fastdl.train as train_mod
+    from fastdl import _C
+    from fastdl.data import DataLoader
+
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(k.get("background", True))
+        return DataLoader(*a, **k)
+
+    monkeypatch.setattr(train_mod, "DataLoader", spy)
+    X = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    before = fastdl.get_num_threads()
+    try:
+        for threads in sorted({1, _C.available_cpus()}):
+            fastdl.set_num_threads(threads)
+            model = nn.Sequential(nn.Linear(6, 2, rng=0))
+            fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=1,
+                batch_size=8, verbose=0)
+            assert seen[-1] == (threads < _C.available_cpus()), threads
+    finally:
+        fastdl.set_num_threads(before)
