@@ -20,7 +20,10 @@ thread could not: it would wait for the GIL, up to the interpreter's 5 ms switch
 time the step's Python code holds it); ``next()`` only takes a batch that is already there (the
 sampler's Python code runs in ``next()``, a few dozen batches at a time). With a transform (Python
 code), a Python thread gathers and transforms ahead instead: keep transforms in NumPy calls that
-release the GIL. ``background=False`` prepares each batch inside ``next()``, no thread at all.
+release the GIL. ``background=False`` prepares each batch inside ``next()``, no thread at all. The
+gathering thread needs a CPU of its own to be free: beside as many kernel threads as CPUs it takes one
+from the step's parallel regions (3-8% of an MNIST epoch on 2 CPUs), which is why ``fit`` runs the
+loader with ``background=False`` unless ``fastdl.get_num_threads()`` leaves a CPU over.
 
 **How long a batch stays valid.** The loader writes its batches into a ring of ``prefetch + 2``
 buffers and never allocates one per batch. A batch handed out by ``next()`` stays valid while the
