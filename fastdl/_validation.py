@@ -16,8 +16,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["InvalidParameterError", "invalid_parameters", "check_int", "check_real", "check_bool", "check_choice", "check_rng", "check_callable",
-           "as_kernel_float32", "numeric_array", "as_float32", "F32_TINY"]
+__all__ = ["InvalidParameterError", "invalid_parameters", "check_int", "check_real", "check_bool", "check_choice",
+           "check_rng", "check_callable", "as_kernel_float32", "numeric_array", "as_samples", "as_float32", "F32_TINY"]
 
 F32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
 
@@ -184,6 +184,35 @@ def numeric_array(a, who: str, name: str) -> np.ndarray:
                             f"be converted ({e})") from None
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"{who}: {name} must hold real numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def as_samples(X, who: str, name: str = "X", *, dtype=np.float32, any_rank: bool = False) -> np.ndarray:
+    """A data set ``X`` as a C-contiguous, aligned, finite ``dtype`` array, converted once (no copy when it
+    already is one): 2-D (n_samples, n_features) as scikit-learn wants, or with ``any_rank`` (n_samples, ...)
+    of rank >= 2 as ``fit`` takes (images (n, 1, 28, 28)). ValueError for the wrong rank, no samples, no
+    features, NaN or infinity (values too large for ``dtype`` become infinity and are refused the same way)."""
+    arr = numeric_array(X, who, name)
+    if arr.ndim != 2 and not (any_rank and arr.ndim > 2):
+        want = "at least 2-D (n_samples, n_features, ...)" if any_rank else "2-D (n_samples, n_features)"
+        raise ValueError(f"{who}: {name} must be {want}, got shape {arr.shape}"
+                         + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
+                            f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
+    if arr.shape[0] == 0:
+        raise ValueError(f"{who}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
+    if arr.size == 0:
+        raise ValueError(f"{who}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                         "required.")
+    with np.errstate(over="ignore", invalid="ignore"):  # values too large for dtype become inf: refused below
+        arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
+    if arr.dtype == np.float32:
+        from . import ops  # here, not at import: ops needs the compiled module
+
+        finite = ops.all_finite(arr)
+    else:
+        finite = bool(np.isfinite(arr).all())
+    if not finite:
+        raise ValueError(f"{who}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
     return arr
 
 

@@ -34,8 +34,8 @@ import warnings
 import numpy as np
 
 from fastdl import models, nn, ops, optim
-from fastdl._validation import (InvalidParameterError, check_bool, check_choice, check_int, check_real, check_rng,
-                                invalid_parameters, numeric_array)
+from fastdl._validation import (InvalidParameterError, as_samples, check_bool, check_choice, check_int, check_real,
+                                check_rng, invalid_parameters, numeric_array)
 from fastdl.train import EarlyStopping, fit, predict
 
 try:
@@ -151,23 +151,6 @@ def _check_verbose(value, who):
         return check_int(value, who, "verbose", minimum=0, maximum=2)
 
 
-def _as_X(X, who, dtype=np.float32):
-    """X as a 2-D ``dtype`` (float32 by default) C-contiguous, aligned, finite array; no copy when it is one."""
-    arr = numeric_array(X, who, "X")
-    if arr.ndim != 2:
-        raise ValueError(f"{who}: X must be 2-D (n_samples, n_features), got shape {arr.shape}"
-                         + (". Reshape your data: X.reshape(-1, 1) for one feature, X.reshape(1, -1) for one "
-                            "sample" if arr.ndim == 1 else ""))
-    if arr.shape[0] == 0:
-        raise ValueError(f"{who}: X is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{who}: X is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is required.")
-    arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{who}: X contains NaN or infinity (or values too large for {np.dtype(dtype)})")
-    return arr
-
-
 def _gd_params(est, who):
     """The hyperparameters of LinearRegression / LogisticRegression, checked (InvalidParameterError)."""
     with invalid_parameters():
@@ -190,7 +173,7 @@ def _check_fitted(est, attr):
 
 def _features(est, X, who):
     """X as float32 (n, n_features_in_); the fitted feature count must match."""
-    X = _as_X(X, who)
+    X = as_samples(X, who)
     if X.shape[1] != est.n_features_in_:
         raise ValueError(f"{who}: X has {X.shape[1]} features, but {type(est).__name__} is expecting "
                          f"{est.n_features_in_} features as input")
@@ -289,7 +272,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):
             check_choice(self.solver, who, "solver", ("normal", "gd"))
         p = _gd_params(self, who)
         _require_y(self, y)
-        X = _as_X(X, who, dtype=np.float64 if self.solver == "normal" else np.float32)
+        X = as_samples(X, who, dtype=np.float64 if self.solver == "normal" else np.float32)
         y2, one_d = _regression_targets(y, len(X), who)
         self.n_features_in_ = X.shape[1]
         if self.solver == "normal":
@@ -323,7 +306,7 @@ class LinearRegression(RegressorMixin, BaseEstimator):
     def predict(self, X):
         """X @ coef_ᵀ + intercept_ (float64)."""
         _check_fitted(self, "coef_")
-        X = _as_X(X, "LinearRegression.predict", dtype=np.float64)
+        X = as_samples(X, "LinearRegression.predict", dtype=np.float64)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"LinearRegression.predict: X has {X.shape[1]} features, but LinearRegression "
                              f"is expecting {self.n_features_in_} features as input")
@@ -362,7 +345,7 @@ class LogisticRegression(ClassifierMixin, BaseEstimator):
         p = _gd_params(self, who)
         max_iter = p["max_iter"]
         _require_y(self, y)
-        X = _as_X(X, who)
+        X = as_samples(X, who)
         y = _class_labels(y, len(X), who)
         classes, labels = np.unique(y, return_inverse=True)
         if len(classes) < 2:
@@ -523,7 +506,7 @@ class _BaseMLP(BaseEstimator):
         who = f"{type(self).__name__}.{'partial_fit' if incremental else 'fit'}"
         p = self._checked_params(who)
         _require_y(self, y)
-        X = _as_X(X, who)
+        X = as_samples(X, who)
         fresh = not hasattr(self, "model_") or not (incremental or self.warm_start)
         if not fresh and X.shape[1] != self.n_features_in_:
             raise ValueError(f"{who}: X has {X.shape[1]} features, but {type(self).__name__} is expecting "

@@ -67,7 +67,7 @@ import time
 import numpy as np
 
 from fastdl import _C, nn, ops, optim
-from fastdl._validation import check_bool, check_choice, check_int, check_real, check_rng, numeric_array
+from fastdl._validation import as_samples, check_bool, check_choice, check_int, check_real, check_rng, numeric_array
 from fastdl.data import DataLoader
 from fastdl.progress import ProgressBar, format_epoch_line
 
@@ -287,36 +287,11 @@ class _Callbacks:
 
 # ---------------------------------------------------------------- inputs
 
-_numeric_array = numeric_array   # fastdl.models imports it from here
-
-
 _UNSET_ARG = object()
 
 
 def _is_real(v):
     return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
-
-
-def _as_X(X, where, name="X", dtype=np.float32, any_rank=False):
-    """X as a C-contiguous, aligned, finite ``dtype`` array, converted once (no copy when it already is one):
-    2-D (n_samples, n_features), or with ``any_rank`` (n_samples, ...) of rank >= 2."""
-    arr = numeric_array(X, where, name)
-    if arr.ndim != 2 and not (any_rank and arr.ndim > 2):
-        want = "at least 2-D (n_samples, n_features, ...)" if any_rank else "2-D (n_samples, n_features)"
-        raise ValueError(f"{where}: {name} must be {want}, got shape {arr.shape}"
-                         + (f". Reshape your data: {name}.reshape(-1, 1) for one feature, "
-                            f"{name}.reshape(1, -1) for one sample" if arr.ndim == 1 else ""))
-    if arr.shape[0] == 0:
-        raise ValueError(f"{where}: {name} is empty: 0 sample(s) (shape={arr.shape}) while a minimum of 1 is required.")
-    if arr.size == 0:
-        raise ValueError(f"{where}: {name} is empty: 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
-                         "required.")
-    with np.errstate(over="ignore", invalid="ignore"):  # values too large for float32 become inf: refused below
-        arr = np.require(arr, dtype, "CA")  # "A": the kernels refuse misaligned data
-    finite = ops.all_finite(arr) if arr.dtype == np.float32 else bool(np.isfinite(arr).all())
-    if not finite:
-        raise ValueError(f"{where}: {name} contains NaN or infinity (or values too large for {np.dtype(dtype)})")
-    return arr
 
 
 def _as_y(y, n, int_labels, where, name="y", xname="X"):
@@ -487,7 +462,7 @@ def evaluate(model, loss_fn, X, y, *, batch_size=1024, metrics=None):
     _check_parts("evaluate", model, loss_fn)
     batch_size = _check_batch_size(batch_size, "evaluate")
     int_labels = _wants_int_labels(loss_fn)
-    X = _as_X(X, "evaluate", any_rank=True)
+    X = as_samples(X, "evaluate", any_rank=True)
     y = _as_y(y, len(X), int_labels, "evaluate")
     metric_fns = _resolve_metrics(metrics, loss_fn, "evaluate")
     with _ModeRestorer(model, False):
@@ -500,7 +475,7 @@ def predict(model, X, *, batch_size=1024):
     """
     _check_parts("predict", model)
     batch_size = _check_batch_size(batch_size, "predict")
-    X = _as_X(X, "predict", any_rank=True)
+    X = as_samples(X, "predict", any_rank=True)
     result = None
     forward = model._forward
     with _ModeRestorer(model, False):
@@ -592,7 +567,7 @@ def _split_validation(X, y, validation_data, validation_split, int_labels):
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
-        Xv = _as_X(validation_data[0], "fit", "X_val", any_rank=True)
+        Xv = as_samples(validation_data[0], "fit", "X_val", any_rank=True)
         if Xv.shape[1:] != X.shape[1:]:
             if X.ndim == 2 and Xv.ndim == 2:
                 raise ValueError(f"fit: X_val has {Xv.shape[1]} features, X has {X.shape[1]}")
@@ -725,8 +700,8 @@ class Trainer:
         return loss, out
 
     def _check_batch(self, x, y, who):
-        x = _as_X(x, who, "x", any_rank=True)
-        y = _as_y(y, len(x), self._int_labels, who)
+        x = as_samples(x, who, "x", any_rank=True)
+        y = _as_y(y, len(x), self._int_labels, who, xname="x")
         return x, y
 
     def train_step(self, x, y):
@@ -823,7 +798,7 @@ class Trainer:
         cbs = _Callbacks(self.callbacks, model, who)
 
         int_labels = self._int_labels
-        X = _as_X(X, who, any_rank=True)
+        X = as_samples(X, who, any_rank=True)
         y = _as_y(y, len(X), int_labels, who)
         X, y, Xv, yv = _split_validation(X, y, validation_data, validation_split, int_labels)
         metric_fns = self._metric_fns

@@ -830,6 +830,14 @@ def test_train_step_checks_and_refuses_a_diverged_batch():
         tr.train_step(np.full_like(X, np.nan), y)
     with pytest.raises(FloatingPointError, match="the loss became nan"):
         Trainer(model, SquaredLoss(nan_at_call=1), opt).train_step(X, y)
+    with pytest.raises(TypeError, match="Trainer.train_step: x must hold real numbers"):
+        tr.train_step(np.array([["a"]] * 8), y)
+    with pytest.raises(ValueError, match=r"Trainer.train_step: x must be at least 2-D"):
+        tr.train_step(X[:, 0], y)
+    with pytest.raises(ValueError, match="Trainer.train_step: x and y have different lengths: 8 and 7"):
+        tr.train_step(X, y[:7])
+    with pytest.raises(ValueError, match="Trainer.train_step: y contains NaN"):
+        tr.train_step(X, np.full_like(y, np.nan))
 
 
 class Recorder(Callback):
