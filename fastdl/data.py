@@ -241,7 +241,21 @@ def _worker(state, batches):
     ready[s].release()
 
 
-class _ThreadIter:
+class _Pass:
+    """One pass over a DataLoader: an iterator that is also a context manager (``close()`` on exit)."""
+
+    def __iter__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class _ThreadIter(_Pass):
     """One pass over a DataLoader with a transform (a Python thread runs it), or without a thread at all
     (``background=False``)."""
 
@@ -259,9 +273,6 @@ class _ThreadIter:
             self._thread.start()
         else:
             self._batches = iter(batches)
-
-    def __iter__(self):
-        return self
 
     def __next__(self):
         if self._done:
@@ -313,13 +324,6 @@ class _ThreadIter:
             joined = not th.is_alive()
         self._finish(joined)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
     def __del__(self):
         try:
             st = self._state
@@ -328,7 +332,7 @@ class _ThreadIter:
         st.stop = True  # the thread sees it within 0.05 s once it waits for a slot; no join here
 
 
-class _NativeIter:
+class _NativeIter(_Pass):
     """One pass over a DataLoader without a transform: a native thread gathers the batches
     (``_C.RowPrefetcher``, which never takes the GIL) and hands them out in order; the sampler runs
     here, a few dozen batches at a time, before the thread's queue runs dry."""
@@ -382,9 +386,6 @@ class _NativeIter:
         self._pf.push(group[0] if len(group) == 1 else np.concatenate(group), bounds, first, bufs, items)
         self._pushed += len(group)
 
-    def __iter__(self):
-        return self
-
     def __next__(self):
         try:
             item = self._next()
@@ -419,13 +420,6 @@ class _NativeIter:
         """Stop the native thread (it finishes the rows it is copying) and end the pass."""
         if not self._done:
             self._finish(True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __del__(self):
         pf = getattr(self, "_pf", None)

@@ -430,3 +430,18 @@ def test_ctrl_c_interrupts_a_waiting_next():
         next(it)
     assert time.monotonic() - t0 < 2.0
     it.close(timeout=0.1)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    (dict(n="10"), TypeError, r"BatchSampler: n must be an int, got str"),
+    (dict(n=-1), ValueError, r"BatchSampler: n must be >= 0, got -1"),
+    (dict(batch_size=0), ValueError, r"BatchSampler: batch_size must be >= 1, got 0"),
+    (dict(batch_size=2.5), TypeError, r"BatchSampler: batch_size must be None or an int, got float"),
+    (dict(shuffle="yes"), TypeError, r"BatchSampler: shuffle must be True or False, got str"),
+    (dict(drop_last=1), TypeError, r"BatchSampler: drop_last must be True or False, got int"),
+    (dict(seed=-1), ValueError, r"BatchSampler: seed must be None, an int >= 0"),
+    (dict(seed=float("nan")), TypeError, r"BatchSampler: seed must be None, an int >= 0"),
+])
+def test_batch_sampler_bad_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        BatchSampler(**dict(dict(n=10, batch_size=3), **kw))
