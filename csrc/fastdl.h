@@ -40,6 +40,13 @@ inline int64_t batchnorm_scratch_floats(int64_t B, int64_t C) {
   return (2 * ((B + kBatchNormRows - 1) / kBatchNormRows) + 2) * C;
 }
 
+// A 2-D convolution's sizes (conv.cpp): input (N,C,H,W), weight (OC,C/G,KH,KW), stride SH,SW, zero
+// padding PH,PW, dilation DH,DW, G groups, output (N,OC,OH,OW) with OH = (H + 2PH - DH(KH-1) - 1)/SH + 1
+// (likewise OW). The bindings check that they are consistent before a kernel sees them.
+struct Conv2dShape {
+  int64_t N, C, H, W, OC, KH, KW, SH, SW, PH, PW, DH, DW, G, OH, OW;
+};
+
 // ---- run-time configuration (csrc/cpu.cpp, compiled once) ----
 int best_isa();             // best instruction set this CPU and OS support
 int active_isa();           // the one kernels dispatch to

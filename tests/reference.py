@@ -310,3 +310,73 @@ def bad_float32_arrays(a):
     if a.ndim == 2 and min(a.shape) > 1:
         cases.append(("fortran", np.asfortranarray(a), TypeError, "C-contiguous"))
     return cases
+
+
+# ---------------------------------------------------------------- convolution (conv2d_forward / backward)
+
+
+def _conv_geometry(x, w, stride, padding, dilation):
+    (sh, sw), (dh, dw) = stride, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + left + right - dw * (kw - 1) - 1) // sw + 1
+    return oh, ow
+
+
+def _conv_taps(x, w, stride, padding, dilation, groups):
+    """For each group g and kernel tap (kh, kw): (output channels, input channels, the input pixels that tap
+    reads for every output pixel, (N, C/groups, OH, OW) views of the zero-padded float64 input, its slices)."""
+    (sh, sw), (dh, dw) = stride, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    oh, ow = _conv_geometry(x, w, stride, padding, dilation)
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right))
+    xp[:, :, top:top + h, left:left + wd] = x
+    ocg = oc // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+                yield (slice(g * ocg, (g + 1) * ocg), slice(g * cg, (g + 1) * cg), i, j, xp, rows, cols)
+
+
+def ref_conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, act=None):
+    """(value, scale) of y = act(conv2d(x, w) + b) in float64: y[n,o,p,q] = Σ_c,i,j x[n, c, p·sh - top + i·dh,
+    q·sw - left + j·dw] · w[o, c, i, j] (zero outside x), summed tap by tap; scale the same sum of |terms|."""
+    x, w = f64(x), f64(w)
+    oh, ow = _conv_geometry(x, w, stride, padding, dilation)
+    y = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    scale = np.zeros_like(y)
+    for o, c, i, j, xp, rows, cols in _conv_taps(x, w, stride, padding, dilation, groups):
+        patch = xp[:, c, rows, cols]
+        y[:, o] += np.einsum("nchw,oc->nohw", patch, w[o, :, i, j])
+        scale[:, o] += np.einsum("nchw,oc->nohw", np.abs(patch), np.abs(w[o, :, i, j]))
+    if b is not None:
+        y += f64(b)[None, :, None, None]
+        scale += np.abs(f64(b))[None, :, None, None]
+    return act64(y, act), scale
+
+
+def ref_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """((dx, dx_scale), (dw, dw_scale), (db, db_scale)) of y = conv2d(x, w) + b in float64, from the
+    forward's sum: dx gathers dy·w back onto the pixels each tap read, dw[o,c,i,j] = Σ dy · x at the tap."""
+    dy, x, w = f64(dy), f64(x), f64(w)
+    top, left = padding[0], padding[1]
+    h, wd = x.shape[2:]
+    dxp = dxs = None
+    dw, dws = np.zeros_like(w), np.zeros_like(w)
+    for o, c, i, j, xp, rows, cols in _conv_taps(x, w, stride, padding, dilation, groups):
+        if dxp is None:
+            dxp, dxs = np.zeros_like(xp), np.zeros_like(xp)
+        dxp[:, c, rows, cols] += np.einsum("nohw,oc->nchw", dy[:, o], w[o, :, i, j])
+        dxs[:, c, rows, cols] += np.einsum("nohw,oc->nchw", np.abs(dy[:, o]), np.abs(w[o, :, i, j]))
+        patch = xp[:, c, rows, cols]
+        dw[o, :, i, j] = np.einsum("nohw,nchw->oc", dy[:, o], patch)
+        dws[o, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(dy[:, o]), np.abs(patch))
+    crop = (slice(None), slice(None), slice(top, top + h), slice(left, left + wd))
+    db = dy.sum(axis=(0, 2, 3))
+    return (dxp[crop], dxs[crop]), (dw, dws), (db, np.abs(dy).sum(axis=(0, 2, 3)))

@@ -15,12 +15,13 @@
 Files, one per family (a new family adds its own file, and a row in ``fusion.FUSIONS`` if it
 fuses with an activation): ``module`` (Parameter, Module), ``registry`` (register_module,
 module_from_config), ``base`` (_Layer, the built-in layers' protocol), ``linear``, ``activation``,
-``normalization``, ``dropout``, ``shape`` (Flatten), ``container`` (Sequential), ``fusion``,
+``conv`` (Conv2d), ``normalization``, ``dropout``, ``shape`` (Flatten), ``container`` (Sequential), ``fusion``,
 ``losses``, ``init``, ``serialize`` (save, load).
 """
 from . import init
 from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
 from .container import Sequential
+from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
@@ -31,7 +32,7 @@ from .serialize import FORMAT_VERSION, load, save
 from .shape import Flatten
 
 __all__ = [
-    "Module", "Parameter", "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step",
+    "Module", "Parameter", "Sequential", "Linear", "Conv2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step",
     "Dropout", "BatchNorm1d", "Flatten", "MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss",
     "init", "save", "load", "register_module", "module_from_config", "num_parameters", "FORMAT_VERSION",
 ]
