@@ -234,6 +234,26 @@ def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, db
     return _C.batchnorm_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
 
 
+__all__ += ["batchnorm2d_forward", "batchnorm2d_backward"]
+
+
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5,
+                        out=None):
+    """BatchNorm2d over x (N, C, H, W): ``batchnorm_forward`` with the statistics of each channel taken
+    over its N*H*W values (the running variance unbiased by n / (n - 1), n = N*H*W), as
+    ``torch.nn.functional.batch_norm`` on 4-D input. Returns (y, mean, invstd) when training, else
+    (y, None, None)."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"batchnorm2d_forward: training must be a bool, got {type(training).__name__}")
+    return _C.batchnorm2d_forward(x, gamma, beta, running_mean, running_var, bool(training), momentum, eps, out)
+
+
+def batchnorm2d_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, dbeta=None):
+    """Gradients of the training-mode ``batchnorm2d_forward``: returns (dx, dgamma, dbeta), sums over
+    the n = N*H*W values of each channel: dx = gamma * invstd / n * (n * dout - dbeta - xhat * dgamma)."""
+    return _C.batchnorm2d_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
+
+
 # ---------------------------------------------------------------- pooling (NCHW)
 __all__ += ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
             "adaptive_avg_pool2d_backward"]

@@ -404,3 +404,51 @@ def ref_adaptive_avg_pool2d_backward(dout, input_shape):
             for iw in range(w0, w1):
                 dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / ((h1 - h0) * (w1 - w0))
     return dx
+
+
+# ---------------------------------------------------------------- BatchNorm2d (per channel over N, H, W)
+
+
+def ref_batchnorm2d_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5):
+    """(y, mean, invstd, running_mean, running_var) in float64; each channel's statistics over its N*H*W values."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    y = np.empty(x.shape)
+    mean, invstd = np.empty(C), np.empty(C)
+    rm, rv = running_mean.astype(np.float64).copy(), running_var.astype(np.float64).copy()
+    for c in range(C):
+        vals = [float(x[b, c, i, j]) for b in range(N) for i in range(H) for j in range(W)]
+        mu = math.fsum(vals) / n
+        var = math.fsum((v - mu) ** 2 for v in vals) / n  # biased: used to normalise
+        mean[c], invstd[c] = mu, 1.0 / math.sqrt(var + eps)
+        for b in range(N):
+            for i in range(H):
+                for j in range(W):
+                    y[b, c, i, j] = (float(x[b, c, i, j]) - mu) * invstd[c] * float(gamma[c]) + float(beta[c])
+        rm[c] = (1 - momentum) * rm[c] + momentum * mu
+        rv[c] = (1 - momentum) * rv[c] + momentum * var * n / (n - 1)  # unbiased in the running estimate
+    return y, mean, invstd, rm, rv
+
+
+def ref_batchnorm2d_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    y = np.empty(x.shape)
+    for b, c, i, j in np.ndindex(x.shape):
+        y[b, c, i, j] = ((float(x[b, c, i, j]) - float(running_mean[c])) / math.sqrt(float(running_var[c]) + eps)
+                         * float(gamma[c]) + float(beta[c]))
+    return y
+
+
+def ref_batchnorm2d_backward(dout, x, gamma, eps=1e-5):
+    """Gradients of the training forward from its batch statistics in float64, channel by channel:
+    dbeta = Σ dout, dgamma = Σ dout·xhat, dx = gamma·invstd/n·(n·dout - dbeta - xhat·dgamma)."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    dx, dgamma, dbeta = np.empty(x.shape), np.empty(C), np.empty(C)
+    for c in range(C):
+        xc, dc = x[:, c].astype(np.float64), dout[:, c].astype(np.float64)
+        mu = xc.sum() / n
+        invstd = 1.0 / math.sqrt(((xc - mu) ** 2).sum() / n + eps)
+        xhat = (xc - mu) * invstd
+        dbeta[c], dgamma[c] = dc.sum(), (dc * xhat).sum()
+        dx[:, c] = float(gamma[c]) * invstd / n * (n * dc - dbeta[c] - xhat * dgamma[c])
+    return dx, dgamma, dbeta

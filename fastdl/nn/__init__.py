@@ -25,7 +25,7 @@ from .dropout import Dropout
 from .linear import Linear
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .module import Module, Parameter, num_parameters
-from .normalization import BatchNorm1d
+from .normalization import BatchNorm1d, BatchNorm2d
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .registry import module_from_config, register_module
 from .serialize import FORMAT_VERSION, load, save
@@ -34,6 +34,6 @@ from .shape import Flatten
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step",
     "Dropout", "BatchNorm1d", "Flatten", "MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss",
-    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d",
     "init", "save", "load", "register_module", "module_from_config", "num_parameters", "FORMAT_VERSION",
 ]
