@@ -380,3 +380,144 @@ def ref_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=
     crop = (slice(None), slice(None), slice(top, top + h), slice(left, left + wd))
     db = dy.sum(axis=(0, 2, 3))
     return (dxp[crop], dxs[crop]), (dw, dws), (db, np.abs(dy).sum(axis=(0, 2, 3)))
+
+# ---------------------------------------------------------------- pooling (NCHW, plain loops, PyTorch's rules)
+
+
+def _pool_geometry(shape, k, s, p):
+    N, C, H, W = shape
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    return N, C, H, W, kh, kw, sh, sw, ph, pw, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+
+def ref_max_pool2d(x, k, s, p):
+    """(out float64, indices int64): window maxima with -inf padding, visited row-major; a value replaces
+    the maximum when greater or NaN (first index on ties, the last NaN wins), as PyTorch's CPU kernel."""
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(x.shape, k, s, p)
+    out, idx = np.empty((N, C, OH, OW)), np.empty((N, C, OH, OW), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    h0, w0 = oh * sh - ph, ow * sw - pw
+                    best, at = -math.inf, max(h0, 0) * W + max(w0, 0)
+                    for ih in range(max(h0, 0), min(h0 + kh, H)):
+                        for iw in range(max(w0, 0), min(w0 + kw, W)):
+                            v = float(x[n, c, ih, iw])
+                            if v > best or math.isnan(v):
+                                best, at = v, ih * W + iw
+                    out[n, c, oh, ow], idx[n, c, oh, ow] = best, at
+    return out, idx
+
+
+def ref_max_pool2d_backward(dout, idx, input_shape):
+    dx = np.zeros(input_shape)
+    N, C, H, W = input_shape
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        i = idx[n, c, oh, ow]
+        dx[n, c, i // W, i % W] += dout[n, c, oh, ow]
+    return dx
+
+
+def ref_avg_pool2d(x, k, s, p):
+    """Window sums over the image part divided by kh*kw (count_include_pad=True, floor mode)."""
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(x.shape, k, s, p)
+    out = np.empty((N, C, OH, OW))
+    for n, c, oh, ow in np.ndindex(out.shape):
+        h0, w0 = oh * sh - ph, ow * sw - pw
+        total = 0.0
+        for ih in range(max(h0, 0), min(h0 + kh, H)):
+            for iw in range(max(w0, 0), min(w0 + kw, W)):
+                total += float(x[n, c, ih, iw])
+        out[n, c, oh, ow] = total / (kh * kw)
+    return out
+
+
+def ref_avg_pool2d_backward(dout, input_shape, k, s, p):
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(input_shape, k, s, p)
+    dx = np.zeros(input_shape)
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        h0, w0 = oh * sh - ph, ow * sw - pw
+        for ih in range(max(h0, 0), min(h0 + kh, H)):
+            for iw in range(max(w0, 0), min(w0 + kw, W)):
+                dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / (kh * kw)
+    return dx
+
+
+def _adaptive_window(i, size, out_size):
+    return (i * size) // out_size, -((-(i + 1) * size) // out_size)  # floor, ceil
+
+
+def ref_adaptive_avg_pool2d(x, OH, OW):
+    N, C, H, W = x.shape
+    out = np.empty((N, C, OH, OW))
+    for n, c, oh, ow in np.ndindex(out.shape):
+        h0, h1 = _adaptive_window(oh, H, OH)
+        w0, w1 = _adaptive_window(ow, W, OW)
+        total = 0.0
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                total += float(x[n, c, ih, iw])
+        out[n, c, oh, ow] = total / ((h1 - h0) * (w1 - w0))
+    return out
+
+
+def ref_adaptive_avg_pool2d_backward(dout, input_shape):
+    N, C, H, W = input_shape
+    OH, OW = dout.shape[2:]
+    dx = np.zeros(input_shape)
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        h0, h1 = _adaptive_window(oh, H, OH)
+        w0, w1 = _adaptive_window(ow, W, OW)
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / ((h1 - h0) * (w1 - w0))
+    return dx
+
+
+# ---------------------------------------------------------------- BatchNorm2d (per channel over N, H, W)
+
+
+def ref_batchnorm2d_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5):
+    """(y, mean, invstd, running_mean, running_var) in float64; each channel's statistics over its N*H*W values."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    y = np.empty(x.shape)
+    mean, invstd = np.empty(C), np.empty(C)
+    rm, rv = running_mean.astype(np.float64).copy(), running_var.astype(np.float64).copy()
+    for c in range(C):
+        vals = [float(x[b, c, i, j]) for b in range(N) for i in range(H) for j in range(W)]
+        mu = math.fsum(vals) / n
+        var = math.fsum((v - mu) ** 2 for v in vals) / n  # biased: used to normalise
+        mean[c], invstd[c] = mu, 1.0 / math.sqrt(var + eps)
+        for b in range(N):
+            for i in range(H):
+                for j in range(W):
+                    y[b, c, i, j] = (float(x[b, c, i, j]) - mu) * invstd[c] * float(gamma[c]) + float(beta[c])
+        rm[c] = (1 - momentum) * rm[c] + momentum * mu
+        rv[c] = (1 - momentum) * rv[c] + momentum * var * n / (n - 1)  # unbiased in the running estimate
+    return y, mean, invstd, rm, rv
+
+
+def ref_batchnorm2d_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    y = np.empty(x.shape)
+    for b, c, i, j in np.ndindex(x.shape):
+        y[b, c, i, j] = ((float(x[b, c, i, j]) - float(running_mean[c])) / math.sqrt(float(running_var[c]) + eps)
+                         * float(gamma[c]) + float(beta[c]))
+    return y
+
+
+def ref_batchnorm2d_backward(dout, x, gamma, eps=1e-5):
+    """Gradients of the training forward from its batch statistics in float64, channel by channel:
+    dbeta = Σ dout, dgamma = Σ dout·xhat, dx = gamma·invstd/n·(n·dout - dbeta - xhat·dgamma)."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    dx, dgamma, dbeta = np.empty(x.shape), np.empty(C), np.empty(C)
+    for c in range(C):
+        xc, dc = x[:, c].astype(np.float64), dout[:, c].astype(np.float64)
+        mu = xc.sum() / n
+        invstd = 1.0 / math.sqrt(((xc - mu) ** 2).sum() / n + eps)
+        xhat = (xc - mu) * invstd
+        dbeta[c], dgamma[c] = dc.sum(), (dc * xhat).sum()
+        dx[:, c] = float(gamma[c]) * invstd / n * (n * dc - dbeta[c] - xhat * dgamma[c])
+    return dx, dgamma, dbeta

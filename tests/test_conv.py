@@ -334,3 +334,43 @@ def test_state_dict_maps_onto_torch():
 
 def test_isa_list_is_known():
     assert set(ISAS) <= {"generic", "avx2", "avx512"} and _C.best_isa() in ISAS
+
+
+def test_batchnorm2d_folds_into_conv_in_eval_mode(monkeypatch):
+    rng = np.random.default_rng(7)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, rng=0), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 2, 1, rng=1))
+    x = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
+    for _ in range(3):
+        model(x)  # training mode: running statistics move away from (0, 1)
+    bn = model[1]
+    bn.weight.data[:] = rng.uniform(0.5, 2.0, 6)
+    bn.bias.data[:] = rng.standard_normal(6)
+    model.eval()
+    h = x  # unfolded: layer by layer
+    for m in model:
+        h = m.forward(h)
+    calls = []
+    real_fwd, real_bwd = nn.BatchNorm2d._ops
+    monkeypatch.setattr(nn.BatchNorm2d, "_ops", (lambda *a, **k: calls.append(1) or real_fwd(*a, **k), real_bwd))
+    model[1].forward(np.zeros((2, 6, 3, 3), np.float32))
+    assert calls == [1]  # (the counter sees the layer's forward)
+    calls.clear()
+    y = model(x)
+    assert calls == []  # folded: the batch norm did not run (a backward reruns it, below)
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-5)
+    # a backward after a folded forward reruns the pair unfolded: gradients as without folding
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    g = dy
+    for m in reversed(list(model)):
+        g = m.backward(g)
+    np.testing.assert_allclose(dx, g, rtol=1e-5, atol=1e-6)
+    for a, p in zip(grads, model.parameters()):
+        np.testing.assert_allclose(a, p.grad, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    model.train()
+    model(x)
+    assert calls == [1]  # training mode: the batch norm runs

@@ -29,6 +29,7 @@ import numpy as np
 from .activation import ReLU, Sigmoid, Tanh
 from .conv import Conv2d
 from .linear import Linear
+from .normalization import BatchNorm2d
 
 __all__ = ["FUSIONS", "FOLDS", "register_fusion", "register_fold", "fused_activations"]
 
@@ -96,3 +97,4 @@ def register_fusion(layer_type: type, activation_type: type, name: str) -> None:
 
 
 _index()
+register_fold(Conv2d, BatchNorm2d)
