@@ -298,6 +298,23 @@ def dropout_mask(shape, p, seed):
     return (kept != 0).astype(np.float32)
 
 
+__all__ += ["dropout2d", "dropout2d_backward"]
+
+
+def dropout2d(x, p, seed, out=None):
+    """Channel dropout of x (N, C, H, W), as ``torch.nn.functional.dropout2d`` in training: each (n, c)
+    plane is kept with probability 1 - p and scaled by 1 / (1 - p), or zeroed as a whole.
+
+    Plane n*C + c is kept where ``dropout_mask((N*C,), p, seed)`` is 1: the mask depends only on the
+    seed and the plane's index, never on the thread count. ``out`` may be ``x`` itself."""
+    return _C.dropout2d(x, p, seed, out)
+
+
+def dropout2d_backward(dout, p, seed, out=None):
+    """Gradient of ``dropout2d(x, p, seed)``: dout with the same planes kept (scaled) and zeroed."""
+    return _C.dropout2d_backward(dout, p, seed, out)
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5,
                       out=None):
     """BatchNorm1d over x (batch, num_features), like ``torch.nn.functional.batch_norm``.

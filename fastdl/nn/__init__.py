@@ -22,7 +22,7 @@ from . import init
 from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
 from .container import Sequential
 from .conv import Conv2d
-from .dropout import Dropout
+from .dropout import Dropout, Dropout2d
 from .linear import Linear
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .module import Module, Parameter, num_parameters
@@ -35,6 +35,6 @@ from .shape import Flatten
 __all__ = [
     "Module", "Parameter", "Sequential", "Linear", "Conv2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "Step",
     "Dropout", "BatchNorm1d", "Flatten", "MSELoss", "L1Loss", "BCEWithLogitsLoss", "CrossEntropyLoss",
-    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d",
+    "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "BatchNorm2d", "Dropout2d",
     "init", "save", "load", "register_module", "module_from_config", "num_parameters", "FORMAT_VERSION",
 ]
