@@ -57,6 +57,7 @@ thread_local Arena t_col;    // a thread's im2col block
 thread_local Arena t_tmp;    // a thread's block of output or output gradient, (OCg, block columns)
 thread_local Arena t_pad;    // a thread's padded block input (or its gradient)
 thread_local Arena t_parts;  // the caller's partial weight gradients
+thread_local Arena t_flip;   // the caller's flipped weights (the input gradient as a convolution)
 
 // The columns of one product: images [n0, n0+ni) x output rows [oh0, oh1), image by image, row by row
 // (ni > 1 only with whole images).
@@ -135,7 +136,7 @@ void pad_block(float* xp, const Conv2dShape& s, const Dims& d, const float* x, c
           continue;
         }
         for (int64_t u = 0; u < lo; ++u) dst[u] = 0.0f;
-        std::memcpy(dst + lo, x + (i * s.C + c) * d.HW + ih * s.W, sizeof(float) * (hi - lo));
+        copy_run<false>(dst + lo, x + (i * s.C + c) * d.HW + ih * s.W, hi - lo);
         for (int64_t u = hi; u < wp; ++u) dst[u] = 0.0f;
       }
 }
@@ -330,10 +331,13 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
 
   if (dweight) {
     // parts x groups items; part q sums images [N*q/parts, N*(q+1)/parts) into its own partial (into
-    // dweight itself when there is one part)
+    // dweight itself when there is one part). With 16 output channels or more per group the product is
+    // taken transposed, dWᵀ (K, OCg) [+]= col · dyᵀ: col is then read where it lies and only the smaller
+    // dy is packed (transposed), and the partials hold dWᵀ (each group's (K, OCg) block).
     const int64_t parts = s.N < kWeightParts ? s.N : kWeightParts, wsize = s.OC * d.K;
-    float* partial = parts > 1 ? t_parts.get(size_t(parts * wsize)) : nullptr;
-    const bool ok = parts == 1 || partial;
+    const bool transposed = d.OCg >= 16 && !d.direct;
+    float* partial = parts > 1 || transposed ? t_parts.get(size_t(parts * wsize)) : nullptr;
+    const bool ok = (parts == 1 && !transposed) || partial;
     const int64_t items = ok ? parts * s.G : 0;
     std::atomic<bool> scratch{true};  // every thread got its buffers (else the caller runs the plain loops)
     parallel_region(conv_threads(s, d, items), [&](int t, int T) {
@@ -346,8 +350,8 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
       for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
         const int64_t q = it / s.G, g = it % s.G;
         const int64_t n_lo = s.N * q / parts, n_hi = s.N * (q + 1) / parts;
-        float* dw = (parts > 1 ? partial + q * wsize : dweight) + g * d.OCg * d.K;
-        bool first = parts > 1 || !accumulate;
+        float* dw = (partial ? partial + q * wsize : dweight) + g * d.OCg * d.K;
+        bool first = partial || !accumulate;
         for (int64_t bi = 0; bi < d.blocks(n_hi - n_lo); ++bi) {
           const Block b = d.block(s, bi, n_lo, n_hi);
           const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, p0 = b.oh0 * s.OW;
@@ -358,24 +362,58 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
             im2col(col, s, d, xp, b);
           }
           if (b.ni > 1) gather_block(tmp, dyg, s, d, b, true);
-          // dw (OCg, K) [+]= dy block (OCg, cols) · colᵀ (cols, K), col stored (K, cols)
-          matmul_strided(dw, d.K, b.ni > 1 ? tmp : dyg + p0, b.ni > 1 ? cols : d.P, d.direct ? x + p0 : col,
-                         d.direct ? d.HW : cols, ACT_NONE, d.OCg, d.K, cols, 0, 1, first ? 0 : 1);
+          const float* dyb = b.ni > 1 ? tmp : dyg + p0;
+          const int64_t lddy = b.ni > 1 ? cols : d.P;
+          if (transposed)  // dwᵀ (K, OCg) [+]= col (K, cols) · dy blockᵀ (cols, OCg), dy stored (OCg, cols)
+            matmul_strided(dw, d.OCg, col, cols, dyb, lddy, ACT_NONE, d.K, d.OCg, cols, 0, 1, first ? 0 : 1);
+          else  // dw (OCg, K) [+]= dy block (OCg, cols) · colᵀ (cols, K), col stored (K, cols)
+            matmul_strided(dw, d.K, dyb, lddy, d.direct ? x + p0 : col, d.direct ? d.HW : cols, ACT_NONE, d.OCg,
+                           d.K, cols, 0, 1, first ? 0 : 1);
           first = false;
         }
       }
     });
     if (!ok || !scratch) {
       conv2d_backward_reference(nullptr, dweight, nullptr, dout, inp, weight, ACT_NONE, accumulate, s);
-    } else if (parts > 1) {  // dweight [+]= the partials, in part order, element by element
+    } else if (partial) {  // dweight [+]= the partials, in part order, element by element
       parallel_chunks(wsize, [&](int64_t lo, int64_t hi) {
         for (int64_t i = lo; i < hi; ++i) {
-          float acc = accumulate ? dweight[i] + partial[i] : partial[i];
-          for (int64_t q = 1; q < parts; ++q) acc += partial[q * wsize + i];
+          // element i = (oc, k) of dweight; transposed partials hold it at (group block, k, o)
+          const int64_t oc = i / d.K, k = i % d.K;
+          const int64_t at = transposed ? (oc - oc % d.OCg) * d.K + k * d.OCg + oc % d.OCg : i;
+          float acc = accumulate ? dweight[i] + partial[at] : partial[at];
+          for (int64_t q = 1; q < parts; ++q) acc += partial[q * wsize + at];
           dweight[i] = acc;
         }
       });
     }
+  }
+
+  // Stride 1: the input gradient is itself a convolution, of dout padded by the kernel's reach less the
+  // padding, with the weights flipped and their channel axes swapped (W'[c][o][kh][kw] = W[o][c][KH-1-kh]
+  // [KW-1-kw] per group): dx[n][c][ih][iw] = Σ W[o][c][kh][kw]·dy[n][o][ih + PH - kh·DH][iw + PW - kw·DW].
+  // It runs on the forward's path (gathers, no scatter-adds); other strides scatter (col2im) below.
+  const int64_t reach_h = s.DH * (s.KH - 1), reach_w = s.DW * (s.KW - 1);
+  const int64_t bottom = s.OH + reach_h - s.H - s.PH, right = s.OW + reach_w - s.W - s.PW;  // (stride 1)
+  float* flip = dinp && s.SH == 1 && s.SW == 1 && s.PH <= reach_h && s.PW <= reach_w && bottom <= reach_h &&
+                        right <= reach_w && !d.direct
+                    ? t_flip.get(size_t(s.OC * d.K))
+                    : nullptr;
+  if (flip) {
+    for (int64_t g = 0; g < s.G; ++g)
+      for (int64_t o = 0; o < d.OCg; ++o)
+        for (int64_t c = 0; c < d.Cg; ++c)
+          for (int64_t kh = 0; kh < s.KH; ++kh)
+            for (int64_t kw = 0; kw < s.KW; ++kw)
+              flip[(((g * d.Cg + c) * d.OCg + o) * s.KH + kh) * s.KW + kw] =
+                  weight[(((g * d.OCg + o) * d.Cg + c) * s.KH + (s.KH - 1 - kh)) * s.KW + (s.KW - 1 - kw)];
+    Conv2dShape t = s;
+    t.C = s.OC, t.H = s.OH, t.W = s.OW, t.OC = s.C, t.OH = s.H, t.OW = s.W;
+    t.PH = reach_h - s.PH, t.PW = reach_w - s.PW;
+    conv2d_forward(dinp, dout, flip, nullptr, ACT_NONE, t);
+    if (input_act != ACT_NONE)
+      parallel_chunks(s.N * s.C * d.HW, [&](int64_t lo, int64_t hi) { times_dact(dinp + lo, inp + lo, input_act, hi - lo); });
+    dinp = nullptr;  // done
   }
 
   if (dinp) {

@@ -24,6 +24,8 @@ SHAPES = [
     (2, 3, 5, 6, 4, (5, 6), (1, 1), (0, 0, 0, 0), (1, 1), 1),       # kernel = input size
     (2, 2, 5, 5, 3, (4, 4), (1, 1), (1, 2, 2, 1), (1, 1), 1),       # asymmetric padding ("same", even k)
     (20, 3, 6, 5, 4, (2, 2), (1, 1), (1, 1, 1, 1), (1, 1), 1),      # more images than one block
+    (3, 4, 9, 8, 32, (3, 3), (1, 1), (2, 1, 2, 0), (2, 1), 2),      # 16 outputs per group, dilated, stride 1
+    (2, 3, 8, 8, 4, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1),       # padding beyond the reach: col2im path
 ]
 
 
