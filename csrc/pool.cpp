@@ -55,6 +55,28 @@ inline void max_step(float* __restrict o, int64_t* __restrict a, const float* __
   }
 }
 
+// max_step for the CNNs' pooling, 2 x 2 windows at stride 2 without padding, a whole output row at once:
+// rows r0 and r1 of the input (base: r0's flat index in its plane), the window's four elements met in
+// row-major order (so ties and NaN resolve as above). The stride is a constant: the loop vectorises.
+inline void max_row_2x2(float* __restrict o, int64_t* __restrict a, const float* __restrict r0,
+                        const float* __restrict r1, int64_t base, int64_t W, int64_t OW) {
+#pragma omp simd
+  for (int64_t ow = 0; ow < OW; ow++) {
+    float m = r0[2 * ow];
+    int64_t at = base + 2 * ow;
+    const float cand[3] = {r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
+    const int64_t where[3] = {at + 1, at + W, at + W + 1};
+    for (int q = 0; q < 3; q++) {
+      const float v = cand[q];
+      const bool take = (v > m) | ((float_bits(v) & 0x7fffffffu) > 0x7f800000u);
+      m = select(take, v, m);
+      at = take ? where[q] : at;
+    }
+    o[ow] = m;
+    a[ow] = at;
+  }
+}
+
 }  // namespace
 
 // inp: (N,C,H,W); out, argmax: (N,C,OH,OW), argmax the flat index ih*W + iw of each maximum in its
@@ -72,6 +94,12 @@ void max_pool2d_forward(float* out, int64_t* argmax, const float* inp, int64_t N
       [&](int64_t p0, int64_t p1) {
         for (int64_t p = p0; p < p1; p++) {
           const float* x = inp + p * HW;
+          if (KH == 2 && KW == 2 && SH == 2 && SW == 2 && PH == 0 && PW == 0) {
+            for (int64_t oh = 0; oh < OH; oh++)
+              max_row_2x2(out + p * OHW + oh * OW, argmax + p * OHW + oh * OW, x + 2 * oh * W, x + (2 * oh + 1) * W,
+                          2 * oh * W, W, OW);
+            continue;
+          }
           for (int64_t oh = 0; oh < OH; oh++) {
             float* o = out + p * OHW + oh * OW;
             int64_t* a = argmax + p * OHW + oh * OW;
