@@ -234,6 +234,87 @@ def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, db
     return _C.batchnorm_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
 
 
+# ---------------------------------------------------------------- pooling (NCHW)
+__all__ += ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+            "adaptive_avg_pool2d_backward"]
+# x is float32 (N, C, H, W), C-contiguous. kernel_size, stride and padding are each an int or an (h, w)
+# pair; stride None means kernel_size (PyTorch's default). Output size (floor mode, as PyTorch's
+# default ceil_mode=False): OH = (H + 2*padding - kernel_size) // stride + 1. padding must be at most half
+# of kernel_size and the kernel no larger than the padded input (ValueError naming the argument).
+
+
+def _pair(value, who, name, *, allow_none=False):
+    """An int or a pair of ints (None entries allowed when ``allow_none``) as a 2-tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{who}: {name} must be an int or a pair (h, w), got {value!r}")
+        return tuple(check_int(v, who, name, allow_none=allow_none) for v in value)
+    v = check_int(value, who, name, allow_none=allow_none)
+    return (v, v)
+
+
+def _pool_args(who, kernel_size, stride, padding):
+    k = _pair(kernel_size, who, "kernel_size")
+    s = k if stride is None else _pair(stride, who, "stride")
+    p = _pair(padding, who, "padding")
+    return k + s + p
+
+
+def _input_shape(input_shape, who):
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
+        raise ValueError(f"{who}: input_shape must be the 4 sizes (N, C, H, W) of the forward's input, "
+                         f"got {input_shape!r}")
+    return tuple(check_int(v, who, "input_shape") for v in input_shape)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, out=None, indices=None):
+    """Max pooling, as ``torch.nn.functional.max_pool2d(x, kernel_size, stride, padding, return_indices=True)``.
+
+    Returns (out, indices): out (N, C, OH, OW) float32, indices (N, C, OH, OW) int64, the flat index
+    ih * W + iw of each maximum in its input plane, for ``max_pool2d_backward``. Padding counts as -inf;
+    the first maximum wins ties and a NaN in a window is its maximum (NaN propagates), as in PyTorch.
+    """
+    return _C.max_pool2d(x, *_pool_args("max_pool2d", kernel_size, stride, padding), out, indices)
+
+
+def max_pool2d_backward(dout, indices, input_shape, out=None):
+    """Gradient of ``max_pool2d``: dx of ``input_shape`` (N, C, H, W), zero except dx[indices] += dout."""
+    return _C.max_pool2d_backward(dout, indices, *_input_shape(input_shape, "max_pool2d_backward"), out)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, out=None):
+    """Average pooling, as ``torch.nn.functional.avg_pool2d`` with its defaults (count_include_pad=True,
+    ceil_mode=False): every window is divided by kernel_size[0] * kernel_size[1], padding included."""
+    return _C.avg_pool2d(x, *_pool_args("avg_pool2d", kernel_size, stride, padding), out)
+
+
+def avg_pool2d_backward(dout, input_shape, kernel_size, stride=None, padding=0, out=None):
+    """Gradient of ``avg_pool2d``: each input element gets dout / (kh * kw) from every window it lies in."""
+    who = "avg_pool2d_backward"
+    return _C.avg_pool2d_backward(dout, *_input_shape(input_shape, who), *_pool_args(who, kernel_size, stride, padding),
+                                  out)
+
+
+def adaptive_avg_pool2d(x, output_size, out=None):
+    """Adaptive average pooling to ``output_size`` (an int or (OH, OW); None in a pair keeps that input
+    size), as ``torch.nn.functional.adaptive_avg_pool2d``: output (i, j) averages rows
+    [floor(i*H/OH), ceil((i+1)*H/OH)) and the columns likewise. output_size 1 is global average pooling."""
+    oh, ow = _pair(output_size, "adaptive_avg_pool2d", "output_size", allow_none=True)
+    shape = getattr(x, "shape", ())
+    if (oh is None or ow is None) and len(shape) == 4:
+        oh = shape[2] if oh is None else oh
+        ow = shape[3] if ow is None else ow
+    if oh is None or ow is None:  # x is not 4-D: let the binding say so
+        oh, ow = oh or 1, ow or 1
+    return _C.adaptive_avg_pool2d(x, oh, ow, out)
+
+
+def adaptive_avg_pool2d_backward(dout, input_shape, out=None):
+    """Gradient of ``adaptive_avg_pool2d`` (the output size is dout's): each input element gets
+    dout / (window size) from every window it lies in."""
+    return _C.adaptive_avg_pool2d_backward(dout, *_input_shape(input_shape, "adaptive_avg_pool2d_backward"), out)
+
+
 # ---------------------------------------------------------------- optimizer updates
 __all__ += ["sgd_step", "sgd_step_many", "adam_step", "adam_step_many"]
 

@@ -310,3 +310,97 @@ def bad_float32_arrays(a):
     if a.ndim == 2 and min(a.shape) > 1:
         cases.append(("fortran", np.asfortranarray(a), TypeError, "C-contiguous"))
     return cases
+
+
+# ---------------------------------------------------------------- pooling (NCHW, plain loops, PyTorch's rules)
+
+
+def _pool_geometry(shape, k, s, p):
+    N, C, H, W = shape
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    return N, C, H, W, kh, kw, sh, sw, ph, pw, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+
+def ref_max_pool2d(x, k, s, p):
+    """(out float64, indices int64): window maxima with -inf padding, visited row-major; a value replaces
+    the maximum when greater or NaN (first index on ties, the last NaN wins), as PyTorch's CPU kernel."""
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(x.shape, k, s, p)
+    out, idx = np.empty((N, C, OH, OW)), np.empty((N, C, OH, OW), np.int64)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    h0, w0 = oh * sh - ph, ow * sw - pw
+                    best, at = -math.inf, max(h0, 0) * W + max(w0, 0)
+                    for ih in range(max(h0, 0), min(h0 + kh, H)):
+                        for iw in range(max(w0, 0), min(w0 + kw, W)):
+                            v = float(x[n, c, ih, iw])
+                            if v > best or math.isnan(v):
+                                best, at = v, ih * W + iw
+                    out[n, c, oh, ow], idx[n, c, oh, ow] = best, at
+    return out, idx
+
+
+def ref_max_pool2d_backward(dout, idx, input_shape):
+    dx = np.zeros(input_shape)
+    N, C, H, W = input_shape
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        i = idx[n, c, oh, ow]
+        dx[n, c, i // W, i % W] += dout[n, c, oh, ow]
+    return dx
+
+
+def ref_avg_pool2d(x, k, s, p):
+    """Window sums over the image part divided by kh*kw (count_include_pad=True, floor mode)."""
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(x.shape, k, s, p)
+    out = np.empty((N, C, OH, OW))
+    for n, c, oh, ow in np.ndindex(out.shape):
+        h0, w0 = oh * sh - ph, ow * sw - pw
+        total = 0.0
+        for ih in range(max(h0, 0), min(h0 + kh, H)):
+            for iw in range(max(w0, 0), min(w0 + kw, W)):
+                total += float(x[n, c, ih, iw])
+        out[n, c, oh, ow] = total / (kh * kw)
+    return out
+
+
+def ref_avg_pool2d_backward(dout, input_shape, k, s, p):
+    N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW = _pool_geometry(input_shape, k, s, p)
+    dx = np.zeros(input_shape)
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        h0, w0 = oh * sh - ph, ow * sw - pw
+        for ih in range(max(h0, 0), min(h0 + kh, H)):
+            for iw in range(max(w0, 0), min(w0 + kw, W)):
+                dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / (kh * kw)
+    return dx
+
+
+def _adaptive_window(i, size, out_size):
+    return (i * size) // out_size, -((-(i + 1) * size) // out_size)  # floor, ceil
+
+
+def ref_adaptive_avg_pool2d(x, OH, OW):
+    N, C, H, W = x.shape
+    out = np.empty((N, C, OH, OW))
+    for n, c, oh, ow in np.ndindex(out.shape):
+        h0, h1 = _adaptive_window(oh, H, OH)
+        w0, w1 = _adaptive_window(ow, W, OW)
+        total = 0.0
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                total += float(x[n, c, ih, iw])
+        out[n, c, oh, ow] = total / ((h1 - h0) * (w1 - w0))
+    return out
+
+
+def ref_adaptive_avg_pool2d_backward(dout, input_shape):
+    N, C, H, W = input_shape
+    OH, OW = dout.shape[2:]
+    dx = np.zeros(input_shape)
+    for n, c, oh, ow in np.ndindex(dout.shape):
+        h0, h1 = _adaptive_window(oh, H, OH)
+        w0, w1 = _adaptive_window(ow, W, OW)
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / ((h1 - h0) * (w1 - w0))
+    return dx

@@ -13,6 +13,7 @@ void bind_batchnorm(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_data(py::module_& m);
 void bind_bench(py::module_& m);
+void bind_pool(py::module_& m);
 }  // namespace fastdl
 
 PYBIND11_MODULE(_C, m) {
@@ -26,6 +27,7 @@ PYBIND11_MODULE(_C, m) {
   bind_batchnorm(m);
   bind_optim(m);
   bind_data(m);
+  bind_pool(m);
   py::module_ bench = m.def_submodule("bench", "Benchmark-only natives (the machine's limits), used by bench/");
   bind_bench(bench);
 }
