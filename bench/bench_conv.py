@@ -83,6 +83,16 @@ def torch_or_none(use_torch, threads):
     return torch, None
 
 
+def _dx_only():
+    import inspect  # noqa: PLC0415
+    from fastdl import ops  # noqa: PLC0415
+
+    return "need_dweight" in inspect.signature(ops.conv2d_backward).parameters
+
+
+DX_ONLY = None   # set by run(): whether fastdl's dX case computes dX alone
+
+
 def conv_case(cfg, torch, label, n, c, oc, k, pad, h):
     """{op: {contender: fn}} for one convolution layer, each checked first; and the errors."""
     import numpy as np  # noqa: PLC0415
@@ -100,8 +110,10 @@ def conv_case(cfg, torch, label, n, c, oc, k, pad, h):
 
     fns = {op: {} for op in OPS}
     fns["forward"]["fastdl"] = lambda: ops.conv2d_forward(x, w, b, stride=1, padding=pad, out=y_buf)
+    # dX alone where conv2d_backward can skip the weight gradient (need_dweight=False); else dX and dW together
+    dx_only = {"need_dweight": False} if DX_ONLY else {"dweight": dw_buf}
     fns["dX"]["fastdl"] = lambda: ops.conv2d_backward(dy, x, w, stride=1, padding=pad, bias=False, need_dx=True,
-                                                       dx=dx_buf, dweight=dw_buf)
+                                                       dx=dx_buf, **dx_only)
     fns["dW"]["fastdl"] = lambda: ops.conv2d_backward(dy, x, w, stride=1, padding=pad, bias=False, need_dx=False,
                                                        dweight=dw_buf)
     fns["forward"]["numpy"] = lambda: nc.conv2d_forward(x, w, b, 1, pad)
@@ -509,7 +521,9 @@ def markdown(cfg, info, load_before, records, epochs, memory, bars, missing, pea
             ["case", "op"] + [f"{n} ms" for n in names] + [f"{n} GF/s (% peak)" for n in names]
             + ["fastdl vs NumPy", "fastdl vs PyTorch", "error vs float64", "other load"], conv_rows), "",
             "forward includes the bias; dX and dW are separate calls (PyTorch: `convolution_backward` with the "
-            "output mask of one gradient). Speed-ups: the other's time / fastdl's.", ""]
+            "output mask of one gradient)" + ("" if DX_ONLY else "; fastdl's dX row computes dW too "
+            "(`conv2d_backward` has no call for dX alone), its GF/s count only dX's flops") + ". Speed-ups: the "
+            "other's time / fastdl's.", ""]
     if other_rows:
         lines += ["## Pooling and BatchNorm2d", "", common.markdown_table(
             ["case", "op"] + [f"{n} ms" for n in names] + ["fastdl vs NumPy", "fastdl vs PyTorch", "other load"],
@@ -561,6 +575,8 @@ def run(cfg: common.Config, limits: common.Limits, *, mnist=None, use_torch=True
     peak = limits.peak(cfg.threads)
     print(f"conv: fastdl vs NumPy im2col vs {info.get('torch', 'no PyTorch (' + str(missing) + ')')}, "
           f"{cfg.threads} threads, {cfg.mode()}; FMA peak {peak:.1f} GF/s; load average {load_before}", flush=True)
+    global DX_ONLY
+    DX_ONLY = _dx_only()
     records = time_kernels(cfg, limits, torch)
 
     epochs, memory, notes = [], None, []
@@ -586,6 +602,7 @@ def run(cfg: common.Config, limits: common.Limits, *, mnist=None, use_torch=True
         md += "\n\n" + "\n".join(f"- {n}" for n in notes)
     data = {"machine": info, "config": cfg.as_dict(), "load_average_before": load_before,
             "load_average_after": common.load_average(), "fma_peak_gflops": peak, "torch_missing": missing,
+            "fastdl_dx_alone": DX_ONLY,
             "kernels": records, "epochs": epochs, "memory": memory, "bars": bars, "notes": notes,
             "hyperparameters": {"lr": LR, "momentum": MOMENTUM, "nesterov": True, "weight_decay": WEIGHT_DECAY,
                                 "seed": SEED, "batch": BATCH}}
