@@ -9,6 +9,9 @@
 // every thread count (no state is carried from one element to the next). The backward pass
 // regenerates the same mask from the seed instead of storing it. tests/test_dropout.py re-implements
 // bits() in NumPy and checks the kernel against it exactly.
+//
+// Dropout2d (channel dropout) keeps or drops whole (n, c) planes: plane p's mask is keep_p, the same
+// bits(seed, p) with p the plane's index, so its mask is dropout's mask over an array of N*C elements.
 #include <cstring>
 
 #include "kernel_common.h"
@@ -62,19 +65,57 @@ void dropout_range(float* y0, const float* inp, uint32_t threshold, float scale,
   }
 }
 
+// The constants of one call: threshold and scale from p, the two key halves from the seed.
+struct MaskKey {
+  uint32_t threshold, k0, k1;
+  float scale;
+  MaskKey(float p, uint64_t seed) {
+    // p in (0, 1) is a float, so p * 2^32 is exact and below 2^32: P(keep) = 1 - threshold / 2^32.
+    threshold = static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
+    scale = static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
+    const uint64_t key = splitmix64(seed);
+    k0 = static_cast<uint32_t>(key);
+    k1 = static_cast<uint32_t>(key >> 32);
+  }
+  // keep_i for one index i (the scalar form of dropout_range's loop)
+  bool keep(int64_t i) const {
+    const uint32_t key = k1 ^ (static_cast<uint32_t>(static_cast<uint64_t>(i) >> 32) * 0x9E3779B9u);
+    return fmix32(fmix32(static_cast<uint32_t>(i) ^ k0) ^ key) >= threshold;
+  }
+};
+
+// out = inp, in parallel chunks (p = 0: the identity).
+void copy_unless_same(float* out, const float* inp, int64_t n) {
+  if (out != inp)
+    parallel_chunks(n, [&](int64_t lo, int64_t hi) { std::memcpy(out + lo, inp + lo, (hi - lo) * sizeof(float)); });
+}
+
 // The shared body of forward and backward: both multiply by the same scaled mask.
 void dropout_apply(float* out, const float* inp, float p, uint64_t seed, int64_t n) {
-  if (p == 0.0f) {  // identity
-    if (out != inp)
-      parallel_chunks(n, [&](int64_t lo, int64_t hi) { std::memcpy(out + lo, inp + lo, (hi - lo) * sizeof(float)); });
-    return;
-  }
-  // p in (0, 1) is a float, so p * 2^32 is exact and below 2^32: P(keep) = 1 - threshold / 2^32.
-  const uint32_t threshold = static_cast<uint32_t>(static_cast<double>(p) * 4294967296.0);
-  const float scale = static_cast<float>(1.0 / (1.0 - static_cast<double>(p)));
-  const uint64_t key = splitmix64(seed);
-  const uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) { dropout_range(y, inp, threshold, scale, k0, k1, lo, hi); });
+  if (p == 0.0f) return copy_unless_same(out, inp, n);
+  const MaskKey mk(p, seed);
+  map_chunks(2, out, n, [&](int64_t lo, int64_t hi, float* y) {
+    dropout_range(y, inp, mk.threshold, mk.scale, mk.k0, mk.k1, lo, hi);
+  });
+}
+
+// Dropout2d's shared body: plane q of plane_size values times (keep_q ? scale : 0), threads splitting the planes.
+void dropout2d_apply(float* out, const float* inp, float p, uint64_t seed, int64_t planes, int64_t plane_size) {
+  if (p == 0.0f) return copy_unless_same(out, inp, planes * plane_size);
+  const MaskKey mk(p, seed);
+  int64_t grain = kParallelGrain / plane_size;
+  parallel_chunks(
+      planes,
+      [&](int64_t lo, int64_t hi) {
+        for (int64_t q = lo; q < hi; q++) {
+          const float f = mk.keep(q) ? mk.scale : 0.0f;
+          const float* x = inp + q * plane_size;
+          float* y = out + q * plane_size;
+#pragma omp simd
+          for (int64_t j = 0; j < plane_size; j++) y[j] = x[j] * f;
+        }
+      },
+      grain > 1 ? grain : 1);
 }
 
 }  // namespace
@@ -90,6 +131,19 @@ void dropout_forward(float* out, const float* inp, float p, uint64_t seed, int64
 // regenerated from the same (seed, i).
 void dropout_backward(float* dinp, const float* dout, float p, uint64_t seed, int64_t n) {
   dropout_apply(dinp, dout, p, seed, n);
+}
+
+// inp, out: (planes, plane_size), e.g. (N*C, H*W); p in [0, 1). Channel dropout:
+// out[q] = inp[q] * keep_q / (1 - p), keep_q = bits(seed, q) >= p * 2^32, q the plane's index.
+// out may be inp itself.
+void dropout2d_forward(float* out, const float* inp, float p, uint64_t seed, int64_t planes, int64_t plane_size) {
+  dropout2d_apply(out, inp, p, seed, planes, plane_size);
+}
+
+// dinp, dout: (planes, plane_size). From out = inp * keep_q / (1 - p): dinp = dout * keep_q / (1 - p),
+// the mask regenerated from (seed, q).
+void dropout2d_backward(float* dinp, const float* dout, float p, uint64_t seed, int64_t planes, int64_t plane_size) {
+  dropout2d_apply(dinp, dout, p, seed, planes, plane_size);
 }
 
 }  // namespace FASTDL_ISA_NS

@@ -32,13 +32,21 @@ struct BadLabel {
   int64_t row = -1, label = 0;
 };
 
-// BatchNorm's training forward and backward sum each column over blocks of kBatchNormRows rows
-// into a scratch buffer that the caller allocates: two block sums per column and block, and two
-// per-column vectors.
+// BatchNorm's training forward and backward over (N, C, S) sum each channel over blocks (S = 1: of
+// kBatchNormRows rows; S > 1: one (n, c) plane each) into a scratch buffer that the caller allocates:
+// two block sums per channel and block, and two per-channel vectors.
 constexpr int64_t kBatchNormRows = 64;
-inline int64_t batchnorm_scratch_floats(int64_t B, int64_t C) {
-  return (2 * ((B + kBatchNormRows - 1) / kBatchNormRows) + 2) * C;
+inline int64_t batchnorm_scratch_floats(int64_t N, int64_t C, int64_t S = 1) {
+  const int64_t blocks = S == 1 ? (N + kBatchNormRows - 1) / kBatchNormRows : N;
+  return (2 * blocks + 2) * C;
 }
+
+// A 2-D convolution's sizes (conv.cpp): input (N,C,H,W), weight (OC,C/G,KH,KW), stride SH,SW, zero
+// padding PH,PW, dilation DH,DW, G groups, output (N,OC,OH,OW) with OH = (H + 2PH - DH(KH-1) - 1)/SH + 1
+// (likewise OW). The bindings check that they are consistent before a kernel sees them.
+struct Conv2dShape {
+  int64_t N, C, H, W, OC, KH, KW, SH, SW, PH, PW, DH, DW, G, OH, OW;
+};
 
 // ---- run-time configuration (csrc/cpu.cpp, compiled once) ----
 int best_isa();             // best instruction set this CPU and OS support

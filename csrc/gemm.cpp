@@ -328,6 +328,8 @@ struct Operands {
   const float* y = nullptr;  // gemm_dact: c is multiplied by act'(y), y (M,N), act = dact
   int dact = ACT_NONE;
   float* sums = nullptr;  // gemm_tn_sums: sums[m] [+]= sum over k of op(a)[m][k] (trans_a)
+  int64_t ldc = 0;        // rows of c (and of y) lie ldc apart; 0: N (c contiguous)
+  int64_t ld_c() const { return ldc ? ldc : N; }
 };
 
 // A panels [p_lo, p_hi) of the M-block starting at row mb (mc rows): panel p holds rows
@@ -441,6 +443,7 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
   // ahead, so it is read back from L1/L2 and b stays in L2 across calls (one sample's forward).
   const int64_t nb_cols = g.trans_b && m_hi - m_lo <= MR ? NR : kNB / NR * NR;
   const bool b_compact = kcb * g.ldb <= kInPlaceB && g.ldb % 1024 != 0;
+  const int64_t ldc = g.ld_c();
   int64_t round = 0;  // which half of the double buffer
   for (int64_t mb = m_lo; mb < m_hi; mb += mb_rows) {
     const int64_t mc = m_hi - mb < mb_rows ? m_hi - mb : mb_rows;
@@ -483,31 +486,31 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
             for (int64_t s = 0; s < strips; ++s) {
               const int64_t n0 = nb + s * NR;
               const int nr = static_cast<int>(nc - s * NR < NR ? nc - s * NR : NR);
-              float* cp = g.c + m0 * g.N + n0;
+              float* cp = g.c + m0 * ldc + n0;
               e.bias = last && g.bias ? g.bias + n0 : nullptr;
               const bool prefetch = s == strips - 1 && p + 1 < panels && mode != A_IN_PLACE;
               const float* a_next = prefetch ? ap + MR * kc : nullptr;
               if (b_in_place && s < full_strips) {
                 const float* bp = g.b + k0 * g.ldb + n0;
                 if (in_place)
-                  micro_kernel<R, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, g.N, mr, nr, e, nullptr);
+                  micro_kernel<R, NV, false, false>(kc, ap, g.lda, 1, bp, g.ldb, cp, ldc, mr, nr, e, nullptr);
                 else
-                  micro_kernel<R, NV, true, false, MR>(kc, ap, 0, 0, bp, g.ldb, cp, g.N, mr, nr, e, a_next);
+                  micro_kernel<R, NV, true, false, MR>(kc, ap, 0, 0, bp, g.ldb, cp, ldc, mr, nr, e, a_next);
               } else if (NV > 1 && nr <= kW) {  // a last strip one vector wide (784 = 24 x 32 + 16): a
                 // one-vector tile, not half a tile of zeros
                 const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
                 if (in_place)
-                  micro_kernel<R, 1, false, true, R, NR>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+                  micro_kernel<R, 1, false, true, R, NR>(kc, ap, g.lda, 1, bp, NR, cp, ldc, mr, nr, e, nullptr);
                 else
-                  micro_kernel<R, 1, true, true, MR, NR>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
+                  micro_kernel<R, 1, true, true, MR, NR>(kc, ap, 0, 0, bp, NR, cp, ldc, mr, nr, e, a_next);
               } else {
                 const float* bp = b_buf + (b_in_place ? 0 : s * NR * kc);
                 if (in_place)
-                  micro_kernel<R, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, g.N, mr, nr, e, nullptr);
+                  micro_kernel<R, NV, false>(kc, ap, g.lda, 1, bp, NR, cp, ldc, mr, nr, e, nullptr);
                 else
-                  micro_kernel<R, NV, true, true, MR>(kc, ap, 0, 0, bp, NR, cp, g.N, mr, nr, e, a_next);
+                  micro_kernel<R, NV, true, true, MR>(kc, ap, 0, 0, bp, NR, cp, ldc, mr, nr, e, a_next);
               }
-              if (dact) dact_tile(cp, g.y + m0 * g.N + n0, g.N, mr, nr, g.dact);
+              if (dact) dact_tile(cp, g.y + m0 * ldc + n0, ldc, mr, nr, g.dact);
             }
           };
           // A last, partial panel runs a shorter tile instead of multiplying zeros: 128 rows = 10
@@ -653,6 +656,24 @@ void gemm_dots(const Operands& g) {
   parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
 }
 
+// matmul_reference's loop on g's strides: gemm_any's fallback.
+void reference_strided(const Operands& g) {
+  const int64_t ldc = g.ld_c();
+  for (int64_t m = 0; m < g.M; ++m) {
+    for (int64_t n = 0; n < g.N; ++n) {
+      double s = g.accumulate ? g.c[m * ldc + n] : 0.0;
+      for (int64_t k = 0; k < g.K; ++k)
+        s += double(g.trans_a ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
+             double(g.trans_b ? g.b[n * g.ldb + k] : g.b[k * g.ldb + n]);
+      if (g.bias) s += g.bias[n];
+      if (g.act == ACT_RELU) s = 0.0 > s ? 0.0 : s;  // NaN stays NaN
+      if (g.act == ACT_SIGMOID) s = s >= 0.0 ? 1.0 / (1.0 + std::exp(-s)) : std::exp(s) / (1.0 + std::exp(s));
+      if (g.act == ACT_TANH) s = std::tanh(s);
+      g.c[m * ldc + n] = static_cast<float>(s);
+    }
+  }
+}
+
 // The blocked product, with the tile that suits its shape; the plain loop when it cannot run (K = 0,
 // or no packing space), then the epilogue's extras done the same way. Every tile sums in the same
 // order (see the top of this file), so the choice changes speed, never bits.
@@ -661,11 +682,16 @@ void gemm_any(const Operands& g) {
   const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)  // a 10-class head: no padded columns
                             : M == 1 ? gemm_blocked<Tile<1, 4>>(g)  // one sample: 4 chains, no padded rows
                             : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows: no 12-row tile
+#if defined(__AVX512F__)
+                            // a convolution's few output channels (LeNet's 6 and 16): no padded rows
+                            : M <= 6 ? gemm_blocked<Tile<6, 4>>(g)
+                            : M <= 8 || (M > 12 && M <= 16) ? gemm_blocked<Tile<8, 3>>(g)
+#endif
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
-  matmul_reference(g.c, g.a, g.b, g.bias, g.act, M, N, K, g.trans_a, g.trans_b, g.accumulate, 1);
+  reference_strided(g);
   if (g.sums) sum_columns(g.sums, g.a, K, g.lda, 0, M, g.accumulate);
-  if (g.y) dact_tile(g.c, g.y, N, M, N, g.dact);
+  if (g.y) dact_tile(g.c, g.y, g.ld_c(), M, N, g.dact);
 }
 }  // namespace
 
@@ -678,6 +704,18 @@ void matmul(float* c, const float* a, const float* b, const float* bias, int act
   Operands g{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b, accumulate};
   static_assert(kDotRows <= 3, "gemm_dots has cases for 1-3 rows");
   if (!batch_invariant && K > 0 && M <= kDotRows && trans_b && !trans_a) return gemm_dots(g);
+  gemm_any(g);
+}
+
+// matmul on sub-matrices: rows of c lie ldc apart, of a lda apart, of b ldb apart (as stored: a (M,K) or,
+// trans_a, (K,M); b likewise). Batch-invariant, no bias (a caller adds a per-row bias by writing it into c
+// first, accumulate = 1). Runs on the calling thread inside a parallel region: conv.cpp gives each thread
+// its own products.
+void matmul_strided(float* c, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb, int act,
+                    int64_t M, int64_t N, int64_t K, int trans_a, int trans_b, int accumulate) {
+  if (M <= 0 || N <= 0) return;
+  Operands g{c, a, b, nullptr, act, M, N, K, lda, ldb, trans_a, trans_b, accumulate};
+  g.ldc = ldc;
   gemm_any(g);
 }
 

@@ -62,6 +62,18 @@ def check_int(value, who: str, name: str, *, minimum: int | None = None, maximum
     return value
 
 
+def check_pair(value, who: str, name: str, *, minimum: int) -> tuple:
+    """``value`` (an int, or a pair of ints for height and width) as a tuple (h, w), each >= minimum."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{who}: {name} must be an int or a pair of ints (h, w), got {len(value)} values")
+        return tuple(check_int(v, who, name, minimum=minimum) for v in value)
+    if not _is_int(value):
+        raise TypeError(f"{who}: {name} must be an int or a pair of ints (h, w), got {type(value).__name__}")
+    v = check_int(value, who, name, minimum=minimum)
+    return (v, v)
+
+
 def as_kernel_float32(value: float) -> float:
     """The float32 number a kernel computes with for the Python float ``value``: ±inf where it
     overflows float32 (|value| >= 3.4028235677973366e38), 0 where float32 makes it subnormal

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
-from ._validation import check_int
+from ._validation import check_int, check_pair
 
 __all__: list = []  # each section below adds its names
 
@@ -75,6 +75,94 @@ def linear_backward(dout, x, weight, *, bias=True, need_dx=True, accumulate=Fals
     """
     return _C.linear_backward(dout, x, weight, bool(bias), bool(need_dx), bool(accumulate), dx, dweight, dbias,
                               input_activation)
+
+
+# ---------------------------------------------------------------- convolution
+__all__ += ["conv2d_forward", "conv2d_backward", "conv2d_forward_reference", "conv2d_backward_reference",
+            "conv2d_padding", "conv2d_output_size"]
+
+
+def conv2d_padding(padding, kernel_size, stride=1, dilation=1, who="conv2d"):
+    """Padding as (top, left, bottom, right) zeros: an int, a pair (h, w), such a 4-tuple, or PyTorch's strings "valid"
+    (none) and "same" (output as large as the input; stride 1 only; an even reach pads one more at the
+    bottom and right, as PyTorch does)."""
+    if isinstance(padding, str):
+        kh, kw = check_pair(kernel_size, who, "kernel_size", minimum=1)
+        dh, dw = check_pair(dilation, who, "dilation", minimum=1)
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"{who}: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+        if check_pair(stride, who, "stride", minimum=1) != (1, 1):
+            raise ValueError(f"{who}: padding='same' needs stride=1, got stride={stride!r}")
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        return tuple(check_int(p, who, "padding", minimum=0) for p in padding)
+    ph, pw = check_pair(padding, who, "padding", minimum=0)
+    return (ph, pw, ph, pw)
+
+
+def conv2d_output_size(height, width, kernel_size, stride=1, padding=0, dilation=1, who="conv2d"):
+    """(out_h, out_w) of a convolution (or pooling window) over a height x width input:
+    floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
+    kh, kw = check_pair(kernel_size, who, "kernel_size", minimum=1)
+    sh, sw = check_pair(stride, who, "stride", minimum=1)
+    dh, dw = check_pair(dilation, who, "dilation", minimum=1)
+    top, left, bottom, right = conv2d_padding(padding, (kh, kw), (sh, sw), (dh, dw), who)
+    return ((height + top + bottom - dh * (kh - 1) - 1) // sh + 1, (width + left + right - dw * (kw - 1) - 1) // sw + 1)
+
+
+def _conv_args(weight, stride, padding, dilation, groups, who):
+    shape = getattr(weight, "shape", None)
+    kernel = tuple(shape[2:]) if shape is not None and len(shape) == 4 else (1, 1)
+    stride = check_pair(stride, who, "stride", minimum=1)
+    dilation = check_pair(dilation, who, "dilation", minimum=1)
+    return (stride, conv2d_padding(padding, kernel, stride, dilation, who), dilation,
+            check_int(groups, who, "groups", minimum=1))
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None, out=None):
+    """y = activation(conv2d(x, weight) + bias), as ``torch.nn.functional.conv2d`` (cross-correlation):
+    x (N, C, H, W), weight (OC, C / groups, KH, KW), bias (OC,) or None; stride, dilation an int or a
+    pair (h, w); padding an int, a pair, "same" or "valid"; groups dividing C and OC (groups = C:
+    depthwise). activation None, 'none', 'relu', 'sigmoid' or 'tanh', applied as the output is stored.
+    Returns y (N, OC, OH, OW), OH = (H + 2·pad_h - dilation_h·(KH-1) - 1) // stride_h + 1 (OW alike).
+    """
+    s, p, d, g = _conv_args(weight, stride, padding, dilation, groups, "conv2d_forward")
+    return _C.conv2d_forward(x, weight, bias, s, p, d, g, activation, out)
+
+
+def conv2d_backward(dout, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True, need_dx=True,
+                    need_dweight=True, accumulate=False, dx=None, dweight=None, dbias=None,
+                    input_activation=None):
+    """Gradients of y = conv2d(x, weight) + bias given dout = dL/dy (N, OC, OH, OW).
+
+    Returns (dx, dweight, dbias), each None when not asked for (``need_dx``, ``need_dweight``,
+    ``bias``). With ``accumulate=True`` dweight and dbias are added into the given arrays; dx is
+    always overwritten. ``input_activation`` ('relu', 'sigmoid', 'tanh'): x is that activation's
+    output, and dx comes back multiplied by its derivative (the activation's backward, fused).
+    The weight gradient has the same bits on any thread count.
+    """
+    s, p, d, g = _conv_args(weight, stride, padding, dilation, groups, "conv2d_backward")
+    return _C.conv2d_backward(dout, x, weight, s, p, d, g, bool(bias), bool(need_dx), bool(need_dweight),
+                              bool(accumulate), dx, dweight, dbias, input_activation)
+
+
+def conv2d_forward_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
+                             out=None):
+    """conv2d_forward by plain loops in double (the tests' oracle; slow)."""
+    s, p, d, g = _conv_args(weight, stride, padding, dilation, groups, "conv2d_forward_reference")
+    return _C.conv2d_forward_reference(x, weight, bias, s, p, d, g, activation, out)
+
+
+def conv2d_backward_reference(dout, x, weight, *, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                              need_dx=True, need_dweight=True, accumulate=False, dx=None, dweight=None, dbias=None,
+                              input_activation=None):
+    """conv2d_backward by plain loops in double (the tests' oracle; slow)."""
+    s, p, d, g = _conv_args(weight, stride, padding, dilation, groups, "conv2d_backward_reference")
+    return _C.conv2d_backward_reference(dout, x, weight, s, p, d, g, bool(bias), bool(need_dx), bool(need_dweight),
+                                        bool(accumulate), dx, dweight, dbias, input_activation)
 
 
 # ---------------------------------------------------------------- activations
@@ -210,6 +298,23 @@ def dropout_mask(shape, p, seed):
     return (kept != 0).astype(np.float32)
 
 
+__all__ += ["dropout2d", "dropout2d_backward"]
+
+
+def dropout2d(x, p, seed, out=None):
+    """Channel dropout of x (N, C, H, W), as ``torch.nn.functional.dropout2d`` in training: each (n, c)
+    plane is kept with probability 1 - p and scaled by 1 / (1 - p), or zeroed as a whole.
+
+    Plane n*C + c is kept where ``dropout_mask((N*C,), p, seed)`` is 1: the mask depends only on the
+    seed and the plane's index, never on the thread count. ``out`` may be ``x`` itself."""
+    return _C.dropout2d(x, p, seed, out)
+
+
+def dropout2d_backward(dout, p, seed, out=None):
+    """Gradient of ``dropout2d(x, p, seed)``: dout with the same planes kept (scaled) and zeroed."""
+    return _C.dropout2d_backward(dout, p, seed, out)
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5,
                       out=None):
     """BatchNorm1d over x (batch, num_features), like ``torch.nn.functional.batch_norm``.
@@ -232,6 +337,26 @@ def batchnorm_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, db
     dx = gamma * invstd / B * (B * dout - dbeta - xhat * dgamma), xhat = (x - mean) * invstd.
     """
     return _C.batchnorm_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
+
+
+__all__ += ["batchnorm2d_forward", "batchnorm2d_backward"]
+
+
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, *, training, momentum=0.1, eps=1e-5,
+                        out=None):
+    """BatchNorm2d over x (N, C, H, W): ``batchnorm_forward`` with the statistics of each channel taken
+    over its N*H*W values (the running variance unbiased by n / (n - 1), n = N*H*W), as
+    ``torch.nn.functional.batch_norm`` on 4-D input. Returns (y, mean, invstd) when training, else
+    (y, None, None)."""
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"batchnorm2d_forward: training must be a bool, got {type(training).__name__}")
+    return _C.batchnorm2d_forward(x, gamma, beta, running_mean, running_var, bool(training), momentum, eps, out)
+
+
+def batchnorm2d_backward(dout, x, gamma, mean, invstd, *, dx=None, dgamma=None, dbeta=None):
+    """Gradients of the training-mode ``batchnorm2d_forward``: returns (dx, dgamma, dbeta), sums over
+    the n = N*H*W values of each channel: dx = gamma * invstd / n * (n * dout - dbeta - xhat * dgamma)."""
+    return _C.batchnorm2d_backward(dout, x, gamma, mean, invstd, dx, dgamma, dbeta)
 
 
 # ---------------------------------------------------------------- pooling (NCHW)

@@ -312,6 +312,75 @@ def bad_float32_arrays(a):
     return cases
 
 
+# ---------------------------------------------------------------- convolution (conv2d_forward / backward)
+
+
+def _conv_geometry(x, w, stride, padding, dilation):
+    (sh, sw), (dh, dw) = stride, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + left + right - dw * (kw - 1) - 1) // sw + 1
+    return oh, ow
+
+
+def _conv_taps(x, w, stride, padding, dilation, groups):
+    """For each group g and kernel tap (kh, kw): (output channels, input channels, the input pixels that tap
+    reads for every output pixel, (N, C/groups, OH, OW) views of the zero-padded float64 input, its slices)."""
+    (sh, sw), (dh, dw) = stride, dilation
+    top, left, bottom, right = padding
+    n, c, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    oh, ow = _conv_geometry(x, w, stride, padding, dilation)
+    xp = np.zeros((n, c, h + top + bottom, wd + left + right))
+    xp[:, :, top:top + h, left:left + wd] = x
+    ocg = oc // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
+                cols = slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
+                yield (slice(g * ocg, (g + 1) * ocg), slice(g * cg, (g + 1) * cg), i, j, xp, rows, cols)
+
+
+def ref_conv2d(x, w, b=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, act=None):
+    """(value, scale) of y = act(conv2d(x, w) + b) in float64: y[n,o,p,q] = Σ_c,i,j x[n, c, p·sh - top + i·dh,
+    q·sw - left + j·dw] · w[o, c, i, j] (zero outside x), summed tap by tap; scale the same sum of |terms|."""
+    x, w = f64(x), f64(w)
+    oh, ow = _conv_geometry(x, w, stride, padding, dilation)
+    y = np.zeros((x.shape[0], w.shape[0], oh, ow))
+    scale = np.zeros_like(y)
+    for o, c, i, j, xp, rows, cols in _conv_taps(x, w, stride, padding, dilation, groups):
+        patch = xp[:, c, rows, cols]
+        y[:, o] += np.einsum("nchw,oc->nohw", patch, w[o, :, i, j])
+        scale[:, o] += np.einsum("nchw,oc->nohw", np.abs(patch), np.abs(w[o, :, i, j]))
+    if b is not None:
+        y += f64(b)[None, :, None, None]
+        scale += np.abs(f64(b))[None, :, None, None]
+    return act64(y, act), scale
+
+
+def ref_conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+    """((dx, dx_scale), (dw, dw_scale), (db, db_scale)) of y = conv2d(x, w) + b in float64, from the
+    forward's sum: dx gathers dy·w back onto the pixels each tap read, dw[o,c,i,j] = Σ dy · x at the tap."""
+    dy, x, w = f64(dy), f64(x), f64(w)
+    top, left = padding[0], padding[1]
+    h, wd = x.shape[2:]
+    dxp = dxs = None
+    dw, dws = np.zeros_like(w), np.zeros_like(w)
+    for o, c, i, j, xp, rows, cols in _conv_taps(x, w, stride, padding, dilation, groups):
+        if dxp is None:
+            dxp, dxs = np.zeros_like(xp), np.zeros_like(xp)
+        dxp[:, c, rows, cols] += np.einsum("nohw,oc->nchw", dy[:, o], w[o, :, i, j])
+        dxs[:, c, rows, cols] += np.einsum("nohw,oc->nchw", np.abs(dy[:, o]), np.abs(w[o, :, i, j]))
+        patch = xp[:, c, rows, cols]
+        dw[o, :, i, j] = np.einsum("nohw,nchw->oc", dy[:, o], patch)
+        dws[o, :, i, j] = np.einsum("nohw,nchw->oc", np.abs(dy[:, o]), np.abs(patch))
+    crop = (slice(None), slice(None), slice(top, top + h), slice(left, left + wd))
+    db = dy.sum(axis=(0, 2, 3))
+    return (dxp[crop], dxs[crop]), (dw, dws), (db, np.abs(dy).sum(axis=(0, 2, 3)))
+
 # ---------------------------------------------------------------- pooling (NCHW, plain loops, PyTorch's rules)
 
 
@@ -404,3 +473,51 @@ def ref_adaptive_avg_pool2d_backward(dout, input_shape):
             for iw in range(w0, w1):
                 dx[n, c, ih, iw] += float(dout[n, c, oh, ow]) / ((h1 - h0) * (w1 - w0))
     return dx
+
+
+# ---------------------------------------------------------------- BatchNorm2d (per channel over N, H, W)
+
+
+def ref_batchnorm2d_train(x, gamma, beta, running_mean, running_var, momentum=0.1, eps=1e-5):
+    """(y, mean, invstd, running_mean, running_var) in float64; each channel's statistics over its N*H*W values."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    y = np.empty(x.shape)
+    mean, invstd = np.empty(C), np.empty(C)
+    rm, rv = running_mean.astype(np.float64).copy(), running_var.astype(np.float64).copy()
+    for c in range(C):
+        vals = [float(x[b, c, i, j]) for b in range(N) for i in range(H) for j in range(W)]
+        mu = math.fsum(vals) / n
+        var = math.fsum((v - mu) ** 2 for v in vals) / n  # biased: used to normalise
+        mean[c], invstd[c] = mu, 1.0 / math.sqrt(var + eps)
+        for b in range(N):
+            for i in range(H):
+                for j in range(W):
+                    y[b, c, i, j] = (float(x[b, c, i, j]) - mu) * invstd[c] * float(gamma[c]) + float(beta[c])
+        rm[c] = (1 - momentum) * rm[c] + momentum * mu
+        rv[c] = (1 - momentum) * rv[c] + momentum * var * n / (n - 1)  # unbiased in the running estimate
+    return y, mean, invstd, rm, rv
+
+
+def ref_batchnorm2d_eval(x, gamma, beta, running_mean, running_var, eps=1e-5):
+    y = np.empty(x.shape)
+    for b, c, i, j in np.ndindex(x.shape):
+        y[b, c, i, j] = ((float(x[b, c, i, j]) - float(running_mean[c])) / math.sqrt(float(running_var[c]) + eps)
+                         * float(gamma[c]) + float(beta[c]))
+    return y
+
+
+def ref_batchnorm2d_backward(dout, x, gamma, eps=1e-5):
+    """Gradients of the training forward from its batch statistics in float64, channel by channel:
+    dbeta = Σ dout, dgamma = Σ dout·xhat, dx = gamma·invstd/n·(n·dout - dbeta - xhat·dgamma)."""
+    N, C, H, W = x.shape
+    n = N * H * W
+    dx, dgamma, dbeta = np.empty(x.shape), np.empty(C), np.empty(C)
+    for c in range(C):
+        xc, dc = x[:, c].astype(np.float64), dout[:, c].astype(np.float64)
+        mu = xc.sum() / n
+        invstd = 1.0 / math.sqrt(((xc - mu) ** 2).sum() / n + eps)
+        xhat = (xc - mu) * invstd
+        dbeta[c], dgamma[c] = dc.sum(), (dc * xhat).sum()
+        dx[:, c] = float(gamma[c]) * invstd / n * (n * dc - dbeta[c] - xhat * dgamma[c])
+    return dx, dgamma, dbeta

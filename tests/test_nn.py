@@ -917,7 +917,8 @@ def test_fusion_table_drives_sequential(monkeypatch):
     from fastdl.nn import fusion
 
     assert fusion.FUSIONS == {(nn.Linear, nn.ReLU): "relu", (nn.Linear, nn.Sigmoid): "sigmoid",
-                              (nn.Linear, nn.Tanh): "tanh"}
+                              (nn.Linear, nn.Tanh): "tanh", (nn.Conv2d, nn.ReLU): "relu",
+                              (nn.Conv2d, nn.Sigmoid): "sigmoid", (nn.Conv2d, nn.Tanh): "tanh"}
     assert fusion.fused_activations(nn.Linear) == {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
     calls = []
     real_fwd, real_bwd = ops.linear_forward, ops.linear_backward

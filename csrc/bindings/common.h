@@ -87,6 +87,12 @@ float fit_float32(const char* fn, const char* arg, double x);
 float require_scalar(const char* fn, const char* arg, double x, double lo, double hi, bool hi_open,
                      const char* range);
 
+// An activation name: None, 'none', 'relu', 'sigmoid' or 'tanh', as its Act code (else TypeError/ValueError
+// naming the argument).
+int parse_act(py::handle h, const char* fn, const char* name = "activation");
+// A flag that must be a bool (Python's or NumPy's): batch_invariant=1 is a TypeError, not True.
+bool strict_bool(py::handle h, const char* fn, const char* name);
+
 // Runs f (a kernel call, after every check) with the GIL released, and returns what it returns.
 template <class F>
 auto without_gil(F&& f) {

@@ -49,6 +49,26 @@ py::array dropout_call(const char* fn, DropoutKernel kernel, const char* in_name
   return oa;
 }
 
+using Dropout2dKernel = void (*)(float* out, const float* inp, float p, uint64_t seed, int64_t planes,
+                                int64_t plane_size);
+
+// Channel dropout of a 4-D (N, C, H, W) array, forward (in: x) or backward (in: dout).
+py::array dropout2d_call(const char* fn, Dropout2dKernel kernel, const char* in_name, py::handle in, double p,
+                         py::handle seed, py::handle out) {
+  py::array xa = in_f32(in, fn, in_name);
+  require_ndim(fn, in_name, xa, 4, "(batch, channels, height, width)");
+  require_nonempty(fn, in_name, xa);
+  float pf = parse_p(p, fn);
+  uint64_t s = parse_seed(seed, fn);
+  py::array oa = out_f32(out, fn, "out", shape_of(xa), (std::string(in_name) + ".shape").c_str());
+  require_same_or_disjoint(fn, "out", oa, in_name, xa);
+  const float* xp = cf(xa);
+  float* op = mf(oa);
+  const int64_t planes = xa.shape(0) * xa.shape(1), plane_size = xa.shape(2) * xa.shape(3);
+  without_gil([&] { kernel(op, xp, pf, s, planes, plane_size); });
+  return oa;
+}
+
 }  // namespace
 
 void bind_dropout(py::module_& m) {
@@ -62,6 +82,18 @@ void bind_dropout(py::module_& m) {
       "dropout_backward",
       [](py::handle dout, double p, py::handle seed, py::handle out) {
         return dropout_call("dropout_backward", FASTDL_KERNEL(dropout_backward), "dout", dout, p, seed, out);
+      },
+      py::arg("dout"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+  m.def(
+      "dropout2d",
+      [](py::handle x, double p, py::handle seed, py::handle out) {
+        return dropout2d_call("dropout2d", FASTDL_KERNEL(dropout2d_forward), "x", x, p, seed, out);
+      },
+      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+  m.def(
+      "dropout2d_backward",
+      [](py::handle dout, double p, py::handle seed, py::handle out) {
+        return dropout2d_call("dropout2d_backward", FASTDL_KERNEL(dropout2d_backward), "dout", dout, p, seed, out);
       },
       py::arg("dout"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
 }

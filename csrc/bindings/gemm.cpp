@@ -4,28 +4,6 @@
 namespace fastdl {
 namespace {
 
-// An activation name: None, 'none', 'relu', 'sigmoid' or 'tanh', as its Act code.
-int parse_act(py::handle h, const char* fn, const char* name = "activation") {
-  if (h.is_none()) return ACT_NONE;
-  const std::string what = std::string(fn) + ": " + name + " must be None or one of 'none', 'relu', 'sigmoid', 'tanh'";
-  if (!py::isinstance<py::str>(h)) type_error(what + ", got " + std::string(Py_TYPE(h.ptr())->tp_name));
-  std::string s = h.cast<std::string>();
-  if (s == "none") return ACT_NONE;
-  if (s == "relu") return ACT_RELU;
-  if (s == "sigmoid") return ACT_SIGMOID;
-  if (s == "tanh") return ACT_TANH;
-  value_error(what + ", got '" + s + "'");
-}
-
-// A flag that must be a bool (Python's or NumPy's): batch_invariant=1 is a TypeError, not True.
-bool strict_bool(py::handle h, const char* fn, const char* name) {
-  if (h.ptr() == Py_True || h.ptr() == Py_False) return h.ptr() == Py_True;
-  const std::string tp = Py_TYPE(h.ptr())->tp_name;
-  if (!py::isinstance<py::bool_>(h) && tp != "numpy.bool" && tp != "numpy.bool_")
-    type_error(std::string(fn) + ": " + name + " must be True or False, got " + type_name(h));
-  return PyObject_IsTrue(h.ptr()) == 1;
-}
-
 using MatmulKernel = void (*)(float*, const float*, const float*, const float*, int, int64_t, int64_t, int64_t, int,
                               int, int, int);
 

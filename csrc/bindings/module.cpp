@@ -6,6 +6,7 @@
 namespace fastdl {
 void bind_system(py::module_& m);
 void bind_gemm(py::module_& m);
+void bind_conv(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_losses(py::module_& m);
 void bind_dropout(py::module_& m);
@@ -21,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fastdl native kernels (C++17, OpenMP); the Python face is fastdl.ops";
   bind_system(m);
   bind_gemm(m);
+  bind_conv(m);
   bind_activations(m);
   bind_losses(m);
   bind_dropout(m);

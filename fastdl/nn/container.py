@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from .base import _keep, _Layer
-from .fusion import _BY_LAYER
+from .fusion import _BY_LAYER, _FOLDS_BY_LAYER
 from .module import Module
 from .registry import module_from_config, register_module
 
@@ -28,8 +28,11 @@ class Sequential(_Layer):
     is computed.
     """
 
+    _per_call = _Layer._per_call + ("_folded",)
+
     def __init__(self, *layers):
         super().__init__()
+        _keep(self, "_folded", ())  # indices of layers whose next layer was folded into them (eval mode)
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for layer in layers:
@@ -68,22 +71,38 @@ class Sequential(_Layer):
         layers = list(self._modules.values())
         n = len(layers)
         inner = []  # outputs that live in reusable buffers
+        folded = []
         i, fresh = 0, False
         by_layer = _BY_LAYER  # fusion.FUSIONS, indexed by layer type
         while i < n:
             layer = layers[i]
+            j = i + 1  # the next layer not yet run
+            params = None
+            folds = _FOLDS_BY_LAYER.get(type(layer)) if not layer.training else None
+            if folds is not None and j < n and not layers[j].training:
+                fold = folds.get(type(layers[j]))
+                if fold is not None:  # eval mode: the normalization after the layer, in its weights
+                    params = fold(layer, layers[j])
+                    folded.append(i)
+                    j += 1
             acts = by_layer.get(type(layer))
-            fused = acts.get(type(layers[i + 1])) if acts is not None and i + 1 < n else None
+            fused = acts.get(type(layers[j])) if acts is not None and j < n else None
             if fused is not None:
-                act = layers[i + 1]
-                last = i + 2 == n
-                y = layer._forward(x, reuse or not last, act=fused)
+                act = layers[j]
+                j += 1
+                last = j == n
+                if params is None:
+                    y = layer._forward(x, reuse or not last, act=fused)
+                else:
+                    y = layer._forward(x, reuse or not last, act=fused, params=params)
                 act._fused_output(y)
-                i += 2
             else:
-                last = i + 1 == n
-                y = layer._forward(x, reuse or not last)
-                i += 1
+                last = j == n
+                if params is None:
+                    y = layer._forward(x, reuse or not last)
+                else:
+                    y = layer._forward(x, reuse or not last, params=params)
+            i = j
             if last:
                 fresh = getattr(layer, "_fresh_output", False)
             else:
@@ -94,10 +113,14 @@ class Sequential(_Layer):
         if not reuse and not fresh and any(np.may_share_memory(x, b) for b in inner):
             x = x.copy()
         _keep(self, "_out_shape", x.shape)
+        _keep(self, "_folded", tuple(folded))
         return x
 
     def _backward(self, dout, need_dinp, reuse):
         layers = list(self._modules.values())
+        for i in self._folded:  # the forward folded layers[i + 1] into layers[i]: rerun the pair unfolded
+            layers[i + 1]._forward(layers[i]._forward(layers[i]._x, False), False)
+        _keep(self, "_folded", ())
         inner = []  # gradients that live in reusable buffers
         by_layer = _BY_LAYER
         i = len(layers) - 1

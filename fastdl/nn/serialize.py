@@ -33,10 +33,11 @@ from .. import ops
 from . import losses as _losses
 from .activation import LeakyReLU, ReLU, Sigmoid, Softmax, Step, Tanh
 from .container import Sequential
-from .dropout import Dropout
+from .dropout import Dropout, Dropout2d
 from .linear import Linear
 from .module import Module
-from .normalization import BatchNorm1d
+from .normalization import BatchNorm1d, BatchNorm2d
+from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .registry import _REGISTRY, module_from_config
 from .shape import Flatten
 
@@ -256,9 +257,9 @@ def _batchnorm_state(cfg):
 
 
 # layer class -> its state's shapes from its config alone (None: the config is malformed)
-_STATE_SHAPES = {Linear: _linear_state, BatchNorm1d: _batchnorm_state}
+_STATE_SHAPES = {Linear: _linear_state, BatchNorm1d: _batchnorm_state, BatchNorm2d: _batchnorm_state}
 _STATELESS = (ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Step, Dropout, Flatten, _losses.MSELoss, _losses.L1Loss, _losses.BCEWithLogitsLoss,
-              _losses.CrossEntropyLoss)
+              _losses.CrossEntropyLoss, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout2d)
 
 
 def _walk_architecture(arch, bad):

@@ -1,0 +1,491 @@
+// conv.cpp - 2-D convolution (NCHW), forward and backward, as products on gemm's micro-kernels.
+//
+// Letters: N images, C input channels, H x W input, OC output channels, KH x KW kernel, G groups,
+// OH x OW output, P = OH*OW output pixels; per group Cg = C/G, OCg = OC/G, K = Cg*KH*KW.
+// A column of the im2col matrix of image n, group g is one output pixel p = oh*OW + ow; its row
+// k = (c*KH + kh)*KW + kw holds x[n][g*Cg + c][oh*SH - PH + kh*DH][ow*SW - PW + kw*DW] (0 outside).
+//   forward      y[n][g] (OCg, P)   = W[g] (OCg, K) · col (K, P)  [+ bias], then act
+//   input grad   dcol (K, P)        = W[g]ᵀ · dy[n][g],   dx[n][g] = col2im(dcol) [⊙ act'(x)]
+//   weight grad  dW[g] (OCg, K)    += dy[n][g] (OCg, P) · colᵀ,     dbias[oc] += Σ_n,p dy[n][oc][p]
+// The im2col matrix is never built whole (for LeNet's first layer at batch 128 it is ~10 MB): each
+// thread builds the columns of one image's block of pixels, at most kColFloats floats, in its own
+// buffer, which stays in L2 while matmul_strided multiplies it where it lies (no second packing: gemm
+// reads a row-major B block in place). A 1x1, stride-1, unpadded convolution multiplies the image
+// itself. Output channels are the product's rows and pixels its columns, so the vectors run along
+// output pixels: a layer with 6 output channels still fills its lanes. No layout changes: x, y,
+// dx and dy stay NCHW, the pixels of a channel contiguous.
+// Threads: forward items (image, group, pixel block) and input-gradient items (image, group) write
+// disjoint outputs. The weight gradient sums over images in kWeightParts fixed parts, each a
+// partial sum in image order, added in part order afterwards: the same bits at any thread count.
+#include <cmath>
+#include <cstdlib>
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include "kernel_common.h"
+#include "vec.h"
+
+namespace fastdl {
+namespace FASTDL_ISA_NS {
+namespace {
+
+// Floats in one im2col block (256 KiB: with the weights it stays in a 1-2 MiB L2).
+constexpr int64_t kColFloats = 65536;
+// Images in one block at most (small images: LeNet's 10 x 10 outputs make one product of 4 images).
+constexpr int64_t kBlockImages = 16;
+// The weight gradient's fixed partial sums over images (at most this many, at least one image each).
+constexpr int64_t kWeightParts = 8;
+// 2*N*OC*K*P below this runs on the calling thread.
+constexpr double kConvParallelFlops = 1.0e6;
+
+struct Arena {  // per-thread scratch, grown on demand, reused (as gemm.cpp's)
+  float* p = nullptr;
+  size_t cap = 0;
+  ~Arena() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = (n * sizeof(float) + 4095) & ~size_t(4095);
+      p = static_cast<float*>(std::aligned_alloc(4096, bytes));
+      cap = p ? bytes / sizeof(float) : 0;
+    }
+    return p;
+  }
+};
+thread_local Arena t_col;    // a thread's im2col block
+thread_local Arena t_tmp;    // a thread's block of output or output gradient, (OCg, block columns)
+thread_local Arena t_pad;    // a thread's padded block input (or its gradient)
+thread_local Arena t_parts;  // the caller's partial weight gradients
+
+// The columns of one product: images [n0, n0+ni) x output rows [oh0, oh1), image by image, row by row
+// (ni > 1 only with whole images).
+struct Block {
+  int64_t n0, ni, oh0, oh1;
+};
+
+struct Dims {
+  int64_t Cg, OCg, K, P, HW;
+  bool direct;        // 1x1, stride 1, no padding: the image is its own im2col matrix
+  int64_t rows;       // output rows per block
+  int64_t row_blocks; // blocks per image: ceil(OH / rows)
+  int64_t images;     // images per block (1 unless rows == OH)
+  int64_t cols;       // the most columns a block has
+  explicit Dims(const Conv2dShape& s)
+      : Cg(s.C / s.G), OCg(s.OC / s.G), K(s.C / s.G * s.KH * s.KW), P(s.OH * s.OW), HW(s.H * s.W),
+        direct(s.KH == 1 && s.KW == 1 && s.SH == 1 && s.SW == 1 && s.PH == 0 && s.PW == 0) {
+    int64_t r = direct ? s.OH : kColFloats / (K * s.OW);
+    if (r < 1) r = 1;
+    if (r >= s.OH) {  // whole images, as many as fit
+      rows = s.OH, row_blocks = 1;
+      images = direct ? 1 : kColFloats / (K * P);
+      images = images < 1 ? 1 : images > kBlockImages ? kBlockImages : images;
+      images = images > s.N ? s.N : images;
+    } else {  // equal blocks of rows of one image
+      row_blocks = (s.OH + r - 1) / r;
+      rows = (s.OH + row_blocks - 1) / row_blocks;
+      images = 1;
+    }
+    cols = images * rows * s.OW;
+  }
+  // block b (image blocks of `images`, each split into row_blocks) starting at image n_lo, ending by n_hi
+  Block block(const Conv2dShape& s, int64_t b, int64_t n_lo, int64_t n_hi) const {
+    const int64_t n0 = n_lo + b / row_blocks * images, oh0 = b % row_blocks * rows;
+    return Block{n0, n_hi - n0 < images ? n_hi - n0 : images, oh0, oh0 + rows < s.OH ? oh0 + rows : s.OH};
+  }
+  int64_t blocks(int64_t n) const { return (n + images - 1) / images * row_blocks; }
+};
+
+// dst[0, n) = src[0, n) (dst += src when add), vectors with a masked tail.
+template <bool add>
+FASTDL_INLINE void copy_run(float* dst, const float* src, int64_t n) {
+  int64_t j = 0;
+  for (; j + kW <= n; j += kW)
+    Vec::storeu(dst + j, add ? Vec::add(Vec::loadu(dst + j), Vec::loadu(src + j)) : Vec::loadu(src + j));
+  if (j < n) {
+    const Vec::mask m = Vec::first(static_cast<int>(n - j));
+    const reg v = Vec::loadu_n(src + j, m);
+    Vec::storeu_n(dst + j, add ? Vec::add(Vec::loadu_n(dst + j, m), v) : v, m);
+  }
+}
+
+// The block's input, zero-padded: for each image and channel of the group, the input rows its output
+// rows read (in_rows of them, from input row oh0*SH - PH), each padded to Wp = the reach of a kernel
+// row, (OW-1)*SW + (KW-1)*DW + 1, column u holding input column u - PW (0 outside the input). im2col
+// then copies whole runs with no bounds to test, and col2im adds whole runs.
+inline int64_t in_rows(const Conv2dShape& s, const Block& b) { return (b.oh1 - b.oh0 - 1) * s.SH + (s.KH - 1) * s.DH + 1; }
+inline int64_t padded_width(const Conv2dShape& s) { return (s.OW - 1) * s.SW + (s.KW - 1) * s.DW + 1; }
+// Floats of a padded block (kW more: a vector read past the last run stays inside)
+inline int64_t padded_floats(const Conv2dShape& s, const Dims& d) {
+  const Block b{0, d.images, 0, d.rows};
+  return d.images * d.Cg * in_rows(s, b) * padded_width(s) + kW;
+}
+
+// xp = the padded input of block b; x: image n0's first channel of the group, images C*HW apart.
+void pad_block(float* xp, const Conv2dShape& s, const Dims& d, const float* x, const Block& b) {
+  const int64_t rows = in_rows(s, b), wp = padded_width(s), ih0 = b.oh0 * s.SH - s.PH;
+  const int64_t lo = s.PW < wp ? s.PW : wp, hi = s.PW + s.W < wp ? s.PW + s.W : wp;  // inside: [lo, hi)
+  for (int64_t i = 0; i < b.ni; ++i)
+    for (int64_t c = 0; c < d.Cg; ++c)
+      for (int64_t v = 0; v < rows; ++v) {
+        float* dst = xp + ((i * d.Cg + c) * rows + v) * wp;
+        const int64_t ih = ih0 + v;
+        if (ih < 0 || ih >= s.H || hi <= lo) {
+          std::memset(dst, 0, sizeof(float) * wp);
+          continue;
+        }
+        for (int64_t u = 0; u < lo; ++u) dst[u] = 0.0f;
+        std::memcpy(dst + lo, x + (i * s.C + c) * d.HW + ih * s.W, sizeof(float) * (hi - lo));
+        for (int64_t u = hi; u < wp; ++u) dst[u] = 0.0f;
+      }
+}
+
+// dx += the interior of the padded block dxp (pad_block's inverse, adding).
+void unpad_add(float* dx, const Conv2dShape& s, const Dims& d, const float* dxp, const Block& b) {
+  const int64_t rows = in_rows(s, b), wp = padded_width(s), ih0 = b.oh0 * s.SH - s.PH;
+  const int64_t lo = s.PW < wp ? s.PW : wp, hi = s.PW + s.W < wp ? s.PW + s.W : wp;
+  for (int64_t i = 0; i < b.ni; ++i)
+    for (int64_t c = 0; c < d.Cg; ++c)
+      for (int64_t v = 0; v < rows; ++v) {
+        const int64_t ih = ih0 + v;
+        if (ih < 0 || ih >= s.H || hi <= lo) continue;
+        copy_run<true>(dx + (i * s.C + c) * d.HW + ih * s.W, dxp + ((i * d.Cg + c) * rows + v) * wp + lo, hi - lo);
+      }
+}
+
+// f(run, src) for each row k of the im2col matrix of block b and each image and output row: the OW
+// columns col[run, run + OW) of that output row are src[0], src[SW], ... of the padded block xp.
+template <class F>
+FASTDL_INLINE void walk_block(const Conv2dShape& s, const Dims& d, const float* xp, const Block& b, F&& f) {
+  const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, rows = in_rows(s, b), wp = padded_width(s);
+  for (int64_t c = 0; c < d.Cg; ++c)
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        int64_t j = ((c * s.KH + kh) * s.KW + kw) * cols;
+        for (int64_t i = 0; i < b.ni; ++i) {
+          const float* src = xp + (i * d.Cg + c) * rows * wp + kh * s.DH * wp + kw * s.DW;
+          for (int64_t r = 0; r < b.oh1 - b.oh0; ++r, j += s.OW, src += s.SH * wp) f(j, src);
+        }
+      }
+}
+
+// col (K, block columns) = the im2col matrix of the block, from its padded input xp.
+void im2col(float* col, const Conv2dShape& s, const Dims& d, const float* xp, const Block& b) {
+  const int64_t full = s.OW / kW * kW;
+  const Vec::mask tail = Vec::first(static_cast<int>(s.OW - full));
+  walk_block(s, d, xp, b, [&](int64_t j, const float* src) {
+    float* dst = col + j;
+    if (s.SW == 1) {  // whole vectors (xp has kW floats to spare at its end), the last stored under a mask
+      for (int64_t u = 0; u < full; u += kW) Vec::storeu(dst + u, Vec::loadu(src + u));
+      if (full < s.OW) Vec::storeu_n(dst + full, Vec::loadu(src + full), tail);
+    } else {
+      for (int64_t u = 0; u < s.OW; ++u) dst[u] = src[u * s.SW];
+    }
+  });
+}
+
+// dxp += col2im(dcol): each entry of dcol (K, block columns) added to the padded input pixel it was read from.
+void col2im_add(float* dxp, const Conv2dShape& s, const Dims& d, const float* dcol, const Block& b) {
+  walk_block(s, d, dxp, b, [&](int64_t j, const float* src) {
+    float* dst = const_cast<float*>(src);
+    if (s.SW == 1)
+      copy_run<true>(dst, dcol + j, s.OW);
+    else
+      for (int64_t u = 0; u < s.OW; ++u) dst[u * s.SW] += dcol[j + u];
+  });
+}
+
+// The rows [oh0, oh1) of channels [0, OCg) of images [n0, n0+ni) of a (N, OC, P) array a (from its group's
+// first channel) as one (OCg, block columns) matrix t, or back (to_t = false).
+void gather_block(float* t, float* a, const Conv2dShape& s, const Dims& d, const Block& b, bool to_t) {
+  const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, run = (b.oh1 - b.oh0) * s.OW;
+  for (int64_t o = 0; o < d.OCg; ++o)
+    for (int64_t i = 0; i < b.ni; ++i) {
+      float* ap = a + (i * s.OC + o) * d.P + b.oh0 * s.OW;
+      float* tp = t + o * cols + i * run;
+      if (to_t)
+        copy_run<false>(tp, ap, run);
+      else
+        copy_run<false>(ap, tp, run);
+    }
+}
+
+// g (n) *= act'(y) with y the activation's output (activations.cpp's backward formulas).
+void times_dact(float* g, const float* y, int act, int64_t n) {
+  switch (act) {
+    case ACT_RELU:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) g[i] = g[i] * heaviside0(y[i]);
+      break;
+    case ACT_SIGMOID:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) g[i] = g[i] * y[i] * (1.0f - y[i]);
+      break;
+    case ACT_TANH:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) g[i] = g[i] * (1.0f - y[i] * y[i]);
+      break;
+    default: break;
+  }
+}
+
+double activate_ref(double v, int act) {
+  if (act == ACT_RELU) return 0.0 > v ? 0.0 : v;  // NaN stays NaN
+  if (act == ACT_SIGMOID) return v >= 0.0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v));
+  if (act == ACT_TANH) return std::tanh(v);
+  return v;
+}
+
+// The reference forward for output pixels [p0, p1) of image n, group g: plain loops in double.
+void forward_ref_item(float* out, const float* inp, const float* weight, const float* bias, int act,
+                      const Conv2dShape& s, int64_t n, int64_t g, int64_t p0, int64_t p1) {
+  const Dims d(s);
+  for (int64_t o = 0; o < d.OCg; ++o) {
+    const int64_t oc = g * d.OCg + o;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t oh = p / s.OW, ow = p % s.OW;
+      double acc = 0.0;
+      for (int64_t c = 0; c < d.Cg; ++c)
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw) {
+            const int64_t ih = oh * s.SH - s.PH + kh * s.DH, iw = ow * s.SW - s.PW + kw * s.DW;
+            if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+            acc += double(inp[((n * s.C + g * d.Cg + c) * s.H + ih) * s.W + iw]) *
+                   double(weight[((oc * d.Cg + c) * s.KH + kh) * s.KW + kw]);
+          }
+      if (bias) acc += bias[oc];
+      out[(n * s.OC + oc) * d.P + p] = static_cast<float>(activate_ref(acc, act));
+    }
+  }
+}
+
+int conv_threads(const Conv2dShape& s, const Dims& d, int64_t items) {
+  const double flops = 2.0 * double(s.N) * double(s.OC) * double(d.K) * double(d.P);
+  int nt = flops < kConvParallelFlops || omp_in_parallel() ? 1 : team_threads();
+  return items < nt ? static_cast<int>(items) : nt;
+}
+}  // namespace
+
+// out (N,OC,OH,OW) = act(conv(inp (N,C,H,W), weight (OC,C/G,KH,KW)) + bias (OC)); bias nullable.
+void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, int act,
+                    const Conv2dShape& s) {
+  const Dims d(s);
+  const int64_t items = d.blocks(s.N) * s.G;
+  parallel_region(conv_threads(s, d, items), [&](int t, int T) {
+    float* col = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
+    float* xp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
+    float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
+    for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
+      const int64_t g = it % s.G;
+      const Block b = d.block(s, it / s.G, 0, s.N);
+      const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, p0 = b.oh0 * s.OW;
+      if ((!d.direct && (!col || !xp)) || (d.images > 1 && !tmp)) {  // no scratch: the plain loops
+        for (int64_t n = b.n0; n < b.n0 + b.ni; ++n)
+          forward_ref_item(out, inp, weight, bias, act, s, n, g, p0, b.oh1 * s.OW);
+        continue;
+      }
+      const float* x = inp + (b.n0 * s.C + g * d.Cg) * d.HW;
+      float* yg = out + (b.n0 * s.OC + g * d.OCg) * d.P;
+      // the product's target: the output itself (one image), else tmp, copied out after
+      float* y = b.ni == 1 ? yg + p0 : tmp;
+      const int64_t ldy = b.ni == 1 ? d.P : cols;
+      if (bias)  // the product adds itself to the bias (accumulate) and applies act to the sum
+        for (int64_t o = 0; o < d.OCg; ++o)
+          for (int64_t j = 0; j < cols; ++j) y[o * ldy + j] = bias[g * d.OCg + o];
+      if (!d.direct) {
+        pad_block(xp, s, d, x, b);
+        im2col(col, s, d, xp, b);
+      }
+      const float* bp = d.direct ? x + p0 : col;
+      matmul_strided(y, ldy, weight + g * d.OCg * d.K, d.K, bp, d.direct ? d.HW : cols, act, d.OCg, cols, d.K, 0,
+                     0, bias ? 1 : 0);
+      if (b.ni > 1) gather_block(tmp, yg, s, d, b, false);
+    }
+  });
+}
+
+// From out = conv(inp, weight) + bias: dinp (N,C,H,W) = the input gradient [⊙ input_act'(inp), inp
+// being that activation's output], dweight (OC,C/G,KH,KW) [+]= the weight gradient, dbias (OC) [+]=
+// Σ dout over images and pixels; dinp, dweight and dbias each nullable.
+void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int input_act, int accumulate, const Conv2dShape& s) {
+  const Dims d(s);
+  float* dy_all = const_cast<float*>(dout);  // read only (gather_block's to_t direction)
+
+  if (dbias) {  // each channel's sum in double, images then pixels in order
+    parallel_chunks(s.OC, [&](int64_t lo, int64_t hi) {
+      for (int64_t oc = lo; oc < hi; ++oc) {
+        double acc = accumulate ? dbias[oc] : 0.0;
+        for (int64_t n = 0; n < s.N; ++n) {
+          const float* g = dout + (n * s.OC + oc) * d.P;
+          double part = 0.0;
+#pragma omp simd reduction(+ : part)
+          for (int64_t p = 0; p < d.P; ++p) part += g[p];
+          acc += part;
+        }
+        dbias[oc] = static_cast<float>(acc);
+      }
+    }, s.OC * s.N * d.P >= kParallelGrain * 4 ? 1 : s.OC + 1);
+  }
+
+  if (dweight) {
+    // parts x groups items; part q sums images [N*q/parts, N*(q+1)/parts) into its own partial (into
+    // dweight itself when there is one part)
+    const int64_t parts = s.N < kWeightParts ? s.N : kWeightParts, wsize = s.OC * d.K;
+    float* partial = parts > 1 ? t_parts.get(size_t(parts * wsize)) : nullptr;
+    const bool ok = parts == 1 || partial;
+    const int64_t items = ok ? parts * s.G : 0;
+    std::atomic<bool> scratch{true};  // every thread got its buffers (else the caller runs the plain loops)
+    parallel_region(conv_threads(s, d, items), [&](int t, int T) {
+      float* col = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
+      float* xp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
+      float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
+      if ((!d.direct && (!col || !xp)) || (d.images > 1 && !tmp)) scratch = false;
+#pragma omp barrier
+      if (!scratch) return;
+      for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
+        const int64_t q = it / s.G, g = it % s.G;
+        const int64_t n_lo = s.N * q / parts, n_hi = s.N * (q + 1) / parts;
+        float* dw = (parts > 1 ? partial + q * wsize : dweight) + g * d.OCg * d.K;
+        bool first = parts > 1 || !accumulate;
+        for (int64_t bi = 0; bi < d.blocks(n_hi - n_lo); ++bi) {
+          const Block b = d.block(s, bi, n_lo, n_hi);
+          const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, p0 = b.oh0 * s.OW;
+          const float* x = inp + (b.n0 * s.C + g * d.Cg) * d.HW;
+          float* dyg = dy_all + (b.n0 * s.OC + g * d.OCg) * d.P;
+          if (!d.direct) {
+            pad_block(xp, s, d, x, b);
+            im2col(col, s, d, xp, b);
+          }
+          if (b.ni > 1) gather_block(tmp, dyg, s, d, b, true);
+          // dw (OCg, K) [+]= dy block (OCg, cols) · colᵀ (cols, K), col stored (K, cols)
+          matmul_strided(dw, d.K, b.ni > 1 ? tmp : dyg + p0, b.ni > 1 ? cols : d.P, d.direct ? x + p0 : col,
+                         d.direct ? d.HW : cols, ACT_NONE, d.OCg, d.K, cols, 0, 1, first ? 0 : 1);
+          first = false;
+        }
+      }
+    });
+    if (!ok || !scratch) {
+      conv2d_backward_reference(nullptr, dweight, nullptr, dout, inp, weight, ACT_NONE, accumulate, s);
+    } else if (parts > 1) {  // dweight [+]= the partials, in part order, element by element
+      parallel_chunks(wsize, [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          float acc = accumulate ? dweight[i] + partial[i] : partial[i];
+          for (int64_t q = 1; q < parts; ++q) acc += partial[q * wsize + i];
+          dweight[i] = acc;
+        }
+      });
+    }
+  }
+
+  if (dinp) {
+    // items: image blocks x groups (the blocks of rows of one image scatter into overlapping rows of dx)
+    const int64_t image_blocks = (s.N + d.images - 1) / d.images, items = image_blocks * s.G;
+    std::atomic<bool> scratch{true};
+    parallel_region(conv_threads(s, d, items), [&](int t, int T) {
+      float* dcol = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
+      float* dxp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
+      float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
+      if ((!d.direct && (!dcol || !dxp)) || (d.images > 1 && !tmp)) scratch = false;
+#pragma omp barrier
+      if (!scratch) return;
+      for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
+        const int64_t g = it % s.G, ib = it / s.G;
+        const int64_t n0 = ib * d.images, ni = s.N - n0 < d.images ? s.N - n0 : d.images;
+        float* dx = dinp + (n0 * s.C + g * d.Cg) * d.HW;
+        const float* w = weight + g * d.OCg * d.K;
+        if (d.direct) {  // dx (Cg, HW) = W[g]ᵀ (Cg, OCg) · dy (OCg, HW), image by image
+          for (int64_t n = n0; n < n0 + ni; ++n)
+            matmul_strided(dinp + (n * s.C + g * d.Cg) * d.HW, d.HW, w, d.K, dout + (n * s.OC + g * d.OCg) * d.P,
+                           d.P, ACT_NONE, d.Cg, d.HW, d.OCg, 1, 0, 0);
+        } else {
+          for (int64_t i = 0; i < ni; ++i) std::memset(dx + i * s.C * d.HW, 0, sizeof(float) * d.Cg * d.HW);
+          for (int64_t rb = 0; rb < d.row_blocks; ++rb) {
+            const Block b = d.block(s, rb, n0, n0 + ni);
+            const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, p0 = b.oh0 * s.OW;
+            float* dyg = dy_all + (n0 * s.OC + g * d.OCg) * d.P;
+            if (b.ni > 1) gather_block(tmp, dyg, s, d, b, true);
+            // dcol (K, cols) = W[g]ᵀ (K, OCg) · dy block (OCg, cols), W[g] stored (OCg, K)
+            matmul_strided(dcol, cols, w, d.K, b.ni > 1 ? tmp : dyg + p0, b.ni > 1 ? cols : d.P, ACT_NONE, d.K,
+                           cols, d.OCg, 1, 0, 0);
+            std::memset(dxp, 0, sizeof(float) * b.ni * d.Cg * in_rows(s, b) * padded_width(s));
+            col2im_add(dxp, s, d, dcol, b);
+            unpad_add(dx, s, d, dxp, b);
+          }
+        }
+        if (input_act != ACT_NONE)
+          for (int64_t i = 0; i < ni; ++i)
+            times_dact(dx + i * s.C * d.HW, inp + ((n0 + i) * s.C + g * d.Cg) * d.HW, input_act, d.Cg * d.HW);
+      }
+    });
+    if (!scratch) conv2d_backward_reference(dinp, nullptr, nullptr, dout, inp, weight, input_act, 0, s);
+  }
+}
+
+// Same contract as conv2d_forward: plain loops in double, the oracle for the tests.
+void conv2d_forward_reference(float* out, const float* inp, const float* weight, const float* bias, int act,
+                              const Conv2dShape& s) {
+  const Dims d(s);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t g = 0; g < s.G; ++g) forward_ref_item(out, inp, weight, bias, act, s, n, g, 0, d.P);
+}
+
+// Same contract as conv2d_backward: plain loops in double, each gradient element one sum.
+void conv2d_backward_reference(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                               const float* weight, int input_act, int accumulate, const Conv2dShape& s) {
+  const Dims d(s);
+  auto at = [&](int64_t p, int64_t kh, int64_t kw, int64_t& ih, int64_t& iw) {
+    ih = p / s.OW * s.SH - s.PH + kh * s.DH;
+    iw = p % s.OW * s.SW - s.PW + kw * s.DW;
+    return ih >= 0 && ih < s.H && iw >= 0 && iw < s.W;
+  };
+  if (dbias)
+    for (int64_t oc = 0; oc < s.OC; ++oc) {
+      double acc = accumulate ? dbias[oc] : 0.0;
+      for (int64_t n = 0; n < s.N; ++n)
+        for (int64_t p = 0; p < d.P; ++p) acc += dout[(n * s.OC + oc) * d.P + p];
+      dbias[oc] = static_cast<float>(acc);
+    }
+  if (dweight)
+    for (int64_t oc = 0; oc < s.OC; ++oc) {
+      const int64_t g = oc / d.OCg;
+      for (int64_t c = 0; c < d.Cg; ++c)
+        for (int64_t kh = 0; kh < s.KH; ++kh)
+          for (int64_t kw = 0; kw < s.KW; ++kw) {
+            float* w = dweight + ((oc * d.Cg + c) * s.KH + kh) * s.KW + kw;
+            double acc = accumulate ? *w : 0.0;
+            for (int64_t n = 0; n < s.N; ++n)
+              for (int64_t p = 0, ih, iw; p < d.P; ++p)
+                if (at(p, kh, kw, ih, iw))
+                  acc += double(dout[(n * s.OC + oc) * d.P + p]) *
+                         double(inp[((n * s.C + g * d.Cg + c) * s.H + ih) * s.W + iw]);
+            *w = static_cast<float>(acc);
+          }
+    }
+  if (dinp) {
+    std::vector<double> acc(size_t(s.N * s.C * d.HW), 0.0);
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t oc = 0; oc < s.OC; ++oc) {
+        const int64_t g = oc / d.OCg;
+        for (int64_t c = 0; c < d.Cg; ++c)
+          for (int64_t kh = 0; kh < s.KH; ++kh)
+            for (int64_t kw = 0; kw < s.KW; ++kw) {
+              const double w = weight[((oc * d.Cg + c) * s.KH + kh) * s.KW + kw];
+              for (int64_t p = 0, ih, iw; p < d.P; ++p)
+                if (at(p, kh, kw, ih, iw))
+                  acc[size_t(((n * s.C + g * d.Cg + c) * s.H + ih) * s.W + iw)] += w * dout[(n * s.OC + oc) * d.P + p];
+            }
+      }
+    for (int64_t i = 0; i < s.N * s.C * d.HW; ++i) {
+      double v = acc[size_t(i)];
+      const double y = inp[i];
+      if (input_act == ACT_RELU) v = y > 0.0 ? v : (y != y ? y : 0.0);
+      if (input_act == ACT_SIGMOID) v = v * y * (1.0 - y);
+      if (input_act == ACT_TANH) v = v * (1.0 - y * y);
+      dinp[i] = static_cast<float>(v);
+    }
+  }
+}
+
+}  // namespace FASTDL_ISA_NS
+}  // namespace fastdl
