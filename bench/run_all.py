@@ -4,7 +4,7 @@
                             [--no-torch] [--mnist DIR]
     python -m fastdl bench [same options]          (calls main(argv))
 
-NAMES: comma-separated benchmarks — gemm, kernels, training, contention, scaling, data — each optionally followed by
+NAMES: comma-separated benchmarks — gemm, kernels, training, contention, scaling, data, conv — each optionally followed by
 `:SUBSTRING` to run only its cases whose names contain it (`kernels:relu`, `gemm:2048`,
 `training:batch 128`; repeat a name for several substrings). Default: all of them.
 
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402 - must set the thread count before numpy is imported
 
-BENCHES = ["gemm", "kernels", "training", "contention", "scaling", "data"]
+BENCHES = ["gemm", "kernels", "training", "contention", "scaling", "data", "conv"]
 
 
 def parse_only(text):
@@ -200,7 +200,7 @@ def summary(cfg, info, limits, results, bars, notes, loads, started):
         "## Reports", "",
     ]
     for name, res in results.items():
-        lines.append(f"- [{name}]({name}.md)")
+        lines.append(f"- [{name}](issue16/conv.md)" if name == "conv" else f"- [{name}]({name}.md)")
     lines.append("")
     if notes:
         lines += ["## Not run", ""] + [f"- {n}" for n in notes] + [""]
@@ -273,6 +273,12 @@ def main(argv=None) -> int:
         import bench_data  # noqa: PLC0415 - after setup_threads
 
         results["data"] = bench_data.run(cfg.derive(sel["data"]), mnist=args.mnist)
+    if "conv" in sel:
+        import bench_conv  # noqa: PLC0415 - after setup_threads
+
+        conv_cfg = cfg.derive(sel["conv"])
+        conv_cfg.out = cfg.out / "issue16"   # issue 16's reports in their own folder, as bench_conv.py alone writes
+        results["conv"] = bench_conv.run(conv_cfg, limits, mnist=args.mnist, use_torch=not args.no_torch)
     if "kernels" in results and results["kernels"]["data"]["skipped_missing_ops"]:
         notes.append("kernels not in fastdl.ops in this build (their cases skipped): "
                      + "; ".join(results["kernels"]["data"]["skipped_missing_ops"]))
@@ -288,7 +294,7 @@ def main(argv=None) -> int:
     md = summary(cfg, info, limits, results, bars, notes, loads, started)
     data = {"machine": info, "config": cfg.as_dict(), "load_average": loads, "limits": limits.data, "bars": bars,
             "notes": notes, "seconds": time.perf_counter() - started,
-            "reports": {name: f"{name}.json" for name in results}}
+            "reports": {name: "issue16/conv.json" if name == "conv" else f"{name}.json" for name in results}}
     md_path, js_path = common.write_report(cfg.out, "SUMMARY", md, data)
     print("\n" + common.bars_markdown(bars))
     print(f"\nwrote {md_path} and {js_path}")

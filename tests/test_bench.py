@@ -169,3 +169,35 @@ def test_contention_benchmark_runs_beside_a_busy_process(tmp_path, mnist_path):
         assert r["fastdl 2 threads"]["seconds"] > 0 and r["fastdl 1 thread"]["seconds"] > 0 and r["numpy"]["seconds"] > 0
     assert any("vs 1 thread" in b["bar"] for b in rep["bars"])
     assert "busy-loop process(es) ran for the whole benchmark" in (tmp_path / "contention.md").read_text()
+
+
+def test_conv_benchmark_tiny_writes_its_report(tmp_path, mnist_path):
+    """bench_conv through run_all (reports in OUT/issue16/), PyTorch included when installed: every case checked
+    and timed, the epochs of both models on a few rows, the memory children."""
+    import importlib.util
+
+    torch_args = [] if importlib.util.find_spec("torch") else ["--no-torch"]
+    rc = run_all.main(["--tiny", "--threads", "2", "--out", str(tmp_path), "--only", "conv", "--no-scaling",
+                       "--mnist", str(mnist_path), *torch_args])
+    assert rc == 0
+    rep = json.loads((tmp_path / "issue16" / "conv.json").read_text())
+    convs = [r for r in rep["kernels"] if r["kind"] == "conv"]
+    assert len(convs) == 12 and {r["op"] for r in convs} == {"forward", "dX", "dW"}
+    for r in convs:
+        assert r["fastdl"]["ms"] > 0 and r["numpy"]["ms"] > 0 and r["fastdl"]["rel_error"] < 1e-4
+        assert 0 < r["fastdl"]["peak_fraction"] and r["speedup_vs_numpy"] > 0
+    assert {r["kind"] for r in rep["kernels"]} == {"conv", "pool", "batchnorm"}
+    assert [r["model"] for r in rep["epochs"]] == ["lenet5", "cnn"]
+    assert all(0 <= r["fastdl"]["test_accuracy"] <= 1 for r in rep["epochs"])
+    assert rep["memory"]["fastdl"]["vm_hwm_kib"] > 0 and rep["machine"]["cpu"] and rep["load_average_before"]
+    if not torch_args:
+        assert all("torch" in r for r in rep["kernels"]) and "torch" in rep["memory"]
+        assert any(b["bar"].startswith("LeNet-5 epoch") for b in rep["bars"])
+    assert "| bar | target | measured | pass |" in (tmp_path / "issue16" / "conv.md").read_text()
+    assert "[conv](issue16/conv.md)" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_numpy_conv_matches_float64_loops():
+    import numpy_conv
+
+    assert numpy_conv.check_against_loops() < 1e-5

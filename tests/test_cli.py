@@ -147,6 +147,7 @@ def test_train_quiet_options_and_history_png(mnist_path, tmp_path, capsys):
     (["train", "--weight-decay", "-0.1"], "argument --weight-decay: value must be >= 0.0, got -0.1"),
     (["train", "--hidden"], "expected at least one argument"),
     (["train", "--bogus"], "unrecognized arguments"),
+    (["train", "--model", "resnet"], "argument --model: invalid choice: 'resnet'"),
     (["predict", "model.npz"], "required"),
 ])
 def test_bad_flags_exit_2(argv, expect, capsys):
@@ -159,8 +160,9 @@ def test_help_exits_0_and_states_each_default_once(capsys):
     out = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
     assert "--weight-decay" in out and "98% test accuracy" in out and "%%" not in out
     assert "(default: None)" not in out and not re.search(r"\(default:[^)]*\) \(default:", out)
-    for shown in ("activation (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
-                  "training epochs (default: 20)", "hidden layer (default: 0.1)", "(default: 0)"):
+    for shown in ("activation (mlp) (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
+                  "training epochs (default: 20)", "before the last layer) (default: 0.1)", "(default: 0)",
+                  "(default: mlp)", "cnn changes the defaults to --epochs 8 --dropout 0.5 --batch-norm"):
         assert shown in out
 
 
@@ -174,7 +176,7 @@ def test_defaults_are_the_measured_ones():
     """The flags whose MNIST accuracy (>= 98%) was measured; change them only with a new measurement."""
     args = build_parser().parse_args(["train"])
     assert vars(args) | {"func": None} == {
-        "command": "train", "func": None, "data": None, "hidden": [256, 128], "activation": "relu",
+        "command": "train", "func": None, "model": "mlp", "data": None, "hidden": [256, 128], "activation": "relu",
         "optimizer": "sgd", "lr": None, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "dropout": 0.1,
         "batch_norm": False, "batch_size": 128, "epochs": 20, "schedule": "cosine", "seed": 0, "threads": None,
         "val_split": 0.0, "out": "model.npz", "history_png": None, "quiet": False, "limit_train": None,
@@ -223,6 +225,132 @@ def test_default_train_reaches_98_percent(mnist_path, tmp_path, capsys):
     assert main(["train", "--data", str(mnist_path), "--out", str(tmp_path / "m.npz")]) == 0
     m = ACC.search(capsys.readouterr().out)
     assert float(m.group(1)) >= 98.0
+
+
+# ---------------------------------------------------------------- issue 16: --model lenet5 | cnn
+
+
+@pytest.fixture(scope="module")
+def trained_cnns(tmp_path_factory):
+    """One tiny run of each image model: {name: (model path, stdout)} and the MNIST dir."""
+    d = mnist_dir()
+    if not (d / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {d} (set FASTDL_MNIST_DIR)")
+    out, tmp = {}, tmp_path_factory.mktemp("cli-cnn")
+    for name, n in (("lenet5", 2000), ("cnn", 256)):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+            rc = main(["train", "--model", name, "--data", str(d), "--limit-train", str(n), "--limit-test", "500",
+                       "--epochs", "1", "--batch-size", "32", "--seed", "1", "--out", str(tmp / f"{name}.npz")])
+        assert rc == 0, buf.getvalue()
+        out[name] = (tmp / f"{name}.npz", buf.getvalue())
+    return out, d
+
+
+def test_train_image_models(trained_cnns):
+    runs, _ = trained_cnns
+    path, text = runs["lenet5"]
+    m = ACC.search(text)
+    assert m and int(m.group(3)) == 1, text
+    assert float(m.group(1)) > 50.0          # 1 epoch on 2000 images (63 steps): well above chance
+    assert "model: LeNet-5 (conv 6, 16; dense 120, 84, 10), 61706 parameters" in text
+    assert [type(x).__name__ for x in nn.load(path)] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU",
+                                                         "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear", "ReLU",
+                                                         "Linear"]
+    path, text = runs["cnn"]
+    assert ACC.search(text), text
+    assert "model: VGG-style CNN" in text and "468010 parameters, batch norm, dropout 0.5" in text
+    kinds = [type(x).__name__ for x in nn.load(path)]
+    assert kinds.count("Conv2d") == 4 and kinds.count("BatchNorm2d") == 4 and kinds[-2:] == ["Dropout", "Linear"]
+
+
+def test_image_model_defaults_and_refused_flags(tmp_path, monkeypatch, capsys):
+    import fastdl.__main__ as cli
+    from fastdl import models
+
+    seen = {}
+
+    def stop_after_build(name):
+        real = getattr(models, name)
+
+        def spy(*a, **k):
+            seen[name] = (a, k)
+            raise KeyboardInterrupt  # no training: the command exits 130 right after building the model
+        return real, spy
+
+    for name in ("lenet5", "cnn"):
+        monkeypatch.setattr(models, name, stop_after_build(name)[1])
+    monkeypatch.setattr(cli, "_load_mnist", lambda data: ((np.zeros((8, 784), np.float32), np.zeros(8, np.int64)),) * 2)
+    assert main(["train", "--model", "cnn"]) == 130
+    assert seen["cnn"] == ((10,), dict(batch_norm=True, dropout=0.5, rng=0))
+    assert main(["train", "--model", "cnn", "--no-batch-norm", "--dropout", "0.25", "--seed", "4"]) == 130
+    assert seen["cnn"] == ((10,), dict(batch_norm=False, dropout=0.25, rng=4))
+    assert main(["train", "--model", "lenet5", "--seed", "2"]) == 130
+    assert seen["lenet5"] == ((10,), dict(rng=2))
+    capsys.readouterr()
+    for argv, flag, users in ((["--model", "lenet5", "--dropout", "0.1"], "--dropout", "mlp and cnn"),
+                              (["--model", "lenet5", "--batch-n"], "--batch-norm", "mlp and cnn"),
+                              (["--model", "cnn", "--hidden", "64"], "--hidden", "mlp"),
+                              (["--model", "cnn", "--activation", "tanh"], "--activation", "mlp")):
+        assert main(["train", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err == f"fastdl train: error: {flag} applies to --model {users} only, not to --model {argv[1]}\n"
+    # the defaults the CNN changes: only where the flag is not given
+    args = build_parser().parse_args(["train", "--model", "cnn", "--epochs", "3"])
+    args._explicit = cli._explicit_train_flags(["train", "--model", "cnn", "--epo", "3"])
+    cli._apply_model_defaults(args)
+    assert (args.epochs, args.dropout, args.batch_norm) == (3, 0.5, True)
+    assert cli.MODEL_DEFAULTS["cnn"]["epochs"] == 8
+
+
+def test_predict_image_model_any_image_layout(trained_cnns, tmp_path, capsys):
+    runs, d = trained_cnns
+    images = read_idx(d / "t10k-images-idx3-ubyte.gz")[:200]  # uint8 (200, 28, 28)
+    labels = read_idx(d / "t10k-labels-idx1-ubyte.gz")[:200].astype(np.int64)
+    X = images.reshape(200, 1, 28, 28).astype(np.float32) / np.float32(255)
+    files = {"u8_nhw.npy": images, "u8_flat.npy": images.reshape(200, 784), "f32_nchw.npy": X,
+             "f32_flat.npy": X.reshape(200, 784)}
+    for name, arr in files.items():
+        np.save(tmp_path / name, arr)
+    np.save(tmp_path / "labels.npy", labels)
+    for model_name in ("lenet5", "cnn"):
+        model_path = runs[model_name][0]
+        want = predict(nn.load(model_path), X).argmax(axis=1)
+        for name in (*files, "idx"):
+            src = d / "t10k-images-idx3-ubyte.gz" if name == "idx" else tmp_path / name
+            out = tmp_path / f"{model_name}-{name}.preds.npy"
+            assert main(["predict", str(model_path), str(src), "--labels",
+                         str(d / "t10k-labels-idx1-ubyte.gz" if name == "idx" else tmp_path / "labels.npy"),
+                         "--out", str(out)]) == 0, capsys.readouterr().err
+            got = np.load(out)
+            np.testing.assert_array_equal(got[:200], want, err_msg=f"{model_name} {name}")
+            text = capsys.readouterr().out
+            if name != "idx":
+                assert f"accuracy: {100 * np.mean(want == labels):.2f}%" in text
+        np.save(tmp_path / "one.npy", images[3])         # one image, (28, 28)
+        assert main(["predict", str(model_path), str(tmp_path / "one.npy")]) == 0
+        assert f"1 images; predicted classes: {want[3]}" in capsys.readouterr().out
+    np.save(tmp_path / "rgb.npy", np.zeros((4, 3, 28, 28), np.float32))
+    assert main(["predict", str(runs["lenet5"][0]), str(tmp_path / "rgb.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "images of shape (3, 28, 28); the model starts with a convolution over 1 channel and wants " \
+           "(N, 1, H, W) images" in err and err.count("\n") == 1
+    np.save(tmp_path / "rows.npy", np.zeros((4, 700), np.float32))
+    assert main(["predict", str(runs["cnn"][0]), str(tmp_path / "rows.npy")]) == 1
+    assert "or rows of square images" in capsys.readouterr().err
+
+
+def test_model_input_shapes_for_the_first_layer():
+    import fastdl.__main__ as cli
+
+    conv3 = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten())
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32)
+    assert cli._model_input(conv3, x.reshape(2, 48), "f").shape == (2, 3, 4, 4)
+    assert cli._model_input(conv3, x.reshape(2, 3, 4, 4), "f").shape == (2, 3, 4, 4)
+    with pytest.raises(cli.CLIError, match="wants \\(N, 3, H, W\\) images or rows"):
+        cli._model_input(conv3, x.reshape(2, 12, 4), "f")        # (N, H, W) only for one channel
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    assert cli._model_input(mlp, x.reshape(2, 3, 4, 4), "f").shape == (2, 48)
 
 
 # ---------------------------------------------------------------- issue 14: files, data, Ctrl-C

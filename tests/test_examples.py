@@ -77,6 +77,20 @@ def test_mnist_example_one_epoch(mnist_path, tmp_path):
     assert (tmp_path / "mnist_mlp.npz").exists()
 
 
+@pytest.mark.parametrize("model, n, floor", [("lenet5", 3000, 0.6), ("cnn", 512, 0.0)])
+def test_mnist_cnn_example_small_subset(mnist_path, tmp_path, model, n, floor):
+    out = run_example("mnist_cnn.py", "--model", model, "--epochs", "1", "--batch-size", "32", "--train-size",
+                      str(n), "--test-size", "500", "--data", str(mnist_path), cwd=tmp_path)
+    assert f"{n} training and 500 test images, batch size 32, 1 epochs" in out
+    acc = float(re.search(r"epoch 1/1: last batch loss [0-9.]+, test accuracy ([0-9.]+)", out).group(1))
+    assert acc >= floor, out           # LeNet-5 after 94 steps: well above chance (0.1)
+    assert f"test accuracy: {100 * acc:.2f}%" in out
+    from fastdl import nn
+
+    kinds = [type(m).__name__ for m in nn.load(tmp_path / "mnist_cnn.npz")]
+    assert kinds.count("Conv2d") == (2 if model == "lenet5" else 4)
+
+
 def test_mnist_example_without_data_says_so_in_one_line(tmp_path):
     """Offline, nothing in $FASTDL_DATA, the cache or ../shared/data/mnist: one line, exit 1."""
     with socket.socket() as s:

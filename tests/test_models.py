@@ -1,4 +1,4 @@
-"""fastdl.models: the ready-made architectures (models.mlp), and the old estimator names kept importable.
+"""fastdl.models: the ready-made architectures (models.mlp, lenet5, cnn), and the old estimator names kept importable.
 
 References: the layers built one by one with nn.Linear from the same generator (what the three builders
 that models.mlp replaced did: the estimators', the command line's and the training benchmark's), weight
@@ -181,6 +181,138 @@ def test_cli_and_benchmark_build_through_models_mlp(monkeypatch):
     assert len(calls) == 2 and calls[0][0][0] == bt.SIZES
     assert "models.mlp(" in Path(cli.__file__).read_text()    # `fastdl train` builds its network there too
     assert not hasattr(cli, "build_mlp")
+
+
+# ---------------------------------------------------------------- the image models: lenet5, cnn
+
+def torch_lenet5(torch, num_classes=10):
+    tnn = torch.nn
+    return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+                          tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+                          tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+                          tnn.Linear(84, num_classes))
+
+
+def torch_cnn(torch, num_classes=10, batch_norm=True, dropout=0.5):
+    tnn = torch.nn
+    layers = []
+    for c_in, c_out in ((1, 32), (32, 32), (32, 64), (64, 64)):
+        layers.append(tnn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+        layers += [tnn.BatchNorm2d(c_out)] if batch_norm else []
+        layers.append(tnn.ReLU())
+        layers += [tnn.MaxPool2d(2)] if c_in == c_out else []
+    layers += [tnn.Flatten(), tnn.Linear(3136, 128), tnn.ReLU()]
+    layers += [tnn.Dropout(dropout)] if dropout else []
+    return tnn.Sequential(*layers, tnn.Linear(128, num_classes))
+
+
+def test_lenet5_layers_and_shapes():
+    net = models.lenet5(rng=0)
+    assert kinds(net) == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten",
+                          "Linear", "ReLU", "Linear", "ReLU", "Linear"]
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [m.weight.data.shape for m in convs] == [(6, 1, 5, 5), (16, 6, 5, 5)]
+    assert [(m.in_features, m.out_features) for m in net if isinstance(m, nn.Linear)] == [(400, 120), (120, 84),
+                                                                                         (84, 10)]
+    assert sum(p.data.size for p in net.parameters()) == 61706
+    x = np.random.default_rng(0).random((3,) + models.IMAGE_SHAPE, dtype=np.float32)
+    assert net(x).shape == (3, 10)
+    assert models.lenet5(7, rng=0)(x).shape == (3, 7)
+    h = x
+    for m in list(net)[:6]:           # (N, 6, 14, 14) after the first block, (N, 16, 5, 5) after the second
+        h = m(h)
+    assert h.shape == (3, 16, 5, 5)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(batch_norm=False), dict(dropout=0.0), dict(batch_norm=False, dropout=0.2)])
+def test_cnn_layers_and_shapes(kw):
+    net = models.cnn(rng=0, **kw)
+    bn, p = kw.get("batch_norm", True), kw.get("dropout", 0.5)
+    block = ["Conv2d"] + (["BatchNorm2d"] if bn else []) + ["ReLU"]
+    assert kinds(net) == (block * 2 + ["MaxPool2d"]) * 2 + ["Flatten", "Linear", "ReLU"] + (["Dropout"] if p else []) \
+        + ["Linear"]
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [m.weight.data.shape for m in convs] == [(32, 1, 3, 3), (32, 32, 3, 3), (64, 32, 3, 3), (64, 64, 3, 3)]
+    assert all((m.bias is None) == bn for m in convs)
+    assert [m.p for m in net if isinstance(m, nn.Dropout)] == ([p] if p else [])
+    assert sum(q.data.size for q in net.parameters()) == (468010 if bn else 467818)
+    x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
+    assert net(x).shape == (2, 10)
+    net.eval()
+    assert models.cnn(3, rng=0, **kw).eval()(x).shape == (2, 3)
+
+
+@pytest.mark.parametrize("build", ["lenet5", "cnn", "cnn_plain"])
+def test_image_models_match_torch(build):
+    """Same tensors in the same order as the PyTorch network (a state dict maps one to one), and with
+    fastdl's weights copied in, the same outputs (eval mode: BatchNorm2d on its running statistics)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    if build == "lenet5":
+        net, ref = models.lenet5(rng=1), torch_lenet5(torch)
+    else:
+        bn = build == "cnn"
+        net, ref = models.cnn(rng=1, batch_norm=bn), torch_cnn(torch, batch_norm=bn)
+    ours = net.state_dict()
+    theirs = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert {k: v.shape for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}  # same names
+    assert [p.data.shape for p in net.parameters()] == [tuple(p.shape) for p in ref.parameters()]  # same order
+    assert sum(p.data.size for p in net.parameters()) == sum(p.numel() for p in ref.parameters())
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.items()}, strict=False)
+    x = np.random.default_rng(2).random((5, 1, 28, 28), dtype=np.float32)
+    net.eval(), ref.eval()
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("build", [models.lenet5, models.cnn])
+def test_image_models_seeded_determinism(build):
+    def weights(net):
+        return [p.data.copy() for p in net.parameters()]
+
+    a, b = build(rng=3), build(rng=np.random.default_rng(3))
+    for x, y in zip(weights(a), weights(b)):
+        np.testing.assert_array_equal(x, y)
+    other = weights(build(rng=4))
+    assert not any(np.array_equal(x, y) for x, y in zip(weights(a), other) if x.std() > 0)
+    g = np.random.default_rng(3)
+    build(rng=g)                          # a Generator is used as it is, and advanced
+    assert g.integers(1 << 30) != np.random.default_rng(3).integers(1 << 30)
+    x = np.random.default_rng(5).random((4, 1, 28, 28), dtype=np.float32)
+    a.train(), b.train()
+    np.testing.assert_array_equal(a(x), b(x))   # training mode too: same dropout seeds
+    fresh = [weights(build())[0] for _ in range(2)]
+    assert not np.array_equal(*fresh)
+
+
+@pytest.mark.parametrize("fn, kw, exc, match", [
+    ("lenet5", dict(num_classes=0), ValueError, r"lenet5: num_classes must be >= 1, got 0"),
+    ("lenet5", dict(num_classes=2.0), TypeError, r"lenet5: num_classes must be an int"),
+    ("lenet5", dict(rng=-1), ValueError, r"lenet5: rng must be None, an int >= 0"),
+    ("cnn", dict(num_classes=0), ValueError, r"cnn: num_classes must be >= 1"),
+    ("cnn", dict(dropout=1.0), ValueError, r"cnn: dropout must be >= 0.0 and < 1.0"),
+    ("cnn", dict(batch_norm="yes"), TypeError, r"cnn: batch_norm must be True or False"),
+    ("cnn", dict(rng="0"), TypeError, r"cnn: rng must be None, an int >= 0"),
+])
+def test_image_models_bad_arguments(fn, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        getattr(models, fn)(**kw)
+
+
+def test_image_models_train_and_save(tmp_path):
+    from fastdl import optim
+    from fastdl.train import fit, predict
+
+    rng = np.random.default_rng(0)
+    X = rng.random((64, 1, 28, 28), dtype=np.float32)
+    y = (X[:, 0, :14].mean(axis=(1, 2)) > X[:, 0, 14:].mean(axis=(1, 2))).astype(np.int64)  # top vs bottom half
+    for net in (models.lenet5(2, rng=0), models.cnn(2, rng=0)):
+        hist = fit(net, nn.CrossEntropyLoss(), optim.Adam(net.parameters(), lr=2e-3), X, y, epochs=6,
+                   batch_size=16, seed=0, verbose=0)
+        assert hist["loss"][-1] < hist["loss"][0]
+        net.save(tmp_path / "m.npz")
+        np.testing.assert_array_equal(predict(nn.load(tmp_path / "m.npz"), X), predict(net, X))
 
 
 # ---------------------------------------------------------------- the estimators' old home
