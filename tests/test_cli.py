@@ -162,7 +162,7 @@ def test_help_exits_0_and_states_each_default_once(capsys):
     assert "(default: None)" not in out and not re.search(r"\(default:[^)]*\) \(default:", out)
     for shown in ("activation (mlp) (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
                   "training epochs (default: 20)", "before the last layer) (default: 0.1)", "(default: 0)",
-                  "(default: mlp)", "cnn changes the defaults to --epochs 8 --dropout 0.5 --batch-norm"):
+                  "(default: mlp)", "cnn changes the defaults to --epochs 8 --lr 0.01 --dropout 0.5 --batch-norm"):
         assert shown in out
 
 

@@ -39,7 +39,7 @@ pip install --quiet --no-deps --upgrade --target "$prefix" "${isolation[@]}" \
 
 tests=(tests/test_gemm.py tests/test_linear.py tests/test_activations.py tests/test_losses.py
        tests/test_dropout.py tests/test_batchnorm.py tests/test_optim_kernels.py tests/test_misaligned.py
-       tests/test_bindings.py)
+       tests/test_bindings.py tests/test_conv.py tests/test_pool.py tests/test_batchnorm2d.py tests/test_dropout2d.py)
 if [ $# -gt 0 ]; then tests=("$@"); fi
 
 # Python is not instrumented: the ASan runtime must be loaded before anything else, and libstdc++ with
