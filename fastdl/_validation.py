@@ -62,15 +62,18 @@ def check_int(value, who: str, name: str, *, minimum: int | None = None, maximum
     return value
 
 
-def check_pair(value, who: str, name: str, *, minimum: int) -> tuple:
-    """``value`` (an int, or a pair of ints for height and width) as a tuple (h, w), each >= minimum."""
+def check_pair(value, who: str, name: str, *, minimum: int | None = None, maximum: int | None = None,
+               allow_none: bool = False) -> tuple:
+    """``value`` (an int, or a pair of ints for height and width) as a tuple (h, w), each within [minimum,
+    maximum] (None entries kept when ``allow_none``): the image layers' kernel sizes, strides, padding."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{who}: {name} must be an int or a pair of ints (h, w), got {len(value)} values")
-        return tuple(check_int(v, who, name, minimum=minimum) for v in value)
-    if not _is_int(value):
+            raise ValueError(f"{who}: {name} must be an int or a pair of ints (h, w), got {value!r}")
+        return tuple(check_int(v, who, name, minimum=minimum, maximum=maximum, allow_none=allow_none)
+                     for v in value)
+    if not _is_int(value) and not (allow_none and value is None):
         raise TypeError(f"{who}: {name} must be an int or a pair of ints (h, w), got {type(value).__name__}")
-    v = check_int(value, who, name, minimum=minimum)
+    v = check_int(value, who, name, minimum=minimum, maximum=maximum, allow_none=allow_none)
     return (v, v)
 
 

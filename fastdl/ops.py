@@ -368,20 +368,10 @@ __all__ += ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backw
 # of kernel_size and the kernel no larger than the padded input (ValueError naming the argument).
 
 
-def _pair(value, who, name, *, allow_none=False):
-    """An int or a pair of ints (None entries allowed when ``allow_none``) as a 2-tuple."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{who}: {name} must be an int or a pair (h, w), got {value!r}")
-        return tuple(check_int(v, who, name, allow_none=allow_none) for v in value)
-    v = check_int(value, who, name, allow_none=allow_none)
-    return (v, v)
-
-
 def _pool_args(who, kernel_size, stride, padding):
-    k = _pair(kernel_size, who, "kernel_size")
-    s = k if stride is None else _pair(stride, who, "stride")
-    p = _pair(padding, who, "padding")
+    k = check_pair(kernel_size, who, "kernel_size")
+    s = k if stride is None else check_pair(stride, who, "stride")
+    p = check_pair(padding, who, "padding")
     return k + s + p
 
 
@@ -424,7 +414,7 @@ def adaptive_avg_pool2d(x, output_size, out=None):
     """Adaptive average pooling to ``output_size`` (an int or (OH, OW); None in a pair keeps that input
     size), as ``torch.nn.functional.adaptive_avg_pool2d``: output (i, j) averages rows
     [floor(i*H/OH), ceil((i+1)*H/OH)) and the columns likewise. output_size 1 is global average pooling."""
-    oh, ow = _pair(output_size, "adaptive_avg_pool2d", "output_size", allow_none=True)
+    oh, ow = check_pair(output_size, "adaptive_avg_pool2d", "output_size", allow_none=True)
     shape = getattr(x, "shape", ())
     if (oh is None or ow is None) and len(shape) == 4:
         oh = shape[2] if oh is None else oh

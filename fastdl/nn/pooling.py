@@ -13,14 +13,8 @@ __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
 def _pair(value, who, name, minimum, allow_none=False):
-    """(h, w) from an int or a pair of ints, each >= minimum (None kept when allow_none)."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{who}: {name} must be an int or a pair (h, w), got {value!r}")
-        return tuple(_v.check_int(v, who, name, minimum=minimum, maximum=2**31 - 1, allow_none=allow_none)
-                     for v in value)
-    v = _v.check_int(value, who, name, minimum=minimum, maximum=2**31 - 1, allow_none=allow_none)
-    return (v, v)
+    """(h, w) from an int or a pair of ints, each >= minimum and below 2^31 (None kept when allow_none)."""
+    return _v.check_pair(value, who, name, minimum=minimum, maximum=2**31 - 1, allow_none=allow_none)
 
 
 def _plain(pair):
