@@ -46,7 +46,9 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402 - must set the thread count before numpy is imported
 
 OUT = common.RESULTS / "issue16"
-LR, MOMENTUM, WEIGHT_DECAY, SEED = 0.05, 0.9, 5e-4, 0
+# SGD learning rate by model (the CLI's defaults: 0.05 made the VGG-style net diverge in its first steps)
+LR = {"lenet5": 0.05, "cnn": 0.01}
+MOMENTUM, WEIGHT_DECAY, SEED = 0.9, 5e-4, 0
 # (label, C, OC, K, padding, H): stride 1, square images, batch BATCH
 CONV_CASES = [
     ("LeNet conv1 1→6 5×5 pad 2 28×28", 1, 6, 5, 2, 28),
@@ -323,14 +325,14 @@ def epoch_case(cfg, torch, name, epochs, xtr, ytr, xte, yte):
     from fastdl.train import fit, predict  # noqa: PLC0415
 
     model = build_model(name)
-    opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+    opt = optim.SGD(model.parameters(), lr=LR[name], momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
     loss_fn = nn.CrossEntropyLoss()
     rec = {"model": name, "epochs": epochs, "train_rows": int(len(xtr)), "test_rows": int(len(xte)), "batch": BATCH,
            "parameters": int(sum(p.data.size for p in model.parameters())), "fastdl": {"epoch_seconds_rounds": []}}
     nets = {"fastdl": None}
     if torch is not None:
         tnet = torch_twin(torch, model)
-        topt = torch.optim.SGD(tnet.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        topt = torch.optim.SGD(tnet.parameters(), lr=LR[name], momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
         tloss = torch.nn.CrossEntropyLoss()
         model.eval(), tnet.eval()
         with torch.no_grad():
@@ -413,7 +415,7 @@ def memory_child(which, mnist, rows, threads):
         torch.set_num_threads(threads)
         net = torch_twin(torch, model)
         del model
-        opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        opt = torch.optim.SGD(net.parameters(), lr=LR["lenet5"], momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
         loss_fn = torch.nn.CrossEntropyLoss()
         rss_before = _status_kib("VmRSS")
         perm = np.random.default_rng(SEED).permutation(len(xtr))
@@ -424,7 +426,7 @@ def memory_child(which, mnist, rows, threads):
             loss.backward()
             opt.step()
     else:
-        opt = optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
+        opt = optim.SGD(model.parameters(), lr=LR["lenet5"], momentum=MOMENTUM, nesterov=True, weight_decay=WEIGHT_DECAY)
         rss_before = _status_kib("VmRSS")
         fit(model, nn.CrossEntropyLoss(), opt, xtr, ytr, epochs=1, batch_size=BATCH, seed=SEED, verbose=0)
     print(json.dumps({"which": which, "rows": int(len(xtr)), "vm_hwm_kib": _status_kib("VmHWM"),
@@ -541,7 +543,7 @@ def markdown(cfg, info, load_before, records, epochs, memory, bars, missing, pea
         lines += ["## Whole epochs on MNIST, batch 128", "", common.markdown_table(
             ["model", "contender", "s / epoch (median)", "test acc", "last epoch loss", "train / test rows", "epochs",
              "torch / fastdl", "other load"], rows), "",
-            f"SGD lr {LR}, momentum {MOMENTUM}, Nesterov, weight decay {WEIGHT_DECAY} on both; fastdl `fit` vs "
+            f"SGD lr {LR['lenet5']} (LeNet-5) / {LR['cnn']} (CNN), momentum {MOMENTUM}, Nesterov, weight decay {WEIGHT_DECAY} on both; fastdl `fit` vs "
             "the PyTorch loop on the same network with fastdl's initial weights copied in (logits checked equal "
             "first); their epochs alternate.", ""]
     if memory:
@@ -604,7 +606,7 @@ def run(cfg: common.Config, limits: common.Limits, *, mnist=None, use_torch=True
             "load_average_after": common.load_average(), "fma_peak_gflops": peak, "torch_missing": missing,
             "fastdl_dx_alone": DX_ONLY,
             "kernels": records, "epochs": epochs, "memory": memory, "bars": bars, "notes": notes,
-            "hyperparameters": {"lr": LR, "momentum": MOMENTUM, "nesterov": True, "weight_decay": WEIGHT_DECAY,
+            "hyperparameters": {"lr": dict(LR), "momentum": MOMENTUM, "nesterov": True, "weight_decay": WEIGHT_DECAY,
                                 "seed": SEED, "batch": BATCH}}
     md_path, js_path = common.write_report(cfg.out, "conv", md, data)
     print(f"wrote {md_path} and {js_path}")

@@ -58,6 +58,7 @@ thread_local Arena t_tmp;    // a thread's block of output or output gradient, (
 thread_local Arena t_pad;    // a thread's padded block input (or its gradient)
 thread_local Arena t_parts;  // the caller's partial weight gradients
 thread_local Arena t_flip;   // the caller's flipped weights (the input gradient as a convolution)
+thread_local Arena t_apack;  // the caller's weights packed for the shifted-window forward
 
 // The columns of one product: images [n0, n0+ni) x output rows [oh0, oh1), image by image, row by row
 // (ni > 1 only with whole images).
@@ -230,6 +231,57 @@ void times_dact(float* g, const float* y, int act, int64_t n) {
   }
 }
 
+// ------------------------------------------------------------------ the shifted-window forward
+// At stride 1 an output row needs no im2col copy: computed over the padded block's whole width Wp
+// (the last Wp - OW columns of each row are discarded), output column j of the block reads the padded
+// input at j + off[k] for kernel element k = (c, kh, kw), off[k] = (c·R + kh·DH)·Wp + kw·DW (R: the
+// block's input rows). A tile of MR output channels x NV vectors of columns sums over k in order from
+// 0 - the order the GEMM path uses for K <= its K-block (400): the same bits - reading B straight from
+// the padded rows and A (the weights) from panels packed k-major once per call.
+#if defined(__AVX2__)
+// c (mr rows ldc apart, ncols columns) = act(Σ_k a[k*MR + i] · b[off[k] + j] + bias[i]); bias nullable.
+template <int MR, int NV>
+__attribute__((noinline)) void shifted_tile(float* __restrict c, int64_t ldc, const float* __restrict a,
+                                            const float* __restrict b, const int64_t* __restrict off, int64_t K,
+                                            int mr, int64_t ncols, const float* bias, int act) {
+  reg acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = Vec::zero();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = b + off[k];
+    reg bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::loadu(bk + v * kW);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const reg av = Vec::bcast(a + k * MR + i);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const int64_t n = ncols - v * kW < kW ? ncols - v * kW : kW;
+    if (n <= 0) break;
+    const Vec::mask m = Vec::first(static_cast<int>(n));
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr) break;
+      reg x = acc[i][v];
+      if (bias) x = Vec::add(x, Vec::set1(bias[i]));
+      if (act != ACT_NONE) x = activate(x, act);
+      if (n == kW)
+        Vec::storeu(c + i * ldc + v * kW, x);
+      else
+        Vec::storeu_n(c + i * ldc + v * kW, x, m);
+    }
+  }
+}
+#endif
+
 double activate_ref(double v, int act) {
   if (act == ACT_RELU) return 0.0 > v ? 0.0 : v;  // NaN stays NaN
   if (act == ACT_SIGMOID) return v >= 0.0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v));
@@ -267,10 +319,90 @@ int conv_threads(const Conv2dShape& s, const Dims& d, int64_t items) {
 }
 }  // namespace
 
+#if defined(__AVX2__)
+// conv2d_forward at stride 1 by shifted_tile<MR, NV>: false (nothing written) when its scratch cannot be had.
+template <int MR, int NV>
+bool forward_shifted(float* out, const float* inp, const float* weight, const float* bias, int act,
+                     const Conv2dShape& s, const Dims& d) {
+  constexpr int NR = NV * kW;
+  const int64_t wp = padded_width(s), panels = (d.OCg + MR - 1) / MR;
+  // blocks of output rows whose padded input (Cg x R x Wp) stays within kColFloats floats
+  int64_t rows = kColFloats / (d.Cg * wp) - (s.KH - 1) * s.DH;
+  rows = rows < 1 ? 1 : rows > s.OH ? s.OH : rows;
+  const int64_t row_blocks = (s.OH + rows - 1) / rows;
+  rows = (s.OH + row_blocks - 1) / row_blocks;
+  const int64_t in_r = (rows - 1) + (s.KH - 1) * s.DH + 1, cols = rows * wp;
+  // the weights in panels of MR output channels, k-major (zero rows past OCg), each group's in turn
+  float* apack = t_apack.get(size_t(s.G * panels * MR * d.K + d.K * 2));
+  if (!apack) return false;
+  int64_t* off = reinterpret_cast<int64_t*>(apack + s.G * panels * MR * d.K);
+  for (int64_t c = 0; c < d.Cg; ++c)
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw)
+        off[(c * s.KH + kh) * s.KW + kw] = (c * in_r + kh * s.DH) * wp + kw * s.DW;
+  for (int64_t g = 0; g < s.G; ++g)
+    for (int64_t p = 0; p < panels; ++p)
+      for (int64_t k = 0; k < d.K; ++k)
+        for (int i = 0; i < MR; ++i) {
+          const int64_t o = p * MR + i;
+          apack[((g * panels + p) * d.K + k) * MR + i] = o < d.OCg ? weight[(g * d.OCg + o) * d.K + k] : 0.0f;
+        }
+  const int64_t items = s.N * s.G * row_blocks;
+  std::atomic<bool> scratch{true};
+  parallel_region(conv_threads(s, d, items), [&](int t, int T) {
+    // the padded block (and what the last strip's loads run past it), and the block's output at width Wp
+    float* xp = t_pad.get(size_t(d.Cg * in_r * wp + (s.KW - 1) * s.DW + NR));
+    float* yp = t_tmp.get(size_t(d.OCg * cols));
+    if (!xp || !yp) scratch = false;
+#pragma omp barrier
+    if (!scratch) return;
+    for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
+      const int64_t rb = it % row_blocks, g = it / row_blocks % s.G, n = it / (row_blocks * s.G);
+      const int64_t oh0 = rb * rows, oh1 = oh0 + rows < s.OH ? oh0 + rows : s.OH;
+      const Block b{n, 1, oh0, oh1};
+      const int64_t rin = in_rows(s, b), ncols = (oh1 - oh0) * wp;
+      // pad_block lays out rin rows per channel; shifted offsets assume in_r: pad into in_r-row planes
+      for (int64_t c = 0; c < d.Cg; ++c) {
+        const Block one{0, 1, oh0, oh1};
+        Dims single = d;
+        single.Cg = 1;
+        pad_block(xp + c * in_r * wp, s, single, inp + (n * s.C + g * d.Cg + c) * d.HW, one);
+        if (rin < in_r) std::memset(xp + (c * in_r + rin) * wp, 0, sizeof(float) * (in_r - rin) * wp);
+      }
+      std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + NR));
+      for (int64_t j = 0; j < ncols; j += NR)
+        for (int64_t p = 0; p < panels; ++p) {
+          const int mr = static_cast<int>(d.OCg - p * MR < MR ? d.OCg - p * MR : MR);
+          const float* bp = bias ? bias + g * d.OCg + p * MR : nullptr;
+          const float* ap = apack + (g * panels + p) * d.K * MR;
+          const int64_t nc = ncols - j < NR ? ncols - j : NR;
+          shifted_tile<MR, NV>(yp + p * MR * cols + j, cols, ap, xp + j, off, d.K, mr, nc, bp, act);
+        }
+      float* y = out + ((n * s.OC + g * d.OCg) * s.OH + oh0) * s.OW;  // drop the columns past OW
+      for (int64_t o = 0; o < d.OCg; ++o)
+        for (int64_t r = 0; r < oh1 - oh0; ++r) copy_run<false>(y + (o * s.OH + r) * s.OW, yp + o * cols + r * wp, s.OW);
+    }
+  });
+  return scratch;
+}
+#endif
+
 // out (N,OC,OH,OW) = act(conv(inp (N,C,H,W), weight (OC,C/G,KH,KW)) + bias (OC)); bias nullable.
 void conv2d_forward(float* out, const float* inp, const float* weight, const float* bias, int act,
                     const Conv2dShape& s) {
   const Dims d(s);
+#if defined(__AVX2__)
+  if (s.SH == 1 && s.SW == 1 && !d.direct) {  // the tile by output channels per group, as gemm_any's
+#if defined(__AVX512F__)
+    const bool done = d.OCg <= 6    ? forward_shifted<6, 4>(out, inp, weight, bias, act, s, d)
+                      : d.OCg <= 8 || (d.OCg > 12 && d.OCg <= 16) ? forward_shifted<8, 3>(out, inp, weight, bias, act, s, d)
+                                                                   : forward_shifted<12, 2>(out, inp, weight, bias, act, s, d);
+#else
+    const bool done = forward_shifted<6, 2>(out, inp, weight, bias, act, s, d);
+#endif
+    if (done) return;
+  }
+#endif
   const int64_t items = d.blocks(s.N) * s.G;
   parallel_region(conv_threads(s, d, items), [&](int t, int T) {
     float* col = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));

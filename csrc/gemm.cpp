@@ -74,15 +74,7 @@ constexpr double kParallelFlops = 0.25e6;
 // packing then costs more than it saves (the MLP's weight gradients; docs/kernels.md §4).
 constexpr int64_t kInPlaceB = 256 * 1024;
 
-// ------------------------------------------------------------------ activation on a vector
-FASTDL_INLINE reg activate(reg v, int act) {
-  switch (act) {
-    case ACT_RELU: return Vec::max(Vec::zero(), v);  // v second: a NaN stays NaN, like relu_forward
-    case ACT_SIGMOID: return sigmoid_v(v);
-    case ACT_TANH: return tanh_v(v);
-    default: return v;
-  }
-}
+// ------------------------------------------------------------------ activation on a vector: vec.h's activate
 
 // The derivative of activation act, given its output y, times the gradient v (activations.cpp's
 // relu/sigmoid/tanh_backward, in the same order of operations).

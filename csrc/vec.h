@@ -242,5 +242,15 @@ inline float nonfinite_sum(const float* x, int64_t lo, int64_t hi) {
   return Vec::hsum(Vec::add(Vec::add(acc[0], acc[1]), Vec::add(acc[2], acc[3]))) + tail;
 }
 
+// The activation act (Act) of a vector: the fused epilogues of gemm.cpp and conv.cpp.
+FASTDL_INLINE reg activate(reg v, int act) {
+  switch (act) {
+    case ACT_RELU: return Vec::max(Vec::zero(), v);  // v second: a NaN stays NaN, like relu_forward
+    case ACT_SIGMOID: return sigmoid_v(v);
+    case ACT_TANH: return tanh_v(v);
+    default: return v;
+  }
+}
+
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl
