@@ -385,6 +385,98 @@ bool forward_shifted(float* out, const float* inp, const float* weight, const fl
   });
   return scratch;
 }
+
+// The weight gradient by shifted windows, stride 1: dWᵀ[k][o] += Σ_j xp[off[k] + j] · dyᵀ[j][o] over the
+// block's padded grid (dy is 0 at the columns past OW). A tile of MR kernel elements x NV vectors of
+// output channels, c (rows ldc apart) loaded (unless first), summed over j in order, stored back.
+template <int MR, int NV>
+__attribute__((noinline)) void shifted_dw_tile(float* __restrict c, int64_t ldc, const float* __restrict xp,
+                                               const int64_t* __restrict off, const float* __restrict dyt,
+                                               int64_t lddy, int64_t J, int mr, bool first) {
+  reg acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = first || i >= mr ? Vec::zero() : Vec::loadu(c + i * ldc + v * kW);
+  const float* a[MR];
+  for (int i = 0; i < MR; ++i) a[i] = xp + off[i < mr ? i : 0];
+#pragma GCC unroll 2
+  for (int64_t j = 0; j < J; ++j) {
+    reg bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::loadu(dyt + j * lddy + v * kW);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const reg av = Vec::bcast(a[i] + j);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(av, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Vec::storeu(c + i * ldc + v * kW, acc[i][v]);
+  }
+}
+
+// The weight gradient at stride 1 into parts x groups transposed partials (K, OCp) each, OCp = OCg rounded up
+// to NV vectors (the partials' columns past OCg hold zeros' products, ignored): part q sums images
+// [N*q/parts, N*(q+1)/parts) in order. False (nothing usable written) when scratch cannot be had.
+template <int MR, int NV>
+bool weight_grad_shifted(float* partial, int64_t parts, const float* dout, const float* inp, const Conv2dShape& s,
+                         const Dims& d) {
+  constexpr int NR = NV * kW;
+  const int64_t wp = padded_width(s), ocp = (d.OCg + NR - 1) / NR * NR;
+  int64_t rows = kColFloats / (d.Cg * wp) - (s.KH - 1) * s.DH;
+  rows = rows < 1 ? 1 : rows > s.OH ? s.OH : rows;
+  const int64_t row_blocks = (s.OH + rows - 1) / rows;
+  rows = (s.OH + row_blocks - 1) / row_blocks;
+  const int64_t in_r = (rows - 1) + (s.KH - 1) * s.DH + 1, cols = rows * wp;
+  std::vector<int64_t> off(size_t(d.K));
+  for (int64_t c = 0; c < d.Cg; ++c)
+    for (int64_t kh = 0; kh < s.KH; ++kh)
+      for (int64_t kw = 0; kw < s.KW; ++kw) off[size_t((c * s.KH + kh) * s.KW + kw)] = (c * in_r + kh * s.DH) * wp + kw * s.DW;
+  const int64_t items = parts * s.G, psize = s.G * d.K * ocp;
+  std::atomic<bool> scratch{true};
+  parallel_region(conv_threads(s, d, items), [&](int t, int T) {
+    float* xp = t_pad.get(size_t(d.Cg * in_r * wp + (s.KW - 1) * s.DW + kW));
+    float* dyt = t_tmp.get(size_t(cols * ocp));
+    if (!xp || !dyt) scratch = false;
+#pragma omp barrier
+    if (!scratch) return;
+    for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
+      const int64_t q = it / s.G, g = it % s.G;
+      float* dw = partial + q * psize + g * d.K * ocp;  // (K, ocp)
+      bool first = true;
+      for (int64_t n = s.N * q / parts; n < s.N * (q + 1) / parts; ++n)
+        for (int64_t rb = 0; rb < row_blocks; ++rb) {
+          const int64_t oh0 = rb * rows, oh1 = oh0 + rows < s.OH ? oh0 + rows : s.OH;
+          const int64_t rin = (oh1 - oh0 - 1) + (s.KH - 1) * s.DH + 1, J = (oh1 - oh0) * wp;
+          for (int64_t c = 0; c < d.Cg; ++c) {  // the padded input rows, in_r per channel
+            Dims single = d;
+            single.Cg = 1;
+            pad_block(xp + c * in_r * wp, s, single, inp + (n * s.C + g * d.Cg + c) * d.HW, Block{0, 1, oh0, oh1});
+            if (rin < in_r) std::memset(xp + (c * in_r + rin) * wp, 0, sizeof(float) * (in_r - rin) * wp);
+          }
+          std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + kW));
+          // dyᵀ on the padded grid: (J, ocp), zero past OW and past OCg
+          std::memset(dyt, 0, sizeof(float) * J * ocp);
+          const float* dy = dout + (n * s.OC + g * d.OCg) * d.P + oh0 * s.OW;
+          for (int64_t o = 0; o < d.OCg; ++o)
+            for (int64_t r = 0; r < oh1 - oh0; ++r)
+              for (int64_t u = 0; u < s.OW; ++u) dyt[(r * wp + u) * ocp + o] = dy[o * d.P + r * s.OW + u];
+          for (int64_t k0 = 0; k0 < d.K; k0 += MR) {
+            const int mr = static_cast<int>(d.K - k0 < MR ? d.K - k0 : MR);
+            for (int64_t o0 = 0; o0 < ocp; o0 += NR)
+              shifted_dw_tile<MR, NV>(dw + k0 * ocp + o0, ocp, xp, off.data() + k0, dyt + o0, ocp, J, mr, first);
+          }
+          first = false;
+        }
+    }
+  });
+  return scratch;
+}
 #endif
 
 // out (N,OC,OH,OW) = act(conv(inp (N,C,H,W), weight (OC,C/G,KH,KW)) + bias (OC)); bias nullable.
@@ -394,9 +486,10 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
 #if defined(__AVX2__)
   if (s.SH == 1 && s.SW == 1 && !d.direct) {  // the tile by output channels per group, as gemm_any's
 #if defined(__AVX512F__)
-    const bool done = d.OCg <= 6    ? forward_shifted<6, 4>(out, inp, weight, bias, act, s, d)
-                      : d.OCg <= 8 || (d.OCg > 12 && d.OCg <= 16) ? forward_shifted<8, 3>(out, inp, weight, bias, act, s, d)
-                                                                   : forward_shifted<12, 2>(out, inp, weight, bias, act, s, d);
+    // (no padded rows where it can be helped: 6 -> 6x4; 16, 32, 64 -> 8x3; 12, 24, 48 -> 12x2)
+    const bool done = d.OCg <= 6        ? forward_shifted<6, 4>(out, inp, weight, bias, act, s, d)
+                      : d.OCg % 12 == 0 ? forward_shifted<12, 2>(out, inp, weight, bias, act, s, d)
+                                        : forward_shifted<8, 3>(out, inp, weight, bias, act, s, d);
 #else
     const bool done = forward_shifted<6, 2>(out, inp, weight, bias, act, s, d);
 #endif
@@ -460,6 +553,41 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
       }
     }, s.OC * s.N * d.P >= kParallelGrain * 4 ? 1 : s.OC + 1);
   }
+
+#if defined(__AVX2__)
+  if (dweight && s.SH == 1 && s.SW == 1 && !d.direct) {  // by shifted windows, partials (K, OCp) per part
+    const int64_t parts = s.N < kWeightParts ? s.N : kWeightParts;
+    // tile columns: the output channels in vectors (1, 2 or, AVX-512, 4 of them; 6 kernel elements a tile
+    // with 4, 12 with fewer), so that at most a vector's worth of columns is padding
+#if defined(__AVX512F__)
+    const int nv = d.OCg <= kW ? 1 : d.OCg <= 2 * kW ? 2 : 4;
+#else
+    const int nv = d.OCg <= kW ? 1 : 2;
+#endif
+    const int64_t ocp = (d.OCg + nv * kW - 1) / (nv * kW) * (nv * kW), psize = s.G * d.K * ocp;
+    float* partial = t_parts.get(size_t(parts * psize));
+#if defined(__AVX512F__)
+    const bool done = partial && (nv == 1   ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
+                                  : nv == 2 ? weight_grad_shifted<12, 2>(partial, parts, dout, inp, s, d)
+                                            : weight_grad_shifted<6, 4>(partial, parts, dout, inp, s, d));
+#else
+    const bool done = partial && (nv == 1 ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
+                                          : weight_grad_shifted<6, 2>(partial, parts, dout, inp, s, d));
+#endif
+    if (done) {
+      parallel_chunks(s.OC * d.K, [&](int64_t lo, int64_t hi) {  // dweight [+]= the partials, in part order
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t oc = i / d.K, k = i % d.K, g = oc / d.OCg, o = oc % d.OCg;
+          const int64_t at = (g * d.K + k) * ocp + o;
+          float acc = accumulate ? dweight[i] + partial[at] : partial[at];
+          for (int64_t q = 1; q < parts; ++q) acc += partial[q * psize + at];
+          dweight[i] = acc;
+        }
+      });
+      dweight = nullptr;  // done
+    }
+  }
+#endif
 
   if (dweight) {
     // parts x groups items; part q sums images [N*q/parts, N*(q+1)/parts) into its own partial (into
