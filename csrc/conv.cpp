@@ -247,22 +247,22 @@ __attribute__((noinline)) void shifted_tile(float* __restrict c, int64_t ldc, co
   reg acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 12
     for (int v = 0; v < NV; ++v) acc[i][v] = Vec::zero();
 #pragma GCC unroll 2
   for (int64_t k = 0; k < K; ++k) {
     const float* bk = b + off[k];
     reg bv[NV];
-#pragma GCC unroll 4
+#pragma GCC unroll 12
     for (int v = 0; v < NV; ++v) bv[v] = Vec::loadu(bk + v * kW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const reg av = Vec::bcast(a + k * MR + i);
-#pragma GCC unroll 4
+#pragma GCC unroll 12
       for (int v = 0; v < NV; ++v) acc[i][v] = Vec::fmadd(av, bv[v], acc[i][v]);
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 12
   for (int v = 0; v < NV; ++v) {
     const int64_t n = ncols - v * kW < kW ? ncols - v * kW : kW;
     if (n <= 0) break;
@@ -420,14 +420,46 @@ __attribute__((noinline)) void shifted_dw_tile(float* __restrict c, int64_t ldc,
   }
 }
 
+// The weight gradient for a few output channels (LeNet's 6): vectors along the pixels j instead, dW[o][k] +=
+// Σ_j dy[o][j] · xp[off[k] + j] as MR x NK lane-wise sums, added across the lanes at the end; c (rows ldc
+// apart) loaded unless first. dy (rows lddy apart) and the reads of xp run J rounded up to a vector (dy is
+// 0 there).
+template <int MR, int NK>
+__attribute__((noinline)) void shifted_dw_dots(float* __restrict c, int64_t ldc, const float* __restrict dy,
+                                               int64_t lddy, const float* __restrict xp,
+                                               const int64_t* __restrict off, int64_t J, int mr, int nk, bool first) {
+  reg acc[MR][NK];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+    for (int q = 0; q < NK; ++q) acc[i][q] = Vec::zero();
+  const float* b[NK];
+  for (int q = 0; q < NK; ++q) b[q] = xp + off[q < nk ? q : 0];
+  for (int64_t j = 0; j < J; j += kW) {
+    reg bv[NK];
+#pragma GCC unroll 8
+    for (int q = 0; q < NK; ++q) bv[q] = Vec::loadu(b[q] + j);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const reg av = Vec::loadu(dy + (i < mr ? i : 0) * lddy + j);
+#pragma GCC unroll 8
+      for (int q = 0; q < NK; ++q) acc[i][q] = Vec::fmadd(av, bv[q], acc[i][q]);
+    }
+  }
+  for (int i = 0; i < mr; ++i)
+    for (int q = 0; q < nk; ++q) c[i * ldc + q] = (first ? 0.0f : c[i * ldc + q]) + Vec::hsum(acc[i][q]);
+}
+
 // The weight gradient at stride 1 into parts x groups transposed partials (K, OCp) each, OCp = OCg rounded up
 // to NV vectors (the partials' columns past OCg hold zeros' products, ignored): part q sums images
 // [N*q/parts, N*(q+1)/parts) in order. False (nothing usable written) when scratch cannot be had.
-template <int MR, int NV>
+// With DOTS (shifted_dw_dots, MR output channels x NV kernel elements a tile) the partials are (OCg, K) per
+// group instead, dW's own layout.
+template <int MR, int NV, bool DOTS = false>
 bool weight_grad_shifted(float* partial, int64_t parts, const float* dout, const float* inp, const Conv2dShape& s,
                          const Dims& d) {
   constexpr int NR = NV * kW;
-  const int64_t wp = padded_width(s), ocp = (d.OCg + NR - 1) / NR * NR;
+  const int64_t wp = padded_width(s), ocp = DOTS ? d.OCg : (d.OCg + NR - 1) / NR * NR;
   int64_t rows = kColFloats / (d.Cg * wp) - (s.KH - 1) * s.DH;
   rows = rows < 1 ? 1 : rows > s.OH ? s.OH : rows;
   const int64_t row_blocks = (s.OH + rows - 1) / rows;
@@ -440,8 +472,8 @@ bool weight_grad_shifted(float* partial, int64_t parts, const float* dout, const
   const int64_t items = parts * s.G, psize = s.G * d.K * ocp;
   std::atomic<bool> scratch{true};
   parallel_region(conv_threads(s, d, items), [&](int t, int T) {
-    float* xp = t_pad.get(size_t(d.Cg * in_r * wp + (s.KW - 1) * s.DW + kW));
-    float* dyt = t_tmp.get(size_t(cols * ocp));
+    float* xp = t_pad.get(size_t(d.Cg * in_r * wp + (s.KW - 1) * s.DW + 2 * kW));
+    float* dyt = t_tmp.get(size_t((cols + kW) * ocp));
     if (!xp || !dyt) scratch = false;
 #pragma omp barrier
     if (!scratch) return;
@@ -459,10 +491,25 @@ bool weight_grad_shifted(float* partial, int64_t parts, const float* dout, const
             pad_block(xp + c * in_r * wp, s, single, inp + (n * s.C + g * d.Cg + c) * d.HW, Block{0, 1, oh0, oh1});
             if (rin < in_r) std::memset(xp + (c * in_r + rin) * wp, 0, sizeof(float) * (in_r - rin) * wp);
           }
-          std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + kW));
+          std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + 2 * kW));
+          const float* dy = dout + (n * s.OC + g * d.OCg) * d.P + oh0 * s.OW;
+          if (DOTS) {  // dy on the padded grid, (OCg, J rounded up to a vector), zero past OW
+            const int64_t jr = (J + kW - 1) / kW * kW;
+            std::memset(dyt, 0, sizeof(float) * d.OCg * jr);
+            for (int64_t o = 0; o < d.OCg; ++o)
+              for (int64_t r = 0; r < oh1 - oh0; ++r) copy_run<false>(dyt + o * jr + r * wp, dy + o * d.P + r * s.OW, s.OW);
+            for (int64_t o0 = 0; o0 < d.OCg; o0 += MR)
+              for (int64_t k0 = 0; k0 < d.K; k0 += NV) {
+                const int mr = static_cast<int>(d.OCg - o0 < MR ? d.OCg - o0 : MR);
+                const int nk = static_cast<int>(d.K - k0 < NV ? d.K - k0 : NV);
+                shifted_dw_dots<MR, NV>(dw + o0 * d.K + k0, d.K, dyt + o0 * jr, jr, xp, off.data() + k0, jr, mr, nk,
+                                        first);
+              }
+            first = false;
+            continue;
+          }
           // dyᵀ on the padded grid: (J, ocp), zero past OW and past OCg
           std::memset(dyt, 0, sizeof(float) * J * ocp);
-          const float* dy = dout + (n * s.OC + g * d.OCg) * d.P + oh0 * s.OW;
           for (int64_t o = 0; o < d.OCg; ++o)
             for (int64_t r = 0; r < oh1 - oh0; ++r)
               for (int64_t u = 0; u < s.OW; ++u) dyt[(r * wp + u) * ocp + o] = dy[o * d.P + r * s.OW + u];
@@ -487,11 +534,16 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
   if (s.SH == 1 && s.SW == 1 && !d.direct) {  // the tile by output channels per group, as gemm_any's
 #if defined(__AVX512F__)
     // (no padded rows where it can be helped: 6 -> 6x4; 16, 32, 64 -> 8x3; 12, 24, 48 -> 12x2)
-    const bool done = d.OCg <= 6        ? forward_shifted<6, 4>(out, inp, weight, bias, act, s, d)
+    // (one channel, as LeNet's first input gradient: 1 row x 12 vectors)
+    const bool done = d.OCg == 1        ? forward_shifted<1, 12>(out, inp, weight, bias, act, s, d)
+                      : d.OCg <= 2      ? forward_shifted<2, 8>(out, inp, weight, bias, act, s, d)
+                      : d.OCg <= 4      ? forward_shifted<4, 6>(out, inp, weight, bias, act, s, d)
+                      : d.OCg <= 6      ? forward_shifted<6, 4>(out, inp, weight, bias, act, s, d)
                       : d.OCg % 12 == 0 ? forward_shifted<12, 2>(out, inp, weight, bias, act, s, d)
                                         : forward_shifted<8, 3>(out, inp, weight, bias, act, s, d);
 #else
-    const bool done = forward_shifted<6, 2>(out, inp, weight, bias, act, s, d);
+    const bool done = d.OCg <= 2 ? forward_shifted<2, 4>(out, inp, weight, bias, act, s, d)
+                                 : forward_shifted<6, 2>(out, inp, weight, bias, act, s, d);
 #endif
     if (done) return;
   }
@@ -564,21 +616,27 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
 #else
     const int nv = d.OCg <= kW ? 1 : 2;
 #endif
-    const int64_t ocp = (d.OCg + nv * kW - 1) / (nv * kW) * (nv * kW), psize = s.G * d.K * ocp;
-    float* partial = t_parts.get(size_t(parts * psize));
+    int64_t ocp = (d.OCg + nv * kW - 1) / (nv * kW) * (nv * kW), psize = 0;
+    float* partial = nullptr;
+    const bool dots = d.OCg <= 8;  // a few output channels: vectors along the pixels (partials (OCg, K))
+    if (dots) ocp = d.OCg;
+    psize = s.G * d.K * ocp;
+    partial = t_parts.get(size_t(parts * psize));
 #if defined(__AVX512F__)
-    const bool done = partial && (nv == 1   ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
+    const bool done = partial && (dots      ? weight_grad_shifted<6, 4, true>(partial, parts, dout, inp, s, d)
+                                  : nv == 1 ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
                                   : nv == 2 ? weight_grad_shifted<12, 2>(partial, parts, dout, inp, s, d)
                                             : weight_grad_shifted<6, 4>(partial, parts, dout, inp, s, d));
 #else
-    const bool done = partial && (nv == 1 ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
-                                          : weight_grad_shifted<6, 2>(partial, parts, dout, inp, s, d));
+    const bool done = partial && (dots      ? weight_grad_shifted<4, 3, true>(partial, parts, dout, inp, s, d)
+                                  : nv == 1 ? weight_grad_shifted<12, 1>(partial, parts, dout, inp, s, d)
+                                            : weight_grad_shifted<6, 2>(partial, parts, dout, inp, s, d));
 #endif
     if (done) {
       parallel_chunks(s.OC * d.K, [&](int64_t lo, int64_t hi) {  // dweight [+]= the partials, in part order
         for (int64_t i = lo; i < hi; ++i) {
           const int64_t oc = i / d.K, k = i % d.K, g = oc / d.OCg, o = oc % d.OCg;
-          const int64_t at = (g * d.K + k) * ocp + o;
+          const int64_t at = dots ? i : (g * d.K + k) * ocp + o;
           float acc = accumulate ? dweight[i] + partial[at] : partial[at];
           for (int64_t q = 1; q < parts; ++q) acc += partial[q * psize + at];
           dweight[i] = acc;

@@ -26,6 +26,9 @@ SHAPES = [
     (20, 3, 6, 5, 4, (2, 2), (1, 1), (1, 1, 1, 1), (1, 1), 1),      # more images than one block
     (3, 4, 9, 8, 32, (3, 3), (1, 1), (2, 1, 2, 0), (2, 1), 2),      # 16 outputs per group, dilated, stride 1
     (2, 3, 8, 8, 4, (3, 3), (1, 1), (3, 3, 3, 3), (1, 1), 1),       # padding beyond the reach: col2im path
+    (2, 2, 7, 9, 1, (3, 2), (1, 1), (1, 0, 1, 1), (1, 2), 1),       # one output channel (1-row tile)
+    (2, 5, 6, 6, 2, (2, 2), (1, 1), (0, 0, 0, 0), (1, 1), 1),       # two output channels
+    (3, 2, 12, 11, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),    # 12 channels (12-row tile), 3 images
 ]
 
 
