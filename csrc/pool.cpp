@@ -60,20 +60,54 @@ inline void max_step(float* __restrict o, int64_t* __restrict a, const float* __
 // row-major order (so ties and NaN resolve as above). The stride is a constant: the loop vectorises.
 inline void max_row_2x2(float* __restrict o, int64_t* __restrict a, const float* __restrict r0,
                         const float* __restrict r1, int64_t base, int64_t W, int64_t OW) {
-#pragma omp simd
-  for (int64_t ow = 0; ow < OW; ow++) {
-    float m = r0[2 * ow];
-    int64_t at = base + 2 * ow;
-    const float cand[3] = {r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
-    const int64_t where[3] = {at + 1, at + W, at + W + 1};
-    for (int q = 0; q < 3; q++) {
-      const float v = cand[q];
-      const bool take = (v > m) | ((float_bits(v) & 0x7fffffffu) > 0x7f800000u);
-      m = select(take, v, m);
-      at = take ? where[q] : at;
+  int64_t ow = 0;
+#if defined(__AVX512F__)
+  // 16 outputs at a time: the even and odd columns of 32 inputs by two permutes per row; the choice as a
+  // lane index 0-3, turned into the flat index in 32 bits (a plane below 2^31 elements: the caller checks)
+  if (base + 2 * W < (int64_t(1) << 31)) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512i lane2 = _mm512_add_epi32(even, _mm512_set1_epi32(static_cast<int>(base)));
+    for (; ow < OW; ow += 16) {  // the last block under masks (LeNet's and the VGG net's rows are 14 wide)
+      const int nv = OW - ow < 16 ? static_cast<int>(OW - ow) : 16;
+      const __mmask16 lo = static_cast<__mmask16>(nv >= 8 ? 0xffffu : (1u << (2 * nv)) - 1u);
+      const __mmask16 hi = static_cast<__mmask16>(nv <= 8 ? 0u : (1u << (2 * nv - 16)) - 1u);
+      const __mmask16 out = static_cast<__mmask16>((1u << nv) - 1u);
+      const __m512 a0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * ow), a1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * ow + 16);
+      const __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * ow), b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * ow + 16);
+      const __m512 e[4] = {_mm512_permutex2var_ps(a0, even, a1), _mm512_permutex2var_ps(a0, odd, a1),
+                           _mm512_permutex2var_ps(b0, even, b1), _mm512_permutex2var_ps(b0, odd, b1)};
+      __m512 m = e[0];
+      const __m512i at = _mm512_add_epi32(lane2, _mm512_set1_epi32(static_cast<int>(2 * ow)));
+      const int step[4] = {0, 1, static_cast<int>(W), static_cast<int>(W + 1)};
+      __m512i pick = at;
+      for (int q = 1; q < 4; q++) {  // replaced when greater or NaN, in row-major order
+        const __mmask16 t = _mm512_cmp_ps_mask(e[q], m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(e[q], e[q], _CMP_UNORD_Q);
+        m = _mm512_mask_blend_ps(t, m, e[q]);
+        pick = _mm512_mask_blend_epi32(t, pick, _mm512_add_epi32(at, _mm512_set1_epi32(step[q])));
+      }
+      _mm512_mask_storeu_ps(o + ow, out, m);
+      _mm512_mask_storeu_epi64(a + ow, static_cast<__mmask8>(out), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(pick)));
+      _mm512_mask_storeu_epi64(a + ow + 8, static_cast<__mmask8>(out >> 8),
+                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(pick, 1)));
     }
+  }
+#endif
+  for (; ow < OW; ow++) {
+    const float e0 = r0[2 * ow], e1 = r0[2 * ow + 1], e2 = r1[2 * ow], e3 = r1[2 * ow + 1];
+    float m = e0;
+    int sel = 0;  // which of the four: 1 and 3 one column right, 2 and 3 one row down
+    int t = (e1 > m) | (e1 != e1);  // branch-free selects (random data mispredicts branches)
+    m = select(t, e1, m);
+    sel = t ? 1 : sel;
+    t = (e2 > m) | (e2 != e2);
+    m = select(t, e2, m);
+    sel = (sel & (t - 1)) | (2 & -t);
+    t = (e3 > m) | (e3 != e3);
+    m = select(t, e3, m);
+    sel = (sel & (t - 1)) | (3 & -t);
     o[ow] = m;
-    a[ow] = at;
+    a[ow] = base + 2 * ow + (sel & 1) + (sel >> 1) * W;
   }
 }
 
