@@ -618,7 +618,9 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
 #endif
     int64_t ocp = (d.OCg + nv * kW - 1) / (nv * kW) * (nv * kW), psize = 0;
     float* partial = nullptr;
-    const bool dots = d.OCg <= 8;  // a few output channels: vectors along the pixels (partials (OCg, K))
+    // a few output channels, or a few kernel elements (a first layer's 9 or 25): vectors along the pixels,
+    // dy read in its own layout (partials (OCg, K)); else transposing dy would cost more than the products
+    const bool dots = d.OCg <= 8 || d.K <= 32;
     if (dots) ocp = d.OCg;
     psize = s.G * d.K * ocp;
     partial = t_parts.get(size_t(parts * psize));

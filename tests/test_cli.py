@@ -162,7 +162,7 @@ def test_help_exits_0_and_states_each_default_once(capsys):
     assert "(default: None)" not in out and not re.search(r"\(default:[^)]*\) \(default:", out)
     for shown in ("activation (mlp) (default: relu)", "optimizer (default: sgd)", "mini-batch size (default: 128)",
                   "training epochs (default: 20)", "before the last layer) (default: 0.1)", "(default: 0)",
-                  "(default: mlp)", "cnn changes the defaults to --epochs 8 --lr 0.01 --dropout 0.5 --batch-norm"):
+                  "(default: mlp)", "cnn changes the defaults to --epochs 12 --lr 0.01 --dropout 0.5 --batch-norm"):
         assert shown in out
 
 
@@ -228,6 +228,20 @@ def test_default_train_reaches_98_percent(mnist_path, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- issue 16: --model lenet5 | cnn
+
+
+@pytest.mark.parametrize("model, epochs, bound", [
+    # The full runs (the issue's bars; bench/results/issue16/accuracy.md): lenet5 (20 epochs) 99.09%, cnn
+    # (12 epochs) >= 99.3%. CI runs fewer epochs with a lower bound measured the same way: lenet5 after 2
+    # epochs 98.14%, cnn after 1 epoch 98.55% (Zen 5, AVX-512; ~45 s on 2 cores together).
+    ("lenet5", 2, 97.5),
+    ("cnn", 1, 98.0),
+])
+def test_image_models_reach_their_accuracy(mnist_path, tmp_path, capsys, model, epochs, bound):
+    assert main(["train", "--model", model, "--epochs", str(epochs), "--data", str(mnist_path), "--quiet",
+                 "--out", str(tmp_path / "m.npz")]) == 0
+    m = ACC.search(capsys.readouterr().out)
+    assert m and int(m.group(3)) == epochs and float(m.group(1)) >= bound, m and m.group(0)
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +313,12 @@ def test_image_model_defaults_and_refused_flags(tmp_path, monkeypatch, capsys):
     args = build_parser().parse_args(["train", "--model", "cnn", "--epochs", "3"])
     args._explicit = cli._explicit_train_flags(["train", "--model", "cnn", "--epo", "3"])
     cli._apply_model_defaults(args)
-    assert (args.epochs, args.dropout, args.batch_norm) == (3, 0.5, True)
-    assert cli.MODEL_DEFAULTS["cnn"]["epochs"] == 8
+    assert (args.epochs, args.lr, args.dropout, args.batch_norm) == (3, 0.01, 0.5, True)
+    assert cli.MODEL_DEFAULTS["cnn"]["epochs"] == 12
+    args = build_parser().parse_args(["train", "--model", "cnn", "--lr", "0.1"])
+    args._explicit = cli._explicit_train_flags(["train", "--model", "cnn", "--lr", "0.1"])
+    cli._apply_model_defaults(args)
+    assert (args.epochs, args.lr) == (12, 0.1)
 
 
 def test_predict_image_model_any_image_layout(trained_cnns, tmp_path, capsys):
