@@ -39,20 +39,7 @@ constexpr int64_t kWeightParts = 8;
 // 2*N*OC*K*P below this runs on the calling thread.
 constexpr double kConvParallelFlops = 1.0e6;
 
-struct Arena {  // per-thread scratch, grown on demand, reused (as gemm.cpp's)
-  float* p = nullptr;
-  size_t cap = 0;
-  ~Arena() { std::free(p); }
-  float* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      size_t bytes = (n * sizeof(float) + 4095) & ~size_t(4095);
-      p = static_cast<float*>(std::aligned_alloc(4096, bytes));
-      cap = p ? bytes / sizeof(float) : 0;
-    }
-    return p;
-  }
-};
+// Per-thread scratch (Arena, kernel_common.h), reused by later calls.
 thread_local Arena t_col;    // a thread's im2col block
 thread_local Arena t_tmp;    // a thread's block of output or output gradient, (OCg, block columns)
 thread_local Arena t_pad;    // a thread's padded block input (or its gradient)
@@ -140,6 +127,22 @@ void pad_block(float* xp, const Conv2dShape& s, const Dims& d, const float* x, c
         copy_run<false>(dst + lo, x + (i * s.C + c) * d.HW + ih * s.W, hi - lo);
         for (int64_t u = hi; u < wp; ++u) dst[u] = 0.0f;
       }
+}
+
+// The shifted-window kernels' padded input: the rows output rows [oh0, oh1) of one image read, each of the
+// group's channels (x: its first, HW apart) in a plane of in_r rows of Wp (the rows past those read zeroed,
+// so that every plane has the same size), then `slack` zeros for the loads that run past the last plane.
+void pad_planes(float* xp, int64_t in_r, int64_t slack, const Conv2dShape& s, const Dims& d, const float* x,
+                int64_t oh0, int64_t oh1) {
+  const Block b{0, 1, oh0, oh1};
+  const int64_t rows = in_rows(s, b), wp = padded_width(s);
+  Dims one = d;
+  one.Cg = 1;
+  for (int64_t c = 0; c < d.Cg; ++c) {
+    pad_block(xp + c * in_r * wp, s, one, x + c * d.HW, b);
+    if (rows < in_r) std::memset(xp + (c * in_r + rows) * wp, 0, sizeof(float) * (in_r - rows) * wp);
+  }
+  std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * slack);
 }
 
 // dx += the interior of the padded block dxp (pad_block's inverse, adding).
@@ -359,17 +362,9 @@ bool forward_shifted(float* out, const float* inp, const float* weight, const fl
     for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
       const int64_t rb = it % row_blocks, g = it / row_blocks % s.G, n = it / (row_blocks * s.G);
       const int64_t oh0 = rb * rows, oh1 = oh0 + rows < s.OH ? oh0 + rows : s.OH;
-      const Block b{n, 1, oh0, oh1};
-      const int64_t rin = in_rows(s, b), ncols = (oh1 - oh0) * wp;
+      const int64_t ncols = (oh1 - oh0) * wp;
       // pad_block lays out rin rows per channel; shifted offsets assume in_r: pad into in_r-row planes
-      for (int64_t c = 0; c < d.Cg; ++c) {
-        const Block one{0, 1, oh0, oh1};
-        Dims single = d;
-        single.Cg = 1;
-        pad_block(xp + c * in_r * wp, s, single, inp + (n * s.C + g * d.Cg + c) * d.HW, one);
-        if (rin < in_r) std::memset(xp + (c * in_r + rin) * wp, 0, sizeof(float) * (in_r - rin) * wp);
-      }
-      std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + NR));
+      pad_planes(xp, in_r, (s.KW - 1) * s.DW + NR, s, d, inp + (n * s.C + g * d.Cg) * d.HW, oh0, oh1);
       for (int64_t j = 0; j < ncols; j += NR)
         for (int64_t p = 0; p < panels; ++p) {
           const int mr = static_cast<int>(d.OCg - p * MR < MR ? d.OCg - p * MR : MR);
@@ -484,14 +479,8 @@ bool weight_grad_shifted(float* partial, int64_t parts, const float* dout, const
       for (int64_t n = s.N * q / parts; n < s.N * (q + 1) / parts; ++n)
         for (int64_t rb = 0; rb < row_blocks; ++rb) {
           const int64_t oh0 = rb * rows, oh1 = oh0 + rows < s.OH ? oh0 + rows : s.OH;
-          const int64_t rin = (oh1 - oh0 - 1) + (s.KH - 1) * s.DH + 1, J = (oh1 - oh0) * wp;
-          for (int64_t c = 0; c < d.Cg; ++c) {  // the padded input rows, in_r per channel
-            Dims single = d;
-            single.Cg = 1;
-            pad_block(xp + c * in_r * wp, s, single, inp + (n * s.C + g * d.Cg + c) * d.HW, Block{0, 1, oh0, oh1});
-            if (rin < in_r) std::memset(xp + (c * in_r + rin) * wp, 0, sizeof(float) * (in_r - rin) * wp);
-          }
-          std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * ((s.KW - 1) * s.DW + 2 * kW));
+          const int64_t J = (oh1 - oh0) * wp;
+          pad_planes(xp, in_r, (s.KW - 1) * s.DW + 2 * kW, s, d, inp + (n * s.C + g * d.Cg) * d.HW, oh0, oh1);
           const float* dy = dout + (n * s.OC + g * d.OCg) * d.P + oh0 * s.OW;
           if (DOTS) {  // dy on the padded grid, (OCg, J rounded up to a vector), zero past OW
             const int64_t jr = (J + kW - 1) / kW * kW;

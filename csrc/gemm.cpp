@@ -519,22 +519,8 @@ void gemm_thread(const Operands& g, int64_t m_lo, int64_t m_hi, int64_t n_lo, in
   }
 }
 
-// Packing space of the calling thread: grown on demand, 4 KiB aligned, reused by later calls. Per
-// thread, not static: the GIL is released, so two Python threads may multiply at once.
-struct Arena {
-  float* p = nullptr;
-  size_t cap = 0;  // floats
-  ~Arena() { std::free(p); }
-  float* get(size_t n) {
-    if (n > cap) {
-      std::free(p);
-      size_t bytes = (n * sizeof(float) + 4095) & ~size_t(4095);
-      p = static_cast<float*>(std::aligned_alloc(4096, bytes));
-      cap = p ? bytes / sizeof(float) : 0;
-    }
-    return p;
-  }
-};
+// Packing space of the calling thread (an Arena, kernel_common.h): per thread, not static, as the GIL
+// is released and two Python threads may multiply at once.
 thread_local Arena t_arena;
 
 // Returns false (having written nothing) when the packing space cannot be allocated.

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <omp.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -278,6 +279,23 @@ inline float simd_log1p(float z) {
   float ratio = z / select(d == 0.0f, 1.0f, d);
   return select(d == 0.0f, z, simd_log(u) * ratio);
 }
+
+// Scratch space of the thread that holds it (thread_local): grown on demand, 4 KiB aligned, kept for later
+// calls; get() returns nullptr when it cannot be had (the kernels then fall back to plain loops).
+struct Arena {
+  float* p = nullptr;
+  size_t cap = 0;  // floats
+  ~Arena() { std::free(p); }
+  float* get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      size_t bytes = (n * sizeof(float) + 4095) & ~size_t(4095);
+      p = static_cast<float*>(std::aligned_alloc(4096, bytes));
+      cap = p ? bytes / sizeof(float) : 0;
+    }
+    return p;
+  }
+};
 
 }  // namespace FASTDL_ISA_NS
 }  // namespace fastdl

@@ -163,6 +163,13 @@ float require_scalar(const char* fn, const char* arg, double x, double lo, doubl
 }
 
 // An activation name: None, 'none', 'relu', 'sigmoid' or 'tanh', as its Act code.
+void require_outputs_apart(const char* fn, const Named& outs, const Named& ins) {
+  for (size_t i = 0; i < outs.size(); ++i) {
+    for (auto& in : ins) require_no_overlap(fn, outs[i].first, *outs[i].second, in.first, *in.second);
+    for (size_t j = 0; j < i; ++j) require_no_overlap(fn, outs[i].first, *outs[i].second, outs[j].first, *outs[j].second);
+  }
+}
+
 int parse_act(py::handle h, const char* fn, const char* name) {
   if (h.is_none()) return ACT_NONE;
   const std::string what = std::string(fn) + ": " + name + " must be None or one of 'none', 'relu', 'sigmoid', 'tanh'";

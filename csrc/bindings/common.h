@@ -70,6 +70,9 @@ void require_no_overlap(const char* fn, const char* out_arg, const py::array& ou
 // partly overlap one.
 void require_same_or_disjoint(const char* fn, const char* out_arg, const py::array& out, const char* arg,
                               const py::array& a);
+// Outputs (written whole) must share no memory with an input nor with another output.
+using Named = std::vector<std::pair<const char*, py::array*>>;
+void require_outputs_apart(const char* fn, const Named& outs, const Named& ins);
 // Arrays updated in place must not share memory with each other nor with the inputs read.
 void require_all_disjoint(const char* fn,
                           std::initializer_list<std::pair<const char*, const py::array*>> arrays);

@@ -69,33 +69,33 @@ py::array dropout2d_call(const char* fn, Dropout2dKernel kernel, const char* in_
   return oa;
 }
 
+// One binding per (name, argument, kernel), each with call's checks.
+template <class Kernel>
+struct Entry {
+  const char* name;
+  const char* arg;
+  Kernel (*pick)();
+};
+template <class Kernel, class Call>
+void def_each(py::module_& m, std::initializer_list<Entry<Kernel>> entries, Call call) {
+  for (const Entry<Kernel>& e : entries)
+    m.def(
+        e.name,
+        [e, call](py::handle x, double p, py::handle seed, py::handle out) {
+          return call(e.name, e.pick(), e.arg, x, p, seed, out);
+        },
+        py::arg(e.arg), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+}
+
 }  // namespace
 
 void bind_dropout(py::module_& m) {
-  m.def(
-      "dropout",
-      [](py::handle x, double p, py::handle seed, py::handle out) {
-        return dropout_call("dropout", FASTDL_KERNEL(dropout_forward), "x", x, p, seed, out);
-      },
-      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
-  m.def(
-      "dropout_backward",
-      [](py::handle dout, double p, py::handle seed, py::handle out) {
-        return dropout_call("dropout_backward", FASTDL_KERNEL(dropout_backward), "dout", dout, p, seed, out);
-      },
-      py::arg("dout"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
-  m.def(
-      "dropout2d",
-      [](py::handle x, double p, py::handle seed, py::handle out) {
-        return dropout2d_call("dropout2d", FASTDL_KERNEL(dropout2d_forward), "x", x, p, seed, out);
-      },
-      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
-  m.def(
-      "dropout2d_backward",
-      [](py::handle dout, double p, py::handle seed, py::handle out) {
-        return dropout2d_call("dropout2d_backward", FASTDL_KERNEL(dropout2d_backward), "dout", dout, p, seed, out);
-      },
-      py::arg("dout"), py::arg("p"), py::arg("seed"), py::arg("out") = py::none());
+  def_each<DropoutKernel>(m, {{"dropout", "x", FASTDL_PICK(dropout_forward)},
+                              {"dropout_backward", "dout", FASTDL_PICK(dropout_backward)}},
+                          dropout_call);
+  def_each<Dropout2dKernel>(m, {{"dropout2d", "x", FASTDL_PICK(dropout2d_forward)},
+                                {"dropout2d_backward", "dout", FASTDL_PICK(dropout2d_backward)}},
+                            dropout2d_call);
 }
 
 }  // namespace fastdl

@@ -122,15 +122,11 @@ void bind_gemm(py::module_& m) {
         if (bias) dba = out_f32(dbias, fn, "dbias", Shape{OC}, "(out_features,)");
         if (need_dx) dxa = out_f32(dx, fn, "dx", Shape{B, C}, "(batch, in_features)");
         // No output may share memory with an input or with another output.
-        std::vector<std::pair<const char*, py::array*>> ins{{"dout", &da}, {"x", &xa}, {"weight", &wa}};
-        std::vector<std::pair<const char*, py::array*>> outs{{"dweight", &dwa}};
+        Named ins{{"dout", &da}, {"x", &xa}, {"weight", &wa}};
+        Named outs{{"dweight", &dwa}};
         if (bias) outs.push_back({"dbias", &dba});
         if (need_dx) outs.push_back({"dx", &dxa});
-        for (size_t i = 0; i < outs.size(); ++i) {
-          for (auto& in : ins) require_no_overlap(fn, outs[i].first, *outs[i].second, in.first, *in.second);
-          for (size_t j = 0; j < i; ++j)
-            require_no_overlap(fn, outs[i].first, *outs[i].second, outs[j].first, *outs[j].second);
-        }
+        require_outputs_apart(fn, outs, ins);
         const float *dp = cf(da), *xp = cf(xa), *wp = cf(wa);
         float *dwp = mf(dwa), *dbp = bias ? mf(dba) : nullptr, *dxp = need_dx ? mf(dxa) : nullptr;
         without_gil([&] {

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validation as _v
-from .module import Module
+from .module import Module, grads_for_backward
 
 __all__ = []
 
@@ -88,6 +88,15 @@ class _Layer(Module):
         return b
 
     # -------- parameter gradients (see the module docstring)
+    def _weight_bias_grads(self):
+        """(dweight, dbias, accumulate) of a layer with ``weight`` and an optional ``bias`` (None: dbias None),
+        for a kernel with an ``accumulate`` flag (Linear, Conv2d)."""
+        if self.bias is None:
+            (dweight,), accumulate = grads_for_backward(self, self.weight)
+            return dweight, None, accumulate
+        (dweight, dbias), accumulate = grads_for_backward(self, self.weight, self.bias)
+        return dweight, dbias, accumulate
+
     def _grad_outputs(self, grads, accumulate):
         """Where a kernel without an ``accumulate`` flag writes the parameter gradients: the ``.grad``
         arrays themselves when it may overwrite them, else scratch buffers this layer owns."""

@@ -7,7 +7,7 @@ from .. import _validation as _v
 from .. import ops
 from .base import _keep, _Layer
 from .linear import _INITS
-from .module import Parameter, grads_for_backward
+from .module import Parameter
 from .registry import register_module
 
 __all__ = ["Conv2d"]
@@ -92,11 +92,7 @@ class Conv2d(_Layer):
     def _backward(self, dout, need_dinp, reuse, input_act=None):
         # input_act: the activation whose output our input was; dx comes back through its derivative
         dx = self._buf("dinp", self._x.shape, reuse) if need_dinp else None
-        if self.bias is None:
-            (dweight,), accumulate = grads_for_backward(self, self.weight)
-            dbias = None
-        else:
-            (dweight, dbias), accumulate = grads_for_backward(self, self.weight, self.bias)
+        dweight, dbias, accumulate = self._weight_bias_grads()
         dinp, _, _ = ops.conv2d_backward(dout, self._x, self.weight.data, stride=self.stride, padding=self._pad,
                                          dilation=self.dilation, groups=self.groups, bias=dbias is not None,
                                          need_dx=need_dinp, accumulate=accumulate, dx=dx, dweight=dweight,

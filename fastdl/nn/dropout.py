@@ -40,21 +40,27 @@ class Dropout(_Layer):
         _keep(self, "_rng", _v.check_rng(seed, f"{type(self).__name__}.manual_seed", "seed"))
         return self
 
+    _ops = ("dropout", "dropout_backward")  # the fastdl.ops functions (looked up at each call)
+
+    def _check(self, x):
+        """Dropout takes any shape."""
+
     def _forward(self, x, reuse):
+        self._check(x)
         _keep(self, "_out_shape", x.shape)
         if not self.training or self.p == 0.0:
             _keep(self, "_mask_seed", None)
             return x
         seed = int(self._rng.integers(0, 2**64, dtype=np.uint64))
         _keep(self, "_mask_seed", seed)
-        return ops.dropout(x, self.p, seed, out=self._buf("out", x.shape, reuse))
+        return getattr(ops, self._ops[0])(x, self.p, seed, out=self._buf("out", x.shape, reuse))
 
     def _backward(self, dout, need_dinp, reuse):
         if not need_dinp:
             return None
         if self._mask_seed is None:
             return dout
-        return ops.dropout_backward(dout, self.p, self._mask_seed, out=self._buf("dinp", dout.shape, reuse))
+        return getattr(ops, self._ops[1])(dout, self.p, self._mask_seed, out=self._buf("dinp", dout.shape, reuse))
 
     def _config(self):
         return {"p": self.p, "seed": self.seed}
@@ -70,22 +76,10 @@ class Dropout2d(Dropout):
     mode (and for p = 0) it is the identity. Seeded as Dropout: a fresh mask seed per training-mode
     forward, the mask a function of that seed and the plane index only."""
 
-    def _forward(self, x, reuse):
+    _ops = ("dropout2d", "dropout2d_backward")
+
+    def _check(self, x):
         if x.ndim != 4:
             hint = "; for a single image use x[None]" if x.ndim == 3 else ""
             raise ValueError(f"{self._who}: input must be 4-D (batch, channels, height, width), got shape "
                              f"{x.shape}{hint}")
-        _keep(self, "_out_shape", x.shape)
-        if not self.training or self.p == 0.0:
-            _keep(self, "_mask_seed", None)
-            return x
-        seed = int(self._rng.integers(0, 2**64, dtype=np.uint64))
-        _keep(self, "_mask_seed", seed)
-        return ops.dropout2d(x, self.p, seed, out=self._buf("out", x.shape, reuse))
-
-    def _backward(self, dout, need_dinp, reuse):
-        if not need_dinp:
-            return None
-        if self._mask_seed is None:
-            return dout
-        return ops.dropout2d_backward(dout, self.p, self._mask_seed, out=self._buf("dinp", dout.shape, reuse))

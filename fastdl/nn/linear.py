@@ -7,7 +7,7 @@ from .. import _validation as _v
 from .. import ops
 from . import init as _init
 from .base import _keep, _Layer
-from .module import Parameter, grads_for_backward
+from .module import Parameter
 from .registry import register_module
 
 __all__ = ["Linear"]
@@ -76,11 +76,7 @@ class Linear(_Layer):
         # input_act: the name of the activation whose output our input was (Sequential fuses its
         # backward into ours: dx comes back already multiplied by its derivative)
         dx = self._buf("dinp", self._x.shape, reuse) if need_dinp else None
-        if self.bias is None:
-            (dweight,), accumulate = grads_for_backward(self, self.weight)
-            dbias = None
-        else:
-            (dweight, dbias), accumulate = grads_for_backward(self, self.weight, self.bias)
+        dweight, dbias, accumulate = self._weight_bias_grads()
         dinp, _, _ = ops.linear_backward(dout, self._x, self.weight.data, bias=dbias is not None,
                                          need_dx=need_dinp, accumulate=accumulate, dx=dx, dweight=dweight,
                                          dbias=dbias, input_activation=input_act)
