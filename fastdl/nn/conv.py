@@ -1,13 +1,10 @@
 """Conv2d: y = conv2d(x, W) + b over NCHW images (``ops.conv2d_forward`` / ``ops.conv2d_backward``)."""
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _validation as _v
 from .. import ops
 from .base import _keep, _Layer
-from .linear import _INITS
-from .module import Parameter
+from .linear import weight_and_bias
 from .registry import register_module
 
 __all__ = ["Conv2d"]
@@ -49,13 +46,9 @@ class Conv2d(_Layer):
         # padding as given (an int pair or a string) and as the kernel takes it: (top, left, bottom, right)
         self._pad = ops.conv2d_padding(padding, self.kernel_size, self.stride, self.dilation, who)
         self.padding = padding if isinstance(padding, str) else _v.check_pair(padding, who, "padding", minimum=0)
-        bias = _v.check_bool(bias, who, "bias")
-        self.init = _v.check_choice(init, who, "init", _INITS)
-        gen = _v.check_rng(rng, who, "rng")
-        w = np.empty((self.out_channels, self.in_channels // self.groups) + self.kernel_size, dtype=np.float32)
-        _INITS[init](w, gen)
-        self.weight = Parameter(w)
-        self.bias = Parameter(np.zeros(self.out_channels, dtype=np.float32)) if bias else None
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        self.weight, self.bias = weight_and_bias(shape, init, rng, bias, who)
+        self.init = init
         _keep(self, "_x", None)
 
     @property

@@ -21,6 +21,16 @@ _INITS = {
 }
 
 
+def weight_and_bias(shape, init, rng, bias, who):
+    """A layer's (weight Parameter of ``shape``, output channels first, drawn by initializer ``init`` from
+    ``rng``; a zero bias Parameter or None): what Linear and Conv2d build, with their argument checks."""
+    bias = _v.check_bool(bias, who, "bias")
+    init = _v.check_choice(init, who, "init", _INITS)
+    w = np.empty(shape, dtype=np.float32)
+    _INITS[init](w, _v.check_rng(rng, who, "rng"))
+    return Parameter(w), (Parameter(np.zeros(shape[0], dtype=np.float32)) if bias else None)
+
+
 @register_module
 class Linear(_Layer):
     """y = x · Wᵀ + b, with weight W of shape (out_features, in_features) as in PyTorch.
@@ -47,13 +57,8 @@ class Linear(_Layer):
         super().__init__()
         self.in_features = _v.check_int(in_features, "Linear", "in_features", minimum=1)
         self.out_features = _v.check_int(out_features, "Linear", "out_features", minimum=1)
-        bias = _v.check_bool(bias, "Linear", "bias")
-        self.init = _v.check_choice(init, "Linear", "init", _INITS)
-        gen = _v.check_rng(rng, "Linear", "rng")
-        w = np.empty((self.out_features, self.in_features), dtype=np.float32)
-        _INITS[init](w, gen)
-        self.weight = Parameter(w)
-        self.bias = Parameter(np.zeros(self.out_features, dtype=np.float32)) if bias else None
+        self.weight, self.bias = weight_and_bias((self.out_features, self.in_features), init, rng, bias, "Linear")
+        self.init = init
         _keep(self, "_x", None)
 
     @property
