@@ -135,12 +135,21 @@ void pad_block(float* xp, const Conv2dShape& s, const Dims& d, const float* x, c
 void pad_planes(float* xp, int64_t in_r, int64_t slack, const Conv2dShape& s, const Dims& d, const float* x,
                 int64_t oh0, int64_t oh1) {
   const Block b{0, 1, oh0, oh1};
-  const int64_t rows = in_rows(s, b), wp = padded_width(s);
-  Dims one = d;
-  one.Cg = 1;
+  const int64_t rows = in_rows(s, b), wp = padded_width(s), ih0 = oh0 * s.SH - s.PH;
+  const int64_t lo = s.PW < wp ? s.PW : wp, hi = s.PW + s.W < wp ? s.PW + s.W : wp;  // inside: [lo, hi)
+  // the rows that read the input, [v0, v1): the others (top and bottom padding, rows past `rows`) are zeros
+  const int64_t v0 = ih0 < 0 ? (-ih0 < rows ? -ih0 : rows) : 0;
+  const int64_t v1 = s.H - ih0 < rows ? (s.H - ih0 > v0 ? s.H - ih0 : v0) : rows;
   for (int64_t c = 0; c < d.Cg; ++c) {
-    pad_block(xp + c * in_r * wp, s, one, x + c * d.HW, b);
-    if (rows < in_r) std::memset(xp + (c * in_r + rows) * wp, 0, sizeof(float) * (in_r - rows) * wp);
+    float* plane = xp + c * in_r * wp;
+    if (v0 > 0) std::memset(plane, 0, sizeof(float) * v0 * wp);
+    for (int64_t v = v0; v < v1; ++v) {
+      float* dst = plane + v * wp;
+      for (int64_t u = 0; u < lo; ++u) dst[u] = 0.0f;
+      if (hi > lo) copy_run<false>(dst + lo, x + c * d.HW + (ih0 + v) * s.W, hi - lo);
+      for (int64_t u = hi > lo ? hi : lo; u < wp; ++u) dst[u] = 0.0f;
+    }
+    if (v1 < in_r) std::memset(plane + v1 * wp, 0, sizeof(float) * (in_r - v1) * wp);
   }
   std::memset(xp + d.Cg * in_r * wp, 0, sizeof(float) * slack);
 }
