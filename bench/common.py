@@ -50,14 +50,24 @@ def machine() -> dict:
     from fastdl import _C  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
+    family = model = None  # "AMD EPYC" alone names Zen 3, 4 and 5 alike: the family and model tell them apart
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and cpu == (platform.processor() or platform.machine()):
+                    cpu = value
+                elif key == "cpu family" and family is None:
+                    family = value
+                elif key == "model" and model is None:
+                    model = value
+                elif not key and family is not None:
+                    break  # the first processor's block is enough
     except OSError:
         pass
+    if family is not None and model is not None:
+        cpu = f"{cpu} (CPU family {family}, model {model})"
     blas = "unknown"
     try:
         cfg = np.show_config(mode="dicts")
