@@ -345,9 +345,10 @@ bool forward_shifted(float* out, const float* inp, const float* weight, const fl
   rows = (s.OH + row_blocks - 1) / row_blocks;
   const int64_t in_r = (rows - 1) + (s.KH - 1) * s.DH + 1, cols = rows * wp;
   // the weights in panels of MR output channels, k-major (zero rows past OCg), each group's in turn
-  float* apack = t_apack.get(size_t(s.G * panels * MR * d.K + d.K * 2));
+  float* apack = t_apack.get(size_t(s.G * panels * MR * d.K));
   if (!apack) return false;
-  int64_t* off = reinterpret_cast<int64_t*>(apack + s.G * panels * MR * d.K);
+  std::vector<int64_t> offsets(size_t(d.K));  // off[k] (K entries: once per call, not per block)
+  int64_t* off = offsets.data();
   for (int64_t c = 0; c < d.Cg; ++c)
     for (int64_t kh = 0; kh < s.KH; ++kh)
       for (int64_t kw = 0; kw < s.KW; ++kw)
