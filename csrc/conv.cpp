@@ -110,6 +110,19 @@ inline int64_t padded_floats(const Conv2dShape& s, const Dims& d) {
   return d.images * d.Cg * in_rows(s, b) * padded_width(s) + kW;
 }
 
+// A thread's buffers for the im2col path: the block's im2col matrix (or its gradient), its padded input
+// (or gradient), and its (OCg, block columns) output or output gradient when a block holds several images;
+// ok false when one of those it needs cannot be had.
+struct BlockScratch {
+  float *col, *pad, *tmp;
+  bool ok;
+  BlockScratch(const Conv2dShape& s, const Dims& d)
+      : col(d.direct ? nullptr : t_col.get(size_t(d.K * d.cols))),
+        pad(d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)))),
+        tmp(d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr),
+        ok((d.direct || (col && pad)) && (d.images == 1 || tmp)) {}
+};
+
 // xp = the padded input of block b; x: image n0's first channel of the group, images C*HW apart.
 void pad_block(float* xp, const Conv2dShape& s, const Dims& d, const float* x, const Block& b) {
   const int64_t rows = in_rows(s, b), wp = padded_width(s), ih0 = b.oh0 * s.SH - s.PH;
@@ -293,13 +306,6 @@ __attribute__((noinline)) void shifted_tile(float* __restrict c, int64_t ldc, co
   }
 }
 #endif
-
-double activate_ref(double v, int act) {
-  if (act == ACT_RELU) return 0.0 > v ? 0.0 : v;  // NaN stays NaN
-  if (act == ACT_SIGMOID) return v >= 0.0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v));
-  if (act == ACT_TANH) return std::tanh(v);
-  return v;
-}
 
 // The reference forward for output pixels [p0, p1) of image n, group g: plain loops in double.
 void forward_ref_item(float* out, const float* inp, const float* weight, const float* bias, int act,
@@ -549,14 +555,13 @@ void conv2d_forward(float* out, const float* inp, const float* weight, const flo
 #endif
   const int64_t items = d.blocks(s.N) * s.G;
   parallel_region(conv_threads(s, d, items), [&](int t, int T) {
-    float* col = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
-    float* xp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
-    float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
+    const BlockScratch buf(s, d);
+    float *col = buf.col, *xp = buf.pad, *tmp = buf.tmp;
     for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
       const int64_t g = it % s.G;
       const Block b = d.block(s, it / s.G, 0, s.N);
       const int64_t cols = b.ni * (b.oh1 - b.oh0) * s.OW, p0 = b.oh0 * s.OW;
-      if ((!d.direct && (!col || !xp)) || (d.images > 1 && !tmp)) {  // no scratch: the plain loops
+      if (!buf.ok) {  // no scratch: the plain loops
         for (int64_t n = b.n0; n < b.n0 + b.ni; ++n)
           forward_ref_item(out, inp, weight, bias, act, s, n, g, p0, b.oh1 * s.OW);
         continue;
@@ -660,10 +665,9 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
     const int64_t items = ok ? parts * s.G : 0;
     std::atomic<bool> scratch{true};  // every thread got its buffers (else the caller runs the plain loops)
     parallel_region(conv_threads(s, d, items), [&](int t, int T) {
-      float* col = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
-      float* xp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
-      float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
-      if ((!d.direct && (!col || !xp)) || (d.images > 1 && !tmp)) scratch = false;
+      const BlockScratch buf(s, d);
+      float *col = buf.col, *xp = buf.pad, *tmp = buf.tmp;
+      if (!buf.ok) scratch = false;
 #pragma omp barrier
       if (!scratch) return;
       for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {
@@ -740,10 +744,9 @@ void conv2d_backward(float* dinp, float* dweight, float* dbias, const float* dou
     const int64_t image_blocks = (s.N + d.images - 1) / d.images, items = image_blocks * s.G;
     std::atomic<bool> scratch{true};
     parallel_region(conv_threads(s, d, items), [&](int t, int T) {
-      float* dcol = d.direct ? nullptr : t_col.get(size_t(d.K * d.cols));
-      float* dxp = d.direct ? nullptr : t_pad.get(size_t(padded_floats(s, d)));
-      float* tmp = d.images > 1 ? t_tmp.get(size_t(d.OCg * d.cols)) : nullptr;
-      if ((!d.direct && (!dcol || !dxp)) || (d.images > 1 && !tmp)) scratch = false;
+      const BlockScratch buf(s, d);
+      float *dcol = buf.col, *dxp = buf.pad, *tmp = buf.tmp;
+      if (!buf.ok) scratch = false;
 #pragma omp barrier
       if (!scratch) return;
       for (int64_t it = items * t / T; it < items * (t + 1) / T; ++it) {

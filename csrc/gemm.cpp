@@ -634,7 +634,7 @@ void gemm_dots(const Operands& g) {
   parallel_chunks(g.N, rows, (kParallelGrain * 2) / (g.K * g.M) + 16);
 }
 
-// matmul_reference's loop on g's strides: gemm_any's fallback.
+// The plain loop in double on g's strides: matmul_reference, and gemm_any's fallback.
 void reference_strided(const Operands& g) {
   const int64_t ldc = g.ld_c();
   for (int64_t m = 0; m < g.M; ++m) {
@@ -644,10 +644,7 @@ void reference_strided(const Operands& g) {
         s += double(g.trans_a ? g.a[k * g.lda + m] : g.a[m * g.lda + k]) *
              double(g.trans_b ? g.b[n * g.ldb + k] : g.b[k * g.ldb + n]);
       if (g.bias) s += g.bias[n];
-      if (g.act == ACT_RELU) s = 0.0 > s ? 0.0 : s;  // NaN stays NaN
-      if (g.act == ACT_SIGMOID) s = s >= 0.0 ? 1.0 / (1.0 + std::exp(-s)) : std::exp(s) / (1.0 + std::exp(s));
-      if (g.act == ACT_TANH) s = std::tanh(s);
-      g.c[m * ldc + n] = static_cast<float>(s);
+      g.c[m * ldc + n] = static_cast<float>(activate_ref(s, g.act));
     }
   }
 }
@@ -660,11 +657,6 @@ void gemm_any(const Operands& g) {
   const bool ok = K > 0 && (N <= kW   ? gemm_blocked<Tile<kSmallMR, 1>>(g)  // a 10-class head: no padded columns
                             : M == 1 ? gemm_blocked<Tile<1, 4>>(g)  // one sample: 4 chains, no padded rows
                             : M <= 4 ? gemm_blocked<Tile<4, kNV>>(g)  // a few rows: no 12-row tile
-#if defined(__AVX512F__)
-                            // a convolution's few output channels (LeNet's 6 and 16): no padded rows
-                            : M <= 6 ? gemm_blocked<Tile<6, 4>>(g)
-                            : M <= 8 || (M > 12 && M <= 16) ? gemm_blocked<Tile<8, 3>>(g)
-#endif
                                      : gemm_blocked<Tile<kMR, kNV>>(g));
   if (ok) return;
   reference_strided(g);
@@ -723,21 +715,9 @@ void gemm_tn_sums(float* c, float* sums, const float* a, const float* b, int64_t
 // whatever batch_invariant says (each element is its own sum).
 void matmul_reference(float* c, const float* a, const float* b, const float* bias, int act, int64_t M, int64_t N,
                       int64_t K, int trans_a, int trans_b, int accumulate, int /*batch_invariant*/) {
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t n = 0; n < N; ++n) {
-      double s = accumulate ? c[m * N + n] : 0.0;
-      for (int64_t k = 0; k < K; ++k) {
-        double av = trans_a ? a[k * M + m] : a[m * K + k];
-        double bv = trans_b ? b[n * K + k] : b[k * N + n];
-        s += av * bv;
-      }
-      if (bias) s += bias[n];
-      if (act == ACT_RELU) s = 0.0 > s ? 0.0 : s;  // NaN stays NaN
-      if (act == ACT_SIGMOID) s = s >= 0.0 ? 1.0 / (1.0 + std::exp(-s)) : std::exp(s) / (1.0 + std::exp(s));
-      if (act == ACT_TANH) s = std::tanh(s);
-      c[m * N + n] = static_cast<float>(s);
-    }
-  }
+  if (M <= 0 || N <= 0) return;
+  reference_strided(Operands{c, a, b, bias, act, M, N, K, trans_a ? M : K, trans_b ? K : N, trans_a, trans_b,
+                             accumulate});
 }
 
 }  // namespace FASTDL_ISA_NS

@@ -280,6 +280,14 @@ inline float simd_log1p(float z) {
   return select(d == 0.0f, z, simd_log(u) * ratio);
 }
 
+// The activation act (Act) of v in double: the plain reference loops' epilogue (gemm.cpp, conv.cpp).
+inline double activate_ref(double v, int act) {
+  if (act == ACT_RELU) return 0.0 > v ? 0.0 : v;  // NaN stays NaN
+  if (act == ACT_SIGMOID) return v >= 0.0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v));
+  if (act == ACT_TANH) return std::tanh(v);
+  return v;
+}
+
 // Scratch space of the thread that holds it (thread_local): grown on demand, 4 KiB aligned, kept for later
 // calls; get() returns nullptr when it cannot be had (the kernels then fall back to plain loops).
 struct Arena {

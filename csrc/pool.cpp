@@ -63,7 +63,7 @@ inline void max_row_2x2(float* __restrict o, int64_t* __restrict a, const float*
   int64_t ow = 0;
 #if defined(__AVX512F__)
   // 16 outputs at a time: the even and odd columns of 32 inputs by two permutes per row; the choice as a
-  // lane index 0-3, turned into the flat index in 32 bits (a plane below 2^31 elements: the caller checks)
+  // lane index 0-3, turned into the flat index in 32 bits (used while the row's indices stay below 2^31)
   if (base + 2 * W < (int64_t(1) << 31)) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
