@@ -379,3 +379,32 @@ def test_batchnorm2d_folds_into_conv_in_eval_mode(monkeypatch):
     model.train()
     model(x)
     assert calls == [1]  # training mode: the batch norm runs
+
+
+def test_padding_and_output_size_helpers():
+    assert ops.conv2d_padding(1, 3) == (1, 1, 1, 1)
+    assert ops.conv2d_padding((2, 0), 3) == (2, 0, 2, 0)
+    assert ops.conv2d_padding("valid", 5) == (0, 0, 0, 0)
+    assert ops.conv2d_padding("same", 4) == (1, 1, 2, 2)          # an even reach pads one more at the end
+    assert ops.conv2d_padding("same", 3, dilation=2) == (2, 2, 2, 2)
+    assert ops.conv2d_output_size(28, 28, 5, padding=2) == (28, 28)
+    assert ops.conv2d_output_size(14, 9, (3, 2), stride=(2, 3), dilation=(1, 2)) == (6, 3)
+    assert ops.conv2d_output_size(7, 8, 3, padding="same") == (7, 8)
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: ops.conv2d_padding(-1, 3), ValueError, "padding"),
+    (lambda: ops.conv2d_padding(1.5, 3), TypeError, "padding"),
+    (lambda: ops.conv2d_padding(float("nan"), 3), TypeError, "padding"),
+    (lambda: ops.conv2d_padding((1, 2, 3), 3), ValueError, "padding"),
+    (lambda: ops.conv2d_padding("full", 3), ValueError, "padding"),
+    (lambda: ops.conv2d_padding("same", 3, stride=2), ValueError, "stride"),
+    (lambda: ops.conv2d_padding("same", 0), ValueError, "kernel_size"),
+    (lambda: ops.conv2d_output_size(28, 28, 0), ValueError, "kernel_size"),
+    (lambda: ops.conv2d_output_size(28, 28, 3, stride=0), ValueError, "stride"),
+    (lambda: ops.conv2d_output_size(28, 28, 3, dilation="2"), TypeError, "dilation"),
+    (lambda: ops.conv2d_output_size(28, 28, (3, None)), TypeError, "kernel_size"),
+])
+def test_padding_and_output_size_bad_input(call, exc, words):
+    with pytest.raises(exc, match=words):
+        call()
